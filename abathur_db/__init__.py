@@ -1,0 +1,76 @@
+"""abathur_db: the SQLite persistence layer of Abathur (sessions, task queue, agents, audit, ...).
+
+Open a database with ``abathur_db.open(path)``; each thread then takes its own
+connection from ``pool.connection()`` and passes it to the table modules'
+functions, e.g. ``abathur_db.tasks.claim_next(conn)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+if sqlite3.sqlite_version_info < (3, 35, 0):
+    raise ImportError(
+        f"abathur_db needs SQLite 3.35 or newer (for RETURNING); this Python has {sqlite3.sqlite_version}"
+    )
+
+from . import schema  # noqa: E402
+from .errors import (  # noqa: E402
+    AbathurDBError,
+    BusyError,
+    ConfigurationError,
+    ConstraintError,
+    DatabaseFileError,
+    ForeignKeyError,
+    NotFoundError,
+    SchemaError,
+    StorageFullError,
+    TransitionError,
+    UniqueError,
+    ValidationError,
+)
+from .maintenance import backup, integrity_check  # noqa: E402
+from .pool import Pool, connect  # noqa: E402
+from .transaction import transaction  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbathurDBError",
+    "BusyError",
+    "ConfigurationError",
+    "ConstraintError",
+    "DatabaseFileError",
+    "ForeignKeyError",
+    "NotFoundError",
+    "Pool",
+    "SchemaError",
+    "StorageFullError",
+    "TransitionError",
+    "UniqueError",
+    "ValidationError",
+    "__version__",
+    "backup",
+    "connect",
+    "integrity_check",
+    "open",
+    "transaction",
+]
+
+
+def open(path: str | os.PathLike, *, schema_dir: str | os.PathLike | None = None) -> Pool:  # noqa: A001
+    """Open the database at `path`, creating or upgrading it; return its connection pool.
+
+    Pending schema files (from `schema_dir`, default: the package's own) are applied
+    first. If that changes a database that already had tables, a backup copy is
+    written next to it first; its path is ``pool.backup_path``.
+    """
+    files = schema.load_files(schema_dir)
+    pool = Pool(path)
+    try:
+        pool.applied, pool.backup_path = schema.migrate(pool.connection(), pool.path, files)
+    except BaseException:
+        pool.close()
+        raise
+    return pool

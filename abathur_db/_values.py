@@ -1,0 +1,125 @@
+"""Python values to and from the database: timestamps, JSON, ids, and rows."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import time
+import uuid
+from typing import Any, Callable, Iterable
+
+from .errors import ValidationError, short_repr
+
+# One timestamp format everywhere, UTC, fixed width, so that text order is time
+# order. SQL defaults write the same with strftime('%Y-%m-%dT%H:%M:%fZ', 'now').
+TIMESTAMP_SQL_FORMAT = "%Y-%m-%dT%H:%M:%fZ"
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def now() -> str:
+    """Return the current UTC time as a timestamp string."""
+    ns = time.time_ns()
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+
+
+def format_datetime(moment: _dt.datetime) -> str:
+    """Return an aware datetime as a timestamp string (UTC, milliseconds)."""
+    utc = moment.astimezone(_dt.timezone.utc)
+    # isoformat() would drop the fraction when it is zero; strftime keeps the width fixed.
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def timestamp(value: Any, table: str, field: str) -> str:
+    """Return `value` (an aware datetime or an ISO 8601 string with an offset) as a timestamp."""
+    if isinstance(value, str):
+        if _TIMESTAMP.fullmatch(value):
+            return value
+        try:
+            value = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(f"{table}.{field}: {value!r} is not an ISO 8601 timestamp") from None
+    if not isinstance(value, _dt.datetime):
+        raise ValidationError(f"{table}.{field}: expected a datetime or ISO 8601 string, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{table}.{field}: {value!r} has no time zone; pass an aware datetime")
+    return format_datetime(value)
+
+
+def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str:
+    """Return `value` as JSON text; `kind` (list or dict) requires an array or an object."""
+    if kind is list and not isinstance(value, (list, tuple)):
+        raise ValidationError(f"{table}.{field}: expected a JSON array (list), got {value!r}")
+    if kind is dict and not isinstance(value, dict):
+        raise ValidationError(f"{table}.{field}: expected a JSON object (dict), got {value!r}")
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{table}.{field}: {short_repr(value)} is not valid JSON: {exc}") from None
+
+
+def new_id() -> str:
+    """Return a new time-ordered UUID (version 7 layout) as a string.
+
+    Ids that grow with time land at the right edge of the primary-key B-tree,
+    which keeps inserts cheap in a large table.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+def require_text(value: Any, table: str, field: str, *, optional: bool = False) -> None:
+    """Raise ValidationError unless `value` is a non-empty str (or None when optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{table}.{field}: expected a non-empty string, got {short_repr(value)}")
+
+
+def require_int(value: Any, table: str, field: str, low: int, high: int | None = None) -> None:
+    """Raise ValidationError unless `value` is an int (not a bool) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{table}.{field}: expected an integer, got {short_repr(value)}")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValidationError(f"{table}.{field}: {value!r} is out of range (must be {bounds})")
+
+
+def require_number(value: Any, table: str, field: str) -> float:
+    """Return `value` as a float; raise ValidationError unless it is finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"{table}.{field}: expected a number, got {short_repr(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise ValidationError(f"{table}.{field}: {value!r} is not allowed (must be finite and >= 0)")
+    return float(value)
+
+
+def require_choice(value: Any, choices: Iterable[str], table: str, field: str) -> None:
+    """Raise ValidationError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValidationError(
+            f"{table}.{field}: {short_repr(value)} is not one of {', '.join(sorted(choices))}"
+        )
+
+
+def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:
+    """Return a function that turns one row of `columns` into a dict, JSON decoded."""
+    wanted = set(json_columns)
+    decode = [(name, json.loads) for name in columns if name in wanted]
+
+    def row_to_dict(row: tuple) -> dict:
+        result = dict(zip(columns, row))
+        for name, loads in decode:
+            text = result[name]
+            if text is not None:
+                result[name] = loads(text)
+        return result
+
+    return row_to_dict

@@ -1,0 +1,112 @@
+"""Conversation sessions: create, get, change status, delete."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from . import _values
+from .errors import NotFoundError, TransitionError
+from .transaction import write
+
+TABLE = "sessions"
+STATUSES = ("created", "active", "paused", "terminated", "archived")
+COLUMNS = (
+    "id", "app_name", "user_id", "project_id", "status", "events", "state", "metadata",
+    "created_at", "last_update_time", "terminated_at", "archived_at",
+)
+_row = _values.decoder(COLUMNS, ("events", "state", "metadata"))
+_RETURNING = " RETURNING " + ", ".join(COLUMNS)
+
+# Allowed status changes: a terminated session can only be archived, an archived one is final.
+_NEXT = {
+    "created": {"active", "paused", "terminated", "archived"},
+    "active": {"paused", "terminated", "archived"},
+    "paused": {"active", "terminated", "archived"},
+    "terminated": {"archived"},
+    "archived": set(),
+}
+
+GET_SQL = f"SELECT {', '.join(COLUMNS)} FROM sessions WHERE id = :id"  # catalog S1
+
+_INSERT = (
+    "INSERT INTO sessions (id, app_name, user_id, project_id, status, events, state, metadata,"
+    " created_at, last_update_time)"
+    " VALUES (:id, :app_name, :user_id, :project_id, :status, :events, :state, :metadata, :now, :now)"
+    + _RETURNING
+)
+_SET_STATUS = (
+    "UPDATE sessions SET status = :status, last_update_time = :now,"
+    " terminated_at = CASE WHEN :status = 'terminated' THEN :now ELSE terminated_at END,"
+    " archived_at = CASE WHEN :status = 'archived' THEN :now ELSE archived_at END"
+    " WHERE id = :id AND status = :from_status" + _RETURNING
+)
+_DELETE = "DELETE FROM sessions WHERE id = :id RETURNING id"
+
+
+def create(
+    conn: sqlite3.Connection,
+    app_name: str,
+    user_id: str,
+    *,
+    session_id: str | None = None,
+    project_id: str | None = None,
+    status: str = "created",
+    events: list | None = None,
+    state: dict | None = None,
+    metadata: dict | None = None,
+) -> dict[str, Any]:
+    """Insert a session (its id generated unless given) and return it."""
+    _values.require_text(app_name, TABLE, "app_name")
+    _values.require_text(user_id, TABLE, "user_id")
+    _values.require_text(session_id, TABLE, "id", optional=True)
+    _values.require_text(project_id, TABLE, "project_id", optional=True)
+    _values.require_choice(status, STATUSES, TABLE, "status")
+    params = {
+        "id": session_id or _values.new_id(),
+        "app_name": app_name,
+        "user_id": user_id,
+        "project_id": project_id,
+        "status": status,
+        "events": _values.to_json([] if events is None else events, TABLE, "events", list),
+        "state": _values.to_json({} if state is None else state, TABLE, "state", dict),
+        "metadata": _values.to_json({} if metadata is None else metadata, TABLE, "metadata", dict),
+        "now": _values.now(),
+    }
+    return _row(write(conn, TABLE, _INSERT, params)[0])
+
+
+def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
+    """Return the session `session_id`; raise NotFoundError if there is none."""
+    row = conn.execute(GET_SQL, {"id": session_id}).fetchone()
+    if row is None:
+        raise NotFoundError(f"{TABLE}: no session with id {session_id!r}")
+    return _row(row)
+
+
+def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[str, Any]:
+    """Move the session to `status` and return it.
+
+    ``terminated_at`` and ``archived_at`` record when the session first reached
+    those states; ``last_update_time`` moves with every change.
+
+    :raises TransitionError: when `status` cannot follow the current one.
+    """
+    _values.require_choice(status, STATUSES, TABLE, "status")
+    current = get(conn, session_id)["status"]
+    if status not in _NEXT[current]:
+        raise TransitionError(f"{TABLE}: session {session_id!r} cannot go from {current!r} to {status!r}")
+    params = {"id": session_id, "status": status, "from_status": current, "now": _values.now()}
+    rows = write(conn, TABLE, _SET_STATUS, params)
+    if not rows:  # another connection changed it between our read and our write
+        raise TransitionError(f"{TABLE}: session {session_id!r} changed status concurrently; retry")
+    return _row(rows[0])
+
+
+def delete(conn: sqlite3.Connection, session_id: str) -> None:
+    """Delete the session; its tasks, agents and checkpoints keep their rows, unlinked.
+
+    The foreign keys (``ON DELETE SET NULL``) set their ``session_id`` to NULL.
+    """
+    if not write(conn, TABLE, _DELETE, {"id": session_id}):
+        raise NotFoundError(f"{TABLE}: no session with id {session_id!r}")
