@@ -32,3 +32,20 @@ def _close_every_pool():
     yield
     for opened in list(pool_module._POOLS):
         opened.close()
+
+
+@pytest.fixture
+def make_task(conn):
+    """Return a function inserting a minimal task by raw SQL (column defaults fill the rest)."""
+    counter = iter(range(1, 1_000_000))
+
+    def insert(task_id: str | None = None, **columns) -> str:
+        task_id = task_id or f"task-{next(counter)}"
+        names = ["id", "prompt", *columns]
+        values = [task_id, "a prompt", *columns.values()]
+        conn.execute(
+            f"INSERT INTO tasks ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
+        )
+        return task_id
+
+    return insert
