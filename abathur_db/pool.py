@@ -6,6 +6,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -23,6 +24,7 @@ PRAGMAS: tuple[tuple[str, object], ...] = (
     ("wal_autocheckpoint", 1000),
 )
 BUSY_TIMEOUT_SECONDS = 5.0
+_SQLITE_BUSY = 5
 
 # Connections inherited through os.fork(). The child must neither use nor close
 # them: closing would run SQLite's last-connection cleanup on the parent's files.
@@ -79,14 +81,25 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
 
 
 def _set_pragma(conn: sqlite3.Connection, name: str, wanted: object) -> None:
-    try:
-        current = conn.execute(f"PRAGMA {name}").fetchone()[0]
-        if current != wanted:
-            # Names and values come from PRAGMAS above: PRAGMA takes no bound parameters.
-            conn.execute(f"PRAGMA {name} = {wanted}").fetchall()
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.001
+    while True:
+        try:
             current = conn.execute(f"PRAGMA {name}").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise translate(exc, None) from exc
+            if current != wanted:
+                # Names and values come from PRAGMAS above: PRAGMA takes no bound parameters.
+                conn.execute(f"PRAGMA {name} = {wanted}").fetchall()
+                current = conn.execute(f"PRAGMA {name}").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            # Switching a new file to WAL while another process does the same fails
+            # with "database is locked" at once, without calling the busy handler.
+            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() > deadline:
+                raise translate(exc) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
     if current != wanted:
         raise ConfigurationError(f"PRAGMA {name} is {current!r} after setting it to {wanted!r}")
 
