@@ -1,0 +1,231 @@
+"""The schema runner: ordered files, the ledger, refusal of edits and newer databases."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import abathur_db
+from abathur_db import schema
+from abathur_db.errors import SchemaError
+
+SCHEMA_DIR = schema.schema_dir()
+FILES = schema.load_files()
+
+
+def _ledger(path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT version, name, sha256 FROM schema_migrations ORDER BY version").fetchall()
+    finally:
+        conn.close()
+
+
+def _user_version(path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _fingerprint(path) -> tuple[bytes, int]:
+    return Path(path).read_bytes(), os.stat(path).st_mtime_ns
+
+
+@pytest.fixture
+def schema_copy(tmp_path):
+    """Return a private copy of the schema folder that a test may edit."""
+    return Path(shutil.copytree(SCHEMA_DIR, tmp_path / "schema"))
+
+
+def test_new_database_gets_every_file_once_in_order(pool, db_path):
+    """Every schema file is applied once, in order; the ledger holds each file's sha256."""
+    assert pool.applied == [f.name for f in FILES]
+    expected = [(f.version, f.name, hashlib.sha256((SCHEMA_DIR / f.name).read_bytes()).hexdigest())
+                for f in FILES]
+    assert _ledger(db_path) == expected
+    assert _user_version(db_path) == FILES[-1].version
+    assert pool.backup_path is None
+
+
+def test_reopening_an_up_to_date_database_writes_nothing(db_path):
+    """Opening a database that is up to date applies nothing and changes no byte."""
+    abathur_db.open(db_path).close()
+    before = _fingerprint(db_path)
+    with abathur_db.open(db_path) as pool:
+        assert pool.applied == []
+        assert pool.connection().total_changes == 0
+    assert _fingerprint(db_path) == before
+
+
+def test_edited_applied_file_is_refused_and_nothing_changes(db_path, schema_copy):
+    """An applied file whose text changed makes open() fail with SchemaError; the file is untouched."""
+    abathur_db.open(db_path, schema_dir=schema_copy).close()
+    before = _fingerprint(db_path)
+    edited = schema_copy / FILES[-1].name
+    edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
+    with pytest.raises(SchemaError, match=f"{FILES[-1].name} changed after it was applied"):
+        abathur_db.open(db_path, schema_dir=schema_copy)
+    assert _fingerprint(db_path) == before
+
+
+@pytest.mark.parametrize("newer", ["user_version", "ledger"])
+def test_database_newer_than_the_code_is_refused(db_path, newer):
+    """A database whose schema version is beyond the known files is refused, unchanged."""
+    abathur_db.open(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    if newer == "user_version":
+        conn.execute("PRAGMA user_version = 99")
+    else:
+        conn.execute("INSERT INTO schema_migrations VALUES (99, '0099_future.sql', 'x', 'y')")
+    conn.close()
+    before = _fingerprint(db_path)
+    with pytest.raises(SchemaError, match="version 99 is newer"):
+        abathur_db.open(db_path)
+    assert _fingerprint(db_path) == before
+
+
+def test_pending_file_is_applied_after_a_backup(db_path, schema_copy):
+    """A new file is applied to an existing database, after a private backup copy is written."""
+    abathur_db.open(db_path, schema_dir=schema_copy).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('kept', 1)")
+    conn.close()
+    (schema_copy / "0004_extra.sql").write_text("CREATE TABLE extra (x INTEGER);\n")
+    with abathur_db.open(db_path, schema_dir=schema_copy) as pool:
+        assert pool.applied == ["0004_extra.sql"]
+        backup = Path(pool.backup_path)
+    assert backup.parent == db_path.parent
+    assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
+    copy = sqlite3.connect(backup)
+    assert copy.execute("PRAGMA user_version").fetchone()[0] == FILES[-1].version
+    assert copy.execute("SELECT metric_name FROM metrics").fetchall() == [("kept",)]
+    assert copy.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+    copy.close()
+    assert _user_version(db_path) == 4
+
+
+def test_failing_file_leaves_no_trace(db_path, schema_copy):
+    """A file that fails half way is rolled back whole: no table, no ledger row, same version."""
+    abathur_db.open(db_path, schema_dir=schema_copy).close()
+    (schema_copy / "0004_broken.sql").write_text(
+        "CREATE TABLE half (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
+    )
+    with pytest.raises(SchemaError, match="0004_broken.sql failed at 'INSERT INTO no_such_table"):
+        abathur_db.open(db_path, schema_dir=schema_copy)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+    conn.close()
+    assert [v for v, _, _ in _ledger(db_path)] == [f.version for f in FILES]
+    assert _user_version(db_path) == FILES[-1].version
+
+
+def test_database_of_another_application_is_refused(db_path):
+    """A database with tables but no ledger and no tasks table is not touched."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(SchemaError, match="not an Abathur database .* customers"):
+        abathur_db.open(db_path)
+    conn = sqlite3.connect(db_path)
+    names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+    conn.close()
+    assert names == ["customers"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["0001_a.sql", "notes.sql"], "named NNNN_description.sql"),
+        (["0001_a.sql", "0003_c.sql"], "without gaps"),
+    ],
+)
+def test_badly_named_or_numbered_files_are_refused(tmp_path, names, message):
+    """A schema folder with a misnamed file or a gap in versions is refused."""
+    for name in names:
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(SchemaError, match=message):
+        schema.load_files(tmp_path)
+
+
+def test_statements_keep_triggers_strings_and_comments_whole():
+    """Splitting a file keeps ';' inside trigger bodies, strings and comments."""
+    sql = (
+        "-- header; with a semicolon\n"
+        "CREATE TABLE t (a TEXT DEFAULT 'x;y');\n"
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n"
+        "  UPDATE t SET a = 'z;'; DELETE FROM t WHERE a = ';';\n"
+        "END;\n"
+        "SELECT 1 /* trailing; comment */"
+    )
+    parts = list(schema.statements(sql))
+    assert len(parts) == 3
+    assert parts[0].endswith("DEFAULT 'x;y');")
+    assert parts[1].startswith("CREATE TRIGGER") and parts[1].endswith("END;")
+    assert parts[2] == "SELECT 1 /* trailing; comment */"
+    conn = sqlite3.connect(":memory:")  # a single connection: the test is about splitting
+    for part in parts:
+        conn.execute(part)
+    conn.close()
+
+
+def _open_at_barrier(path: str, barrier, results) -> None:
+    barrier.wait(timeout=60)
+    try:
+        with abathur_db.open(path) as pool:
+            results.put(("ok", pool.applied))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        results.put(("error", repr(exc)))
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_processes_opening_a_new_file_at_once_both_succeed(tmp_path, round_):
+    """Two processes creating one database at the same moment apply each file exactly once."""
+    path = str(tmp_path / f"race{round_}.db")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    processes = [ctx.Process(target=_open_at_barrier, args=(path, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
+    applied = sorted(name for _, names in outcomes for name in names)
+    assert applied == [f.name for f in FILES]
+    assert [v for v, _, _ in _ledger(path)] == [f.version for f in FILES]
+    assert _user_version(path) == FILES[-1].version
+
+
+def test_package_folder_copied_next_to_a_script_finds_its_schema(tmp_path):
+    """A script beside copies of abathur_db/ and schema/ opens a database without installing."""
+    source = Path(abathur_db.__file__).parent
+    shutil.copytree(source, tmp_path / "abathur_db", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(SCHEMA_DIR, tmp_path / "schema")
+    (tmp_path / "script.py").write_text(
+        "import abathur_db\n"
+        "with abathur_db.open('vendored.db') as pool:\n"
+        "    print(len(pool.applied), abathur_db.schema.schema_dir())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(FILES)), str((tmp_path / "schema").resolve())]
+
+
+def test_missing_schema_folder_is_reported(tmp_path, monkeypatch):
+    """Without any schema folder, the error lists where it looked."""
+    monkeypatch.setattr(schema, "__file__", str(tmp_path / "pkg" / "schema.py"))
+    with pytest.raises(SchemaError, match="no schema folder"):
+        schema.schema_dir()

@@ -1,0 +1,122 @@
+"""Sessions: create, get, status changes, deletion that unlinks instead of deleting."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from abathur_db import sessions
+from abathur_db.errors import NotFoundError, TransitionError, UniqueError, ValidationError
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+
+def test_create_and_get_round_trip(conn):
+    """A created session comes back from get() with every field, JSON decoded."""
+    created = sessions.create(conn, "app", "user-1", project_id="p", events=[{"e": 1}],
+                              state={"k": [1, 2]}, metadata={"m": "é"})
+    assert created == sessions.get(conn, created["id"])
+    assert created["status"] == "created"
+    assert created["events"] == [{"e": 1}] and created["state"] == {"k": [1, 2]}
+    assert TIMESTAMP.fullmatch(created["created_at"])
+    assert created["last_update_time"] == created["created_at"]
+    assert created["terminated_at"] is None and created["archived_at"] is None
+
+
+def test_given_id_and_verbatim_text(conn):
+    """A caller's id and text with quotes, SQL, unicode and NUL are stored verbatim."""
+    odd = "x'); DROP TABLE sessions; -- \"ünï\x00code\""
+    created = sessions.create(conn, odd, odd, session_id=odd)
+    assert sessions.get(conn, odd)["app_name"] == odd == created["user_id"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"app_name": ""}, ValidationError, "sessions.app_name"),
+        ({"user_id": 7}, ValidationError, "sessions.user_id"),
+        ({"status": "sleeping"}, ValidationError, "sessions.status: 'sleeping'"),
+        ({"events": {"not": "a list"}}, ValidationError, "sessions.events: expected a JSON array"),
+        ({"state": [1]}, ValidationError, "sessions.state: expected a JSON object"),
+        ({"metadata": {"x": float("nan")}}, ValidationError, "sessions.metadata"),
+        ({"session_id": "dup"}, UniqueError, "sessions.id = 'dup'"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(conn, kwargs, error, message):
+    """Each bad value raises its specific error naming the field; no row is added."""
+    sessions.create(conn, "app", "u", session_id="dup")
+    args = {"app_name": "app", "user_id": "u", **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        sessions.create(conn, args.pop("app_name"), args.pop("user_id"), **args)
+    assert _count(conn) == 1
+
+
+def test_unknown_session_is_not_found(conn):
+    """get, set_status and delete of an unknown id raise NotFoundError."""
+    for call in (lambda: sessions.get(conn, "nope"),
+                 lambda: sessions.set_status(conn, "nope", "active"),
+                 lambda: sessions.delete(conn, "nope")):
+        with pytest.raises(NotFoundError, match="sessions: no session with id 'nope'"):
+            call()
+
+
+def test_status_changes_keep_their_timestamps(conn):
+    """terminated_at and archived_at record their moments; last_update_time follows each change."""
+    session = sessions.create(conn, "app", "u")
+    active = sessions.set_status(conn, session["id"], "active")
+    assert active["last_update_time"] >= session["last_update_time"]
+    terminated = sessions.set_status(conn, session["id"], "terminated")
+    assert terminated["terminated_at"] == terminated["last_update_time"]
+    archived = sessions.set_status(conn, session["id"], "archived")
+    assert archived["terminated_at"] == terminated["terminated_at"]
+    assert archived["archived_at"] == archived["last_update_time"] >= terminated["terminated_at"]
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        (["terminated"], "active"),
+        (["terminated"], "paused"),
+        (["archived"], "active"),
+        (["archived"], "terminated"),
+        (["active"], "created"),
+    ],
+)
+def test_illegal_status_changes_change_nothing(conn, path, refused):
+    """A status that cannot follow the current one raises TransitionError and leaves the row."""
+    session = sessions.create(conn, "app", "u")
+    for status in path:
+        sessions.set_status(conn, session["id"], status)
+    before = sessions.get(conn, session["id"])
+    with pytest.raises(TransitionError, match=f"cannot go from '{path[-1]}' to '{refused}'"):
+        sessions.set_status(conn, session["id"], refused)
+    assert sessions.get(conn, session["id"]) == before
+
+
+def test_unknown_status_is_a_validation_error(conn):
+    """set_status with a status outside the enumeration is refused before any lookup."""
+    with pytest.raises(ValidationError, match="sessions.status: 'done'"):
+        sessions.set_status(conn, "whatever", "done")
+
+
+def test_delete_unlinks_tasks_agents_and_checkpoints(conn, make_task):
+    """Deleting a session sets session_id to NULL on its rows and deletes nothing else."""
+    gone = sessions.create(conn, "app", "u")["id"]
+    kept = sessions.create(conn, "app", "u")["id"]
+    t1, t2 = make_task(session_id=gone), make_task(session_id=kept)
+    conn.execute("INSERT INTO agents (id, name, specialization, task_id, model, session_id) "
+                 "VALUES ('a1', 'n', 's', ?, 'm', ?), ('a2', 'n', 's', ?, 'm', ?)", (t1, gone, t2, kept))
+    conn.execute("INSERT INTO checkpoints (task_id, iteration, state, session_id) "
+                 "VALUES (?, 0, '{}', ?), (?, 0, '{}', ?)", (t1, gone, t2, kept))
+    conn.execute("INSERT INTO audit (task_id, agent_id, action_type) VALUES (?, 'a1', 'x')", (t1,))
+    sessions.delete(conn, gone)
+    for table in ("tasks", "agents", "checkpoints"):
+        links = conn.execute(f"SELECT session_id FROM {table} ORDER BY session_id").fetchall()
+        assert links == [(None,), (kept,)], table
+    assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 1
+    assert [s for (s,) in conn.execute("SELECT id FROM sessions")] == [kept]

@@ -1,0 +1,149 @@
+"""Explicit transactions: the exact statements sent, rollback, nesting, and write()."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from abathur_db import transaction
+from abathur_db.errors import UniqueError, ValidationError
+from abathur_db.transaction import write
+
+INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
+
+
+@pytest.fixture
+def traced(conn):
+    """Return the list of statements `conn` sends from now on."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    yield sent
+    conn.set_trace_callback(None)
+
+
+def _count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+
+
+def test_transaction_sends_begin_immediate_statements_commit(conn, traced):
+    """A block sends exactly BEGIN IMMEDIATE, its statements, COMMIT."""
+    with transaction(conn):
+        conn.execute(INSERT)
+        conn.execute(INSERT)
+    assert traced == ["BEGIN IMMEDIATE", INSERT, INSERT, "COMMIT"]
+    assert _count(conn) == 2
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_any_exception_rolls_back(conn, traced, error):
+    """An exception of any kind, KeyboardInterrupt included, rolls the block back."""
+    with pytest.raises(error):
+        with transaction(conn):
+            conn.execute(INSERT)
+            raise error()
+    assert traced == ["BEGIN IMMEDIATE", INSERT, "ROLLBACK"]
+    assert _count(conn) == 0
+    assert not conn.in_transaction
+
+
+def test_nested_block_is_a_savepoint(conn, traced):
+    """A block inside an open transaction becomes a SAVEPOINT released on success."""
+    with transaction(conn):
+        conn.execute(INSERT)
+        with transaction(conn):
+            conn.execute(INSERT)
+    assert traced == [
+        "BEGIN IMMEDIATE", INSERT, "SAVEPOINT abathur_db", INSERT, "RELEASE abathur_db", "COMMIT",
+    ]
+    assert _count(conn) == 2
+
+
+def test_failed_nested_block_keeps_the_outer_writes(conn):
+    """Rolling back an inner block undoes only its own writes."""
+    with transaction(conn):
+        conn.execute(INSERT)
+        with pytest.raises(RuntimeError):
+            with transaction(conn):
+                conn.execute(INSERT)
+                conn.execute(INSERT)
+                raise RuntimeError
+        assert conn.in_transaction
+    assert _count(conn) == 1
+
+
+def test_outer_rollback_undoes_released_inner_blocks(conn):
+    """A released savepoint is still undone when the outer transaction rolls back."""
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            with transaction(conn):
+                conn.execute(INSERT)
+            raise RuntimeError
+    assert _count(conn) == 0
+
+
+def test_write_runs_in_its_own_transaction_and_returns_rows(conn, traced):
+    """write() wraps one statement in BEGIN IMMEDIATE … COMMIT and returns RETURNING rows."""
+    sql = "INSERT INTO metrics (metric_name, metric_value) VALUES (:metric_name, :metric_value) RETURNING id"
+    rows = write(conn, "metrics", sql, {"metric_name": "m", "metric_value": 2})
+    assert traced == ["BEGIN IMMEDIATE", sql.replace(":metric_name", "'m'").replace(":metric_value", "2"),
+                      "COMMIT"]
+    assert rows == [(1,)]
+
+
+def test_write_failure_rolls_back_and_names_table_field_and_value(conn):
+    """A rejected write leaves nothing behind and raises the package error with context."""
+    sql = "INSERT INTO metrics (metric_name, metric_value) VALUES (:metric_name, :metric_value)"
+    with pytest.raises(ValidationError, match=r"metrics\.metric_value = -1") as info:
+        write(conn, "metrics", sql, {"metric_name": "m", "metric_value": -1})
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert _count(conn) == 0
+    assert not conn.in_transaction
+
+
+def test_write_inside_caller_transaction_joins_it(conn):
+    """write() inside a caller's transaction commits or rolls back with the caller."""
+    sql = "INSERT INTO sessions (id, app_name, user_id) VALUES (:id, 'a', 'u')"
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            write(conn, "sessions", sql, {"id": "s1"})
+            raise RuntimeError
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+    with transaction(conn):
+        write(conn, "sessions", sql, {"id": "s1"})
+        with pytest.raises(UniqueError, match="sessions.id = 's1'"):
+            write(conn, "sessions", sql, {"id": "s1"})
+        write(conn, "sessions", sql, {"id": "s2"})
+    ids = [i for (i,) in conn.execute("SELECT id FROM sessions ORDER BY id")]
+    assert ids == ["s1", "s2"]
+
+
+def test_begin_that_cannot_get_the_lock_is_a_busy_error(pool, db_path):
+    """BEGIN IMMEDIATE against a held write lock raises BusyError once busy_timeout passes."""
+    from abathur_db import connect
+    from abathur_db.errors import BusyError
+
+    holder = pool.connection()
+    waiter = connect(db_path)
+    waiter.execute("PRAGMA busy_timeout = 0")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BusyError):
+            with transaction(waiter):
+                pass  # pragma: no cover - the block is never entered
+        assert not waiter.in_transaction
+    finally:
+        holder.execute("ROLLBACK")
+        waiter.close()
+
+
+def test_failed_commit_rolls_back_and_raises_the_package_error(conn):
+    """A COMMIT refused by a deferred foreign key rolls everything back."""
+    from abathur_db.errors import ForeignKeyError
+
+    with pytest.raises(ForeignKeyError):
+        with transaction(conn):
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            conn.execute("INSERT INTO state (task_id, key, value) VALUES ('no-task', 'k', '1')")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM state").fetchone()[0] == 0

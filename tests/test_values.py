@@ -1,0 +1,145 @@
+"""Values to and from the database: timestamps, JSON, ids, validators, row decoding."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+import uuid
+
+import pytest
+
+from abathur_db import _values
+from abathur_db.errors import ValidationError
+
+FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+UTC = dt.timezone.utc
+
+
+def test_now_is_fixed_width_utc_and_ordered():
+    """now() has the one timestamp format and never goes backwards in text order."""
+    stamps = [_values.now() for _ in range(200)]
+    assert all(FORMAT.fullmatch(s) for s in stamps)
+    assert stamps == sorted(stamps)
+
+
+def test_sql_default_and_python_write_the_same_format():
+    """The SQL default expression and Python produce identical shapes for the same instant."""
+    conn = sqlite3.connect(":memory:")  # one connection: only SQL's strftime is under test
+    sql_value = conn.execute(
+        "SELECT strftime(?, '2024-05-06 07:08:09.010')", (_values.TIMESTAMP_SQL_FORMAT,)
+    ).fetchone()[0]
+    conn.close()
+    python_value = _values.format_datetime(dt.datetime(2024, 5, 6, 7, 8, 9, 10_000, tzinfo=UTC))
+    assert sql_value == python_value == "2024-05-06T07:08:09.010Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), "2024-01-02T03:04:05.000Z"),
+        (dt.datetime(2024, 1, 2, 3, 4, 5, 999_999, tzinfo=UTC), "2024-01-02T03:04:05.999Z"),
+        (dt.datetime(2024, 1, 2, 5, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))), "2024-01-02T03:04:05.000Z"),
+        ("2024-01-02T03:04:05+00:00", "2024-01-02T03:04:05.000Z"),
+        ("2024-01-02T03:04:05.123456-01:00", "2024-01-02T04:04:05.123Z"),
+        ("2024-01-02T03:04:05.120Z", "2024-01-02T03:04:05.120Z"),
+    ],
+)
+def test_timestamp_accepts_aware_values_and_normalises_to_utc(value, expected):
+    """Aware datetimes and ISO strings with an offset become the fixed-width UTC form."""
+    assert _values.timestamp(value, "t", "f") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (dt.datetime(2024, 1, 2), "no time zone"),
+        ("2024-01-02T03:04:05", "no time zone"),
+        ("yesterday", "not an ISO 8601 timestamp"),
+        (1700000000, "expected a datetime"),
+        (None, "expected a datetime"),
+    ],
+)
+def test_timestamp_rejects_naive_and_garbage(value, message):
+    """Naive or unparseable times are refused, naming table and field."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*{message}"):
+        _values.timestamp(value, "t", "f")
+
+
+def test_to_json_is_compact_and_keeps_unicode():
+    """JSON text is compact and keeps non-ASCII characters as they are."""
+    assert _values.to_json({"a": ["é", 1, None]}, "t", "f") == '{"a":["é",1,null]}'
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "message"),
+    [
+        (float("nan"), None, "not valid JSON"),
+        ({"x": float("inf")}, None, "not valid JSON"),
+        ({1, 2}, None, "not valid JSON"),
+        (object(), None, "not valid JSON"),
+        ({"a": 1}, list, "expected a JSON array"),
+        ([1], dict, "expected a JSON object"),
+    ],
+)
+def test_to_json_rejects_what_json_cannot_hold(value, kind, message):
+    """NaN, infinities, sets and wrong container kinds are refused before reaching SQL."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*{message}"):
+        _values.to_json(value, "t", "f", kind)
+
+
+def test_new_ids_are_version_7_uuids_ordered_by_time():
+    """Generated ids are distinct RFC 4122 version-7 UUIDs whose text grows with time."""
+    ids = [_values.new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert {u.version for u in parsed} == {7}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        (lambda v: _values.require_text(v, "t", "f"), "", "non-empty string"),
+        (lambda v: _values.require_text(v, "t", "f"), 5, "non-empty string"),
+        (lambda v: _values.require_int(v, "t", "f", 0, 10), True, "expected an integer"),
+        (lambda v: _values.require_int(v, "t", "f", 0, 10), "5", "expected an integer"),
+        (lambda v: _values.require_int(v, "t", "f", 0, 10), 11, "between 0 and 10"),
+        (lambda v: _values.require_int(v, "t", "f", 1), 0, ">= 1"),
+        (lambda v: _values.require_number(v, "t", "f"), -0.5, "finite and >= 0"),
+        (lambda v: _values.require_number(v, "t", "f"), float("nan"), "finite and >= 0"),
+        (lambda v: _values.require_number(v, "t", "f"), "1", "expected a number"),
+        (lambda v: _values.require_choice(v, ("a", "b"), "t", "f"), "c", "not one of a, b"),
+    ],
+)
+def test_validators_name_table_field_and_value(check, value, message):
+    """Each validator refuses a bad value with a message naming table, field and value."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*{re.escape(message)}"):
+        check(value)
+
+
+def test_validators_accept_good_values():
+    """Good values pass every validator (and numbers come back as floats)."""
+    _values.require_text(None, "t", "f", optional=True)
+    _values.require_text("x", "t", "f")
+    _values.require_int(10, "t", "f", 0, 10)
+    _values.require_choice("a", ("a",), "t", "f")
+    assert _values.require_number(3, "t", "f") == 3.0
+
+
+def test_long_values_are_shortened_in_messages():
+    """A 1 MB value is quoted only in part, so messages stay readable."""
+    with pytest.raises(ValidationError) as info:
+        _values.require_int("x" * 1_000_000, "t", "f", 0)
+    assert len(str(info.value)) < 300
+    assert "1000002 characters" in str(info.value)
+
+
+def test_decoder_decodes_json_columns_only():
+    """Rows become dicts; JSON columns are decoded, NULLs and other columns left alone."""
+    decode = _values.decoder(("id", "data", "note"), iter(["data"]))
+    assert decode((1, '{"a": [1]}', '{"not": "json column"}')) == {
+        "id": 1, "data": {"a": [1]}, "note": '{"not": "json column"}'}
+    assert decode((2, None, None)) == {"id": 2, "data": None, "note": None}
