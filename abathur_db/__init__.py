@@ -15,7 +15,7 @@ if sqlite3.sqlite_version_info < (3, 35, 0):
         f"abathur_db needs SQLite 3.35 or newer (for RETURNING); this Python has {sqlite3.sqlite_version}"
     )
 
-from . import schema  # noqa: E402
+from . import agents, audit, checkpoints, metrics, schema, sessions, state, tasks  # noqa: E402
 from .errors import (  # noqa: E402
     AbathurDBError,
     BusyError,
@@ -51,10 +51,17 @@ __all__ = [
     "UniqueError",
     "ValidationError",
     "__version__",
+    "agents",
+    "audit",
     "backup",
+    "checkpoints",
     "connect",
     "integrity_check",
+    "metrics",
     "open",
+    "sessions",
+    "state",
+    "tasks",
     "transaction",
 ]
 

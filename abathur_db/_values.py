@@ -17,6 +17,10 @@ from .errors import ValidationError, short_repr
 # order. SQL defaults write the same with strftime('%Y-%m-%dT%H:%M:%fZ', 'now').
 TIMESTAMP_SQL_FORMAT = "%Y-%m-%dT%H:%M:%fZ"
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# Open ends of a time range: every timestamp sorts after "" and before "~", so a
+# range query stays one statement and one range search on its index.
+_EARLIEST, _LATEST = "", "~"
+INT64_MAX = 2**63 - 1  # the largest integer SQLite stores
 
 
 def now() -> str:
@@ -47,6 +51,18 @@ def timestamp(value: Any, table: str, field: str) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(f"{table}.{field}: {value!r} has no time zone; pass an aware datetime")
     return format_datetime(value)
+
+
+def time_range(since: Any, until: Any, table: str, prefix: str = "") -> dict[str, str]:
+    """Return the bound parameters ``since`` and ``until`` of [since, until); None leaves an end open.
+
+    Errors name the caller's arguments: ``<prefix>_since`` and ``<prefix>_until``.
+    """
+    names = (f"{prefix}_since", f"{prefix}_until") if prefix else ("since", "until")
+    return {
+        "since": _EARLIEST if since is None else timestamp(since, table, names[0]),
+        "until": _LATEST if until is None else timestamp(until, table, names[1]),
+    }
 
 
 def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str:
@@ -83,20 +99,24 @@ def require_text(value: Any, table: str, field: str, *, optional: bool = False) 
         raise ValidationError(f"{table}.{field}: expected a non-empty string, got {short_repr(value)}")
 
 
-def require_int(value: Any, table: str, field: str, low: int, high: int | None = None) -> None:
+def require_int(value: Any, table: str, field: str, low: int, high: int = INT64_MAX) -> None:
     """Raise ValidationError unless `value` is an int (not a bool) within [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{table}.{field}: expected an integer, got {short_repr(value)}")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValidationError(f"{table}.{field}: {value!r} is out of range (must be {bounds})")
+    if not low <= value <= high:
+        bounds = f"between {low} and {high}" if high != INT64_MAX else f">= {low}"
+        raise ValidationError(f"{table}.{field}: {short_repr(value)} is out of range (must be {bounds})")
 
 
 def require_number(value: Any, table: str, field: str) -> float:
     """Return `value` as a float; raise ValidationError unless it is finite and >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(f"{table}.{field}: expected a number, got {short_repr(value)}")
-    if not math.isfinite(value) or value < 0:
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or value < 0:
         raise ValidationError(f"{table}.{field}: {value!r} is not allowed (must be finite and >= 0)")
     return float(value)
 
@@ -107,6 +127,16 @@ def require_choice(value: Any, choices: Iterable[str], table: str, field: str) -
         raise ValidationError(
             f"{table}.{field}: {short_repr(value)} is not one of {', '.join(sorted(choices))}"
         )
+
+
+def only_one(table: str, **groups: bool) -> str:
+    """Return the name of the one filter group given; raise ValidationError unless exactly one is."""
+    chosen = [name for name, given in groups.items() if given]
+    if len(chosen) != 1:
+        raise ValidationError(
+            f"{table}: list() takes exactly one of {', '.join(groups)}; got {', '.join(chosen) or 'none'}"
+        )
+    return chosen[0]
 
 
 def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:

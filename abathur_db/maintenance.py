@@ -35,7 +35,10 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")
-    source = conn.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        source = conn.execute("PRAGMA database_list").fetchone()[2]
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
     mode = 0o600
     if source:
         mode &= stat.S_IMODE(os.stat(source).st_mode)

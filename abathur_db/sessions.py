@@ -15,7 +15,8 @@ COLUMNS = (
     "id", "app_name", "user_id", "project_id", "status", "events", "state", "metadata",
     "created_at", "last_update_time", "terminated_at", "archived_at",
 )
-_row = _values.decoder(COLUMNS, ("events", "state", "metadata"))
+JSON_COLUMNS = ("events", "state", "metadata")
+decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
 # Allowed status changes: a terminated session can only be archived, an archived one is final.
@@ -73,7 +74,7 @@ def create(
         "metadata": _values.to_json({} if metadata is None else metadata, TABLE, "metadata", dict),
         "now": _values.now(),
     }
-    return _row(write(conn, TABLE, _INSERT, params)[0])
+    return decode_row(write(conn, TABLE, _INSERT, params)[0])
 
 
 def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     row = conn.execute(GET_SQL, {"id": session_id}).fetchone()
     if row is None:
         raise NotFoundError(f"{TABLE}: no session with id {session_id!r}")
-    return _row(row)
+    return decode_row(row)
 
 
 def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[s
     rows = write(conn, TABLE, _SET_STATUS, params)
     if not rows:  # another connection changed it between our read and our write
         raise TransitionError(f"{TABLE}: session {session_id!r} changed status concurrently; retry")
-    return _row(rows[0])
+    return decode_row(rows[0])
 
 
 def delete(conn: sqlite3.Connection, session_id: str) -> None:

@@ -65,6 +65,10 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: dict) -> list[
     A failure leaves nothing behind and is raised as the package's error for `table`.
     """
     try:
+        if conn.in_transaction:
+            # One statement is atomic on its own: a failing one is undone and the
+            # caller's transaction stays open, so no savepoint is needed.
+            return conn.execute(sql, params).fetchall()
         with transaction(conn):
             return conn.execute(sql, params).fetchall()
     except sqlite3.Error as exc:

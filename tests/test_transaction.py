@@ -147,3 +147,15 @@ def test_failed_commit_rolls_back_and_raises_the_package_error(conn):
             conn.execute("INSERT INTO state (task_id, key, value) VALUES ('no-task', 'k', '1')")
     assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM state").fetchone()[0] == 0
+
+
+def test_write_inside_a_transaction_sends_only_its_statement(conn, traced):
+    """Inside an open transaction a write is one statement: atomic alone, no savepoint needed."""
+    sql = "INSERT INTO metrics (metric_name, metric_value) VALUES (:metric_name, :metric_value)"
+    with transaction(conn):
+        write(conn, "metrics", sql, {"metric_name": "m", "metric_value": 1})
+        with pytest.raises(ValidationError):
+            write(conn, "metrics", sql, {"metric_name": "m", "metric_value": -1})
+    assert [s.split(" (")[0] for s in traced] == [
+        "BEGIN IMMEDIATE", "INSERT INTO metrics", "INSERT INTO metrics", "COMMIT"]
+    assert _count(conn) == 1

@@ -111,6 +111,8 @@ def test_new_ids_are_version_7_uuids_ordered_by_time():
         (lambda v: _values.require_number(v, "t", "f"), -0.5, "finite and >= 0"),
         (lambda v: _values.require_number(v, "t", "f"), float("nan"), "finite and >= 0"),
         (lambda v: _values.require_number(v, "t", "f"), "1", "expected a number"),
+        (lambda v: _values.require_number(v, "t", "f"), 10**400, "finite and >= 0"),
+        (lambda v: _values.require_int(v, "t", "f", 0), 2**63, ">= 0"),
         (lambda v: _values.require_choice(v, ("a", "b"), "t", "f"), "c", "not one of a, b"),
     ],
 )
@@ -135,6 +137,31 @@ def test_long_values_are_shortened_in_messages():
         _values.require_int("x" * 1_000_000, "t", "f", 0)
     assert len(str(info.value)) < 300
     assert "1000002 characters" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [("soon", None, "t.x_since"), (None, dt.datetime(2024, 1, 1), "t.x_until")],
+)
+def test_time_range_names_the_bad_end(since, until, message):
+    """A bad end of a time range is reported under the caller's argument name."""
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        _values.time_range(since, until, "t", "x")
+
+
+def test_time_range_open_ends_enclose_every_timestamp():
+    """Open ends sort before and after every timestamp, so a range query stays one statement."""
+    bounds = _values.time_range(None, None, "t")
+    assert bounds["since"] < "0000-01-01T00:00:00.000Z" < "9999-12-31T23:59:59.999Z" < bounds["until"]
+    assert _values.time_range("2024-01-01T00:00:00Z", None, "t")["since"] == "2024-01-01T00:00:00.000Z"
+
+
+def test_only_one_filter_group():
+    """only_one returns the single group given and refuses none or several."""
+    assert _values.only_one("t", a=False, b=True) == "b"
+    for groups in ({"a": False, "b": False}, {"a": True, "b": True}):
+        with pytest.raises(ValidationError, match="t: list\\(\\) takes exactly one of a, b"):
+            _values.only_one("t", **groups)
 
 
 def test_decoder_decodes_json_columns_only():

@@ -1,0 +1,178 @@
+"""Agents working on tasks: spawn, get, list, change state, terminate."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from typing import Any
+
+from . import _values
+from .errors import NotFoundError, TransitionError, ValidationError
+from .transaction import write
+
+TABLE = "agents"
+STATES = ("spawning", "idle", "busy", "terminating", "terminated")
+SPAWN_STATES = ("spawning", "idle", "busy")
+COLUMNS = (
+    "id", "name", "specialization", "task_id", "state", "model", "spawned_at", "terminated_at",
+    "resource_usage", "session_id",
+)
+JSON_COLUMNS = ("resource_usage",)
+decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM agents"
+_RETURNING = " RETURNING " + ", ".join(COLUMNS)
+
+# Allowed state changes: idle and busy alternate, every live state can wind down,
+# and terminated is final.
+_NEXT = {
+    "spawning": {"idle", "busy", "terminating", "terminated"},
+    "idle": {"busy", "terminating", "terminated"},
+    "busy": {"idle", "terminating", "terminated"},
+    "terminating": {"terminated"},
+    "terminated": set(),
+}
+
+
+GET_SQL = _SELECT + " WHERE id = :id"
+# The rowid breaks ties between agents spawned in the same millisecond; each
+# index carries it as its last column, so the order costs no sort.
+LIST_SQL = {
+    "task_id": _SELECT + " WHERE task_id = :task_id ORDER BY spawned_at, rowid LIMIT :limit",  # A1
+    "session_id": _SELECT + " WHERE session_id = :session_id"
+    " ORDER BY spawned_at DESC, rowid DESC LIMIT :limit",  # A2
+    "spawned": _SELECT + " WHERE spawned_at >= :since AND spawned_at < :until"
+    " ORDER BY spawned_at, rowid LIMIT :limit",  # A3
+}
+
+_INSERT = (
+    "INSERT INTO agents (id, name, specialization, task_id, state, model, spawned_at,"
+    " resource_usage, session_id)"
+    " VALUES (:id, :name, :specialization, :task_id, :state, :model, :spawned_at,"
+    " :resource_usage, :session_id)" + _RETURNING
+)
+# resource_usage is kept unless a new value is given.
+_SET_STATE = (
+    "UPDATE agents SET state = :state,"
+    " terminated_at = CASE WHEN :state = 'terminated' THEN :terminated_at ELSE terminated_at END,"
+    " resource_usage = coalesce(:resource_usage, resource_usage)"
+    " WHERE id = :id AND state = :from_state" + _RETURNING
+)
+
+
+def spawn(
+    conn: sqlite3.Connection,
+    task_id: str,
+    name: str,
+    specialization: str,
+    model: str,
+    *,
+    agent_id: str | None = None,
+    session_id: str | None = None,
+    state: str = "spawning",
+    resource_usage: Any = None,
+) -> dict[str, Any]:
+    """Insert an agent working on `task_id` (its id generated unless given) and return it.
+
+    :raises ForeignKeyError: when the task or the session does not exist.
+    """
+    _values.require_text(task_id, TABLE, "task_id")
+    _values.require_text(name, TABLE, "name")
+    _values.require_text(specialization, TABLE, "specialization")
+    _values.require_text(model, TABLE, "model")
+    _values.require_text(agent_id, TABLE, "id", optional=True)
+    _values.require_text(session_id, TABLE, "session_id", optional=True)
+    _values.require_choice(state, SPAWN_STATES, TABLE, "state")
+    params = {
+        "id": agent_id or _values.new_id(),
+        "name": name,
+        "specialization": specialization,
+        "task_id": task_id,
+        "state": state,
+        "model": model,
+        "spawned_at": _values.now(),
+        "resource_usage": _usage_json(resource_usage),
+        "session_id": session_id,
+    }
+    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+
+
+def get(conn: sqlite3.Connection, agent_id: str) -> dict[str, Any]:
+    """Return the agent `agent_id`; raise NotFoundError if there is none."""
+    _values.require_text(agent_id, TABLE, "id")
+    row = conn.execute(GET_SQL, {"id": agent_id}).fetchone()
+    if row is None:
+        raise NotFoundError(f"{TABLE}: no agent with id {agent_id!r}")
+    return decode_row(row)
+
+
+def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
+    conn: sqlite3.Connection,
+    *,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    spawned_since: Any = None,
+    spawned_until: Any = None,
+    limit: int = 100,
+) -> builtins.list[dict[str, Any]]:
+    """Return at most `limit` agents of one task, of one session, or spawned in a time range.
+
+    Exactly one of `task_id`, `session_id` or the range [`spawned_since`,
+    `spawned_until`) (either end may be open) must be given. A task's agents and
+    a range come oldest first, a session's agents newest first.
+    """
+    group = _values.only_one(TABLE, task_id=task_id is not None, session_id=session_id is not None,
+                             spawned=spawned_since is not None or spawned_until is not None)
+    _values.require_int(limit, TABLE, "limit", 0)
+    if group == "spawned":
+        params = _values.time_range(spawned_since, spawned_until, TABLE, "spawned")
+    else:
+        value = task_id if group == "task_id" else session_id
+        _values.require_text(value, TABLE, group)
+        params = {group: value}
+    params["limit"] = limit
+    return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
+
+
+def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> dict[str, Any]:
+    """Move the agent to `state` and return it.
+
+    Allowed: spawning to idle, busy or terminating; idle and busy to each other;
+    any state but terminated to terminating or terminated (which sets
+    ``terminated_at``). Terminated is final.
+
+    :raises TransitionError: when `state` cannot follow the current one.
+    """
+    _values.require_choice(state, STATES, TABLE, "state")
+    return _change_state(conn, agent_id, state, None)
+
+
+def terminate(conn: sqlite3.Connection, agent_id: str, resource_usage: Any = None) -> dict[str, Any]:
+    """Mark the agent terminated now, recording `resource_usage` when given; return it.
+
+    :raises TransitionError: when the agent is already terminated.
+    """
+    return _change_state(conn, agent_id, "terminated", _usage_json(resource_usage))
+
+
+def _change_state(
+    conn: sqlite3.Connection, agent_id: str, state: str, resource_usage: str | None
+) -> dict[str, Any]:
+    current = get(conn, agent_id)["state"]
+    if state not in _NEXT[current]:
+        raise TransitionError(f"{TABLE}: agent {agent_id!r} cannot go from {current!r} to {state!r}")
+    params = {
+        "id": agent_id,
+        "state": state,
+        "from_state": current,
+        "terminated_at": _values.now(),
+        "resource_usage": resource_usage,
+    }
+    rows = write(conn, TABLE, _SET_STATE, params)
+    if not rows:  # another connection changed it between our read and our write
+        raise TransitionError(f"{TABLE}: agent {agent_id!r} changed state concurrently; retry")
+    return decode_row(rows[0])
+
+
+def _usage_json(value: Any) -> str | None:
+    """Return `value` as resource_usage JSON text, or None (SQL NULL) when there is no value."""
+    return None if value is None else _values.to_json(value, TABLE, "resource_usage")

@@ -1,0 +1,128 @@
+"""The audit trail: record what agents did (memory operations included), list it back."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from typing import Any
+
+from . import _values
+from .errors import ValidationError
+from .transaction import write
+
+TABLE = "audit"
+MEMORY_OPERATION_TYPES = ("create", "update", "delete", "consolidate", "publish")
+COLUMNS = (
+    "id", "timestamp", "agent_id", "task_id", "action_type", "action_data", "result",
+    "memory_operation_type", "memory_namespace", "memory_entry_id",
+)
+JSON_COLUMNS = ("action_data",)
+decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
+
+# Every list query takes a lower time bound, `since` (an open one when not given),
+# which keeps a single statement per query, each a range search on its index.
+LIST_SQL = {
+    "task_id": _SELECT + " WHERE task_id = :task_id AND timestamp >= :since"
+    " ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U1
+    "latest": _SELECT + " WHERE timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U2
+    "memory_operation_type": _SELECT + " WHERE memory_operation_type = :memory_operation_type"
+    " AND timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U3
+    # idx_audit_memory_entry_id holds no timestamp: id (the rowid, which grows with
+    # each insert) gives the newest-first order without a sort.
+    "memory_entry_id": _SELECT + " WHERE memory_entry_id = :memory_entry_id AND timestamp >= :since"
+    " ORDER BY id DESC LIMIT :limit",  # U4
+}
+
+_INSERT = (
+    "INSERT INTO audit (timestamp, agent_id, task_id, action_type, action_data, result,"
+    " memory_operation_type, memory_namespace, memory_entry_id)"
+    " VALUES (:timestamp, :agent_id, :task_id, :action_type, :action_data, :result,"
+    " :memory_operation_type, :memory_namespace, :memory_entry_id)"
+    " RETURNING " + ", ".join(COLUMNS)
+)
+
+
+def record(
+    conn: sqlite3.Connection,
+    action_type: str,
+    *,
+    task_id: str | None = None,
+    agent_id: str | None = None,
+    action_data: Any = None,
+    result: str | None = None,
+    memory_operation_type: str | None = None,
+    memory_namespace: str | None = None,
+    memory_entry_id: int | None = None,
+) -> dict[str, Any]:
+    """Append one audit row, timestamped now, and return it.
+
+    `action_data` is any JSON value (None stores SQL NULL).
+
+    :raises ForeignKeyError: when the task, agent or memory entry does not exist.
+    """
+    _values.require_text(action_type, TABLE, "action_type")
+    _values.require_text(task_id, TABLE, "task_id", optional=True)
+    _values.require_text(agent_id, TABLE, "agent_id", optional=True)
+    _values.require_text(result, TABLE, "result", optional=True)
+    if memory_operation_type is not None:
+        _values.require_choice(memory_operation_type, MEMORY_OPERATION_TYPES, TABLE, "memory_operation_type")
+    _values.require_text(memory_namespace, TABLE, "memory_namespace", optional=True)
+    if memory_entry_id is not None:
+        _values.require_int(memory_entry_id, TABLE, "memory_entry_id", 1)
+    params = {
+        "timestamp": _values.now(),
+        "agent_id": agent_id,
+        "task_id": task_id,
+        "action_type": action_type,
+        "action_data": None if action_data is None else _values.to_json(action_data, TABLE, "action_data"),
+        "result": result,
+        "memory_operation_type": memory_operation_type,
+        "memory_namespace": memory_namespace,
+        "memory_entry_id": memory_entry_id,
+    }
+    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+
+
+def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
+    conn: sqlite3.Connection,
+    *,
+    task_id: str | None = None,
+    memory_entry_id: int | None = None,
+    memory_operation_type: str | None = None,
+    since: Any = None,
+    limit: int = 100,
+) -> builtins.list[dict[str, Any]]:
+    """Return at most `limit` audit rows, newest first, recorded at or after `since`.
+
+    Filter by at most one of `task_id`, `memory_entry_id` or
+    `memory_operation_type`; with none, return the latest rows.
+    """
+    filters = {
+        name: value
+        for name, value in (
+            ("task_id", task_id),
+            ("memory_entry_id", memory_entry_id),
+            ("memory_operation_type", memory_operation_type),
+        )
+        if value is not None
+    }
+    if len(filters) > 1:
+        raise ValidationError(
+            f"{TABLE}: list() takes at most one of task_id, memory_entry_id or memory_operation_type,"
+            f" got {sorted(filters)}"
+        )
+    if task_id is not None:
+        _values.require_text(task_id, TABLE, "task_id")
+    if memory_entry_id is not None:
+        _values.require_int(memory_entry_id, TABLE, "memory_entry_id", 1)
+    if memory_operation_type is not None:
+        _values.require_choice(memory_operation_type, MEMORY_OPERATION_TYPES, TABLE, "memory_operation_type")
+    _values.require_int(limit, TABLE, "limit", 0)
+    params = {
+        **filters,
+        "since": _values.time_range(since, None, TABLE)["since"],
+        "limit": limit,
+    }
+    query = LIST_SQL[next(iter(filters), "latest")]
+    return [decode_row(row) for row in conn.execute(query, params).fetchall()]

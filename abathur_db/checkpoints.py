@@ -1,0 +1,125 @@
+"""Loop checkpoints, one per (task, iteration): save, load, list, prune."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from typing import Any
+
+from . import _values
+from .errors import NotFoundError, ValidationError
+from .transaction import write
+
+TABLE = "checkpoints"
+COLUMNS = ("task_id", "iteration", "state", "created_at", "session_id")
+JSON_COLUMNS = ("state",)
+decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM checkpoints"
+
+
+LOAD_LATEST_SQL = _SELECT + " WHERE task_id = :task_id ORDER BY iteration DESC LIMIT 1"  # C1
+LOAD_SQL = _SELECT + " WHERE task_id = :task_id AND iteration = :iteration"
+# The rowid breaks ties between checkpoints created in the same millisecond; each
+# index carries it as its last column, so the order costs no sort.
+LIST_SQL = {
+    "task_id": _SELECT + " WHERE task_id = :task_id ORDER BY iteration LIMIT :limit",
+    "session_id": _SELECT + " WHERE session_id = :session_id ORDER BY created_at, rowid LIMIT :limit",  # C2
+    "created": _SELECT + " WHERE created_at >= :since AND created_at < :until"
+    " ORDER BY created_at, rowid LIMIT :limit",  # C3
+}
+
+_INSERT = (
+    "INSERT INTO checkpoints (task_id, iteration, state, created_at, session_id)"
+    " VALUES (:task_id, :iteration, :state, :created_at, :session_id)"
+    " RETURNING " + ", ".join(COLUMNS)
+)
+# The subquery finds the newest iteration beyond the `keep_last` to keep (NULL,
+# and so no deletion, when there are not that many): it and every older one go.
+_PRUNE = (
+    "DELETE FROM checkpoints WHERE task_id = :task_id AND iteration <= ("
+    "SELECT iteration FROM checkpoints WHERE task_id = :task_id"
+    " ORDER BY iteration DESC LIMIT 1 OFFSET :keep_last)"
+    " RETURNING iteration"
+)
+
+
+def save(
+    conn: sqlite3.Connection,
+    task_id: str,
+    iteration: int,
+    state: Any,
+    *,
+    session_id: str | None = None,
+) -> dict[str, Any]:
+    """Store `state` (any JSON value) as the task's checkpoint for `iteration` and return it.
+
+    :raises UniqueError: when the task already has a checkpoint for that iteration.
+    :raises ForeignKeyError: when the task or the session does not exist.
+    """
+    _values.require_text(task_id, TABLE, "task_id")
+    _values.require_int(iteration, TABLE, "iteration", 0)
+    _values.require_text(session_id, TABLE, "session_id", optional=True)
+    params = {
+        "task_id": task_id,
+        "iteration": iteration,
+        "state": _values.to_json(state, TABLE, "state"),
+        "created_at": _values.now(),
+        "session_id": session_id,
+    }
+    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+
+
+def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -> dict[str, Any]:
+    """Return the task's checkpoint for `iteration`, or its latest one when `iteration` is None.
+
+    :raises NotFoundError: when there is no such checkpoint.
+    """
+    _values.require_text(task_id, TABLE, "task_id")
+    if iteration is None:
+        row = conn.execute(LOAD_LATEST_SQL, {"task_id": task_id}).fetchone()
+        missing = f"no checkpoint for task {task_id!r}"
+    else:
+        _values.require_int(iteration, TABLE, "iteration", 0)
+        row = conn.execute(LOAD_SQL, {"task_id": task_id, "iteration": iteration}).fetchone()
+        missing = f"no checkpoint for task {task_id!r} at iteration {iteration}"
+    if row is None:
+        raise NotFoundError(f"{TABLE}: {missing}")
+    return decode_row(row)
+
+
+def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
+    conn: sqlite3.Connection,
+    *,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    created_since: Any = None,
+    created_until: Any = None,
+    limit: int = 100,
+) -> builtins.list[dict[str, Any]]:
+    """Return at most `limit` checkpoints of one task, of one session, or created in a time range.
+
+    Exactly one of `task_id`, `session_id` or the range [`created_since`,
+    `created_until`) (either end may be open) must be given. A task's checkpoints
+    come by iteration, the others oldest first.
+    """
+    group = _values.only_one(TABLE, task_id=task_id is not None, session_id=session_id is not None,
+                             created=created_since is not None or created_until is not None)
+    _values.require_int(limit, TABLE, "limit", 0)
+    if group == "created":
+        params = _values.time_range(created_since, created_until, TABLE, "created")
+    else:
+        value = task_id if group == "task_id" else session_id
+        _values.require_text(value, TABLE, group)
+        params = {group: value}
+    params["limit"] = limit
+    return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
+
+
+def prune(conn: sqlite3.Connection, task_id: str, keep_last: int) -> int:
+    """Delete all but the task's `keep_last` newest iterations; return how many were deleted.
+
+    A task with no checkpoints (or an unknown task) has nothing to delete: 0.
+    """
+    _values.require_text(task_id, TABLE, "task_id")
+    _values.require_int(keep_last, TABLE, "keep_last", 0)
+    return len(write(conn, TABLE, _PRUNE, {"task_id": task_id, "keep_last": keep_last}))

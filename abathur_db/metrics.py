@@ -1,0 +1,80 @@
+"""Numeric measurements with labels: record, and query by name and/or time range."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from . import _values
+from .transaction import write
+
+TABLE = "metrics"
+COLUMNS = ("id", "timestamp", "metric_name", "metric_value", "labels")
+JSON_COLUMNS = ("labels",)
+decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM metrics"
+
+# id (the rowid, last column of each index) breaks ties without a sort.
+QUERY_SQL = {
+    "range": _SELECT + " WHERE timestamp >= :since AND timestamp < :until"
+    " ORDER BY timestamp, id LIMIT :limit",  # M1
+    "name": _SELECT + " WHERE metric_name = :metric_name AND timestamp >= :since AND timestamp < :until"
+    " ORDER BY timestamp, id LIMIT :limit",  # M2
+}
+
+_INSERT = (
+    "INSERT INTO metrics (timestamp, metric_name, metric_value, labels)"
+    " VALUES (:timestamp, :metric_name, :metric_value, :labels)"
+    " RETURNING " + ", ".join(COLUMNS)
+)
+
+
+def record(
+    conn: sqlite3.Connection,
+    name: str,
+    value: int | float,
+    *,
+    labels: dict | None = None,
+    timestamp: Any = None,
+) -> dict[str, Any]:
+    """Store one measurement of `name` (at `timestamp`, default now) and return it.
+
+    `value` must be a finite number >= 0; `labels` a dict of JSON values.
+    """
+    _values.require_text(name, TABLE, "metric_name")
+    params = {
+        "timestamp": _values.now() if timestamp is None else _values.timestamp(timestamp, TABLE, "timestamp"),
+        "metric_name": name,
+        "metric_value": _values.require_number(value, TABLE, "metric_value"),
+        "labels": None if labels is None else _values.to_json(labels, TABLE, "labels", dict),
+    }
+    row = decode_row(write(conn, TABLE, _INSERT, params)[0])
+    # SQLite 3.40 hands RETURNING a whole-number REAL as an integer (3 for 3.0),
+    # while a SELECT of the same row gives 3.0: give back what a read would.
+    row["metric_value"] = float(row["metric_value"])
+    return row
+
+
+def query(
+    conn: sqlite3.Connection,
+    *,
+    name: str | None = None,
+    since: Any = None,
+    until: Any = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return measurements in [`since`, `until`), of `name` only when given, oldest first.
+
+    Either end of the range may be open; `limit` None returns every match.
+    """
+    _values.require_text(name, TABLE, "metric_name", optional=True)
+    if limit is not None:
+        _values.require_int(limit, TABLE, "limit", 0)
+    params = _values.time_range(since, until, TABLE)
+    params["limit"] = -1 if limit is None else limit  # SQLite: a negative LIMIT means no limit
+    if name is None:
+        query_sql = QUERY_SQL["range"]
+    else:
+        query_sql = QUERY_SQL["name"]
+        params["metric_name"] = name
+    return [decode_row(row) for row in conn.execute(query_sql, params).fetchall()]

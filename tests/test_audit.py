@@ -1,0 +1,256 @@
+"""audit: record and list, memory-operation columns included."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+
+import pytest
+
+from abathur_db import agents, audit, transaction
+from abathur_db.errors import ForeignKeyError, ValidationError
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+WEIRD_TEXT = [
+    pytest.param("it's \"quoted\" `x`", id="quotes"),
+    pytest.param("x'); DELETE FROM audit; --", id="sql"),
+    pytest.param("d\u00e9j\u00e0 \u8a18\u9332 \U0001f4dd", id="unicode"),
+    pytest.param("nul\x00byte", id="nul"),
+    pytest.param("a" * 1_000_000, id="1MB"),
+]
+
+
+def count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+
+
+def memory_entry(conn, namespace: str = "ns", key: str = "k") -> int:
+    """Insert a memory entry by raw SQL (its service comes in a later milestone); return its id."""
+    return conn.execute(
+        "INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES (?, ?, '{}', 'semantic')"
+        " RETURNING id", (namespace, key),
+    ).fetchone()[0]
+
+
+def stamp(conn, audit_id: int, moment: str) -> None:
+    conn.execute("UPDATE audit SET timestamp = ? WHERE id = ?", (moment, audit_id))
+
+
+@pytest.fixture
+def task(make_task):
+    return make_task("t1")
+
+
+@pytest.fixture
+def agent(conn, task):
+    return agents.spawn(conn, task, "w", "s", "m", agent_id="agent-1")["id"]
+
+
+def test_record_returns_the_stored_row(conn, task, agent):
+    """record stores every column, timestamps the row now, and returns it as list reads it."""
+    entry = memory_entry(conn)
+    row = audit.record(
+        conn, "memory.write", task_id=task, agent_id=agent, action_data={"key": "k", "n": [1, 2]},
+        result="ok", memory_operation_type="create", memory_namespace="ns", memory_entry_id=entry,
+    )
+    assert audit.list(conn) == [row]
+    assert row["action_type"] == "memory.write" and row["task_id"] == task and row["agent_id"] == agent
+    assert row["action_data"] == {"key": "k", "n": [1, 2]} and row["result"] == "ok"
+    memory = (row["memory_operation_type"], row["memory_namespace"], row["memory_entry_id"])
+    assert memory == ("create", "ns", entry)
+    assert isinstance(row["id"], int) and TIMESTAMP.fullmatch(row["timestamp"])
+
+
+def test_record_with_only_an_action_type(conn):
+    """Every link and payload is optional; missing ones are SQL NULL."""
+    row = audit.record(conn, "startup")
+    assert {k: v for k, v in row.items() if v is not None} == {
+        "id": row["id"], "timestamp": row["timestamp"], "action_type": "startup"}
+    assert conn.execute("SELECT action_data IS NULL FROM audit").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("operation", audit.MEMORY_OPERATION_TYPES)
+def test_record_accepts_every_memory_operation_type(conn, operation):
+    """Each documented memory operation type is stored."""
+    assert audit.record(conn, "memory", memory_operation_type=operation)["memory_operation_type"] == operation
+
+
+@pytest.mark.parametrize("field", ["action_type", "result", "memory_namespace", "action_data"])
+@pytest.mark.parametrize("value", WEIRD_TEXT)
+def test_record_stores_text_verbatim(conn, field, value):
+    """Quotes, SQL, unicode, NUL and 1 MB strings come back exactly as given."""
+    kwargs = {"action_type": "x", field: value}
+    row = audit.record(conn, kwargs.pop("action_type"), **kwargs)
+    assert audit.list(conn) == [row]
+    assert row[field] == value
+
+
+BAD_RECORDS = [
+    pytest.param({"task_id": "missing"}, ForeignKeyError, "task_id", "'missing'", id="unknown-task"),
+    pytest.param({"agent_id": "missing"}, ForeignKeyError, "agent_id", "'missing'", id="unknown-agent"),
+    pytest.param({"memory_entry_id": 999}, ForeignKeyError, "memory_entry_id", "999",
+                 id="unknown-memory-entry"),
+    pytest.param({"memory_operation_type": "erase"}, ValidationError, "memory_operation_type", "'erase'",
+                 id="unknown-operation"),
+    pytest.param({"memory_operation_type": ""}, ValidationError, "memory_operation_type", "''",
+                 id="empty-operation"),
+    pytest.param({"action_type": ""}, ValidationError, "action_type", "''", id="empty-action-type"),
+    pytest.param({"action_type": 3}, ValidationError, "action_type", "3", id="int-action-type"),
+    pytest.param({"task_id": 1}, ValidationError, "task_id", "1", id="int-task"),
+    pytest.param({"result": {"ok": True}}, ValidationError, "result", "{'ok': True}", id="dict-result"),
+    pytest.param({"memory_namespace": 5}, ValidationError, "memory_namespace", "5", id="int-namespace"),
+    pytest.param({"memory_entry_id": "1"}, ValidationError, "memory_entry_id", "'1'", id="text-entry-id"),
+    pytest.param({"memory_entry_id": True}, ValidationError, "memory_entry_id", "True", id="bool-entry-id"),
+    pytest.param({"memory_entry_id": 2**63}, ValidationError, "memory_entry_id", str(2**63),
+                 id="huge-entry-id"),
+    pytest.param({"action_data": float("nan")}, ValidationError, "action_data", "nan", id="json-nan"),
+    pytest.param({"action_data": {"v": float("-inf")}}, ValidationError, "action_data", "inf", id="json-inf"),
+    pytest.param({"action_data": {"a", "b"}}, ValidationError, "action_data", "set", id="json-set"),
+    pytest.param({"action_data": {"when": dt.date(2024, 1, 1)}}, ValidationError, "action_data", "date",
+                 id="json-date"),
+]
+
+
+@pytest.mark.parametrize("override, error, field, shown", BAD_RECORDS)
+def test_record_rejects_bad_input(conn, task, agent, override, error, field, shown):
+    """Bad input raises the specific error naming table, field and value, and stores nothing."""
+    audit.record(conn, "before")
+    kwargs = {"action_type": "x", **override}
+    before = count(conn)
+    with pytest.raises(error) as caught:
+        audit.record(conn, kwargs.pop("action_type"), **kwargs)
+    assert f"audit.{field}" in str(caught.value) and shown in str(caught.value)
+    assert count(conn) == before
+
+
+def test_record_joins_the_callers_transaction(conn):
+    """A record inside the caller's transaction is rolled back with it."""
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            audit.record(conn, "x")
+            raise RuntimeError("caller fails")
+    assert count(conn) == 0
+
+
+def test_record_runs_in_its_own_immediate_transaction(conn):
+    """A record outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        audit.record(conn, "x")
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO audit") and sent[-1] == "COMMIT"
+
+
+def test_list_by_task_is_newest_first(conn, make_task):
+    """A task's audit rows come newest first, the later id first on a tie; other tasks stay out."""
+    t1, t2 = make_task("t1"), make_task("t2")
+    ids = [audit.record(conn, f"a{i}", task_id=t1)["id"] for i in range(4)]
+    audit.record(conn, "other", task_id=t2)
+    audit.record(conn, "no task")
+    stamp(conn, ids[0], "2024-01-09T00:00:00.000Z")
+    for audit_id in ids[1:]:
+        stamp(conn, audit_id, "2024-01-01T00:00:00.000Z")
+    assert [r["id"] for r in audit.list(conn, task_id=t1)] == [ids[0], ids[3], ids[2], ids[1]]
+    assert [r["id"] for r in audit.list(conn, task_id=t1, limit=2)] == [ids[0], ids[3]]
+    assert [r["id"] for r in audit.list(conn, task_id=t1, since="2024-01-02T00:00:00Z")] == [ids[0]]
+
+
+def test_list_latest_n(conn, make_task):
+    """Without a filter, list returns the latest rows of every kind, newest first."""
+    task = make_task()
+    ids = [audit.record(conn, f"a{i}", task_id=task if i % 2 else None)["id"] for i in range(5)]
+    for day, audit_id in zip((5, 1, 4, 2, 3), ids):
+        stamp(conn, audit_id, f"2024-01-0{day}T00:00:00.000Z")
+    assert [r["id"] for r in audit.list(conn, limit=3)] == [ids[0], ids[2], ids[4]]
+    assert [r["id"] for r in audit.list(conn)] == [ids[0], ids[2], ids[4], ids[3], ids[1]]
+    assert [r["id"] for r in audit.list(conn, since="2024-01-04T00:00:00Z")] == [ids[0], ids[2]]
+    assert audit.list(conn, limit=0) == []
+
+
+@pytest.mark.parametrize("since, expected", [
+    pytest.param(None, [3, 2, 0], id="no-since"),
+    pytest.param("2024-01-02T00:00:00.000Z", [3, 2], id="since-is-inclusive"),
+    pytest.param(dt.datetime(2024, 1, 2, 0, 0, 0, 1000, tzinfo=dt.timezone.utc), [3], id="aware-datetime"),
+    pytest.param("2024-02-01T00:00:00+00:00", [], id="after-all"),
+])
+def test_list_by_memory_operation_type_since(conn, since, expected):
+    """One operation type since a time (inclusive) comes newest first; other types stay out."""
+    kinds = ["update", "create", "update", "update", None]
+    ids = [audit.record(conn, "memory", memory_operation_type=kind)["id"] for kind in kinds]
+    for day, audit_id in zip((1, 2, 2, 3, 4), ids):
+        stamp(conn, audit_id, f"2024-01-0{day}T00:00:00.000Z")
+    rows = audit.list(conn, memory_operation_type="update", since=since)
+    assert [r["id"] for r in rows] == [ids[i] for i in expected]
+
+
+def test_list_by_memory_entry(conn):
+    """A memory entry's audit rows come newest recorded first, since a time when given; others stay out."""
+    entry, other = memory_entry(conn, key="a"), memory_entry(conn, key="b")
+    ids = [audit.record(conn, "memory", memory_entry_id=entry)["id"] for _ in range(3)]
+    audit.record(conn, "memory", memory_entry_id=other)
+    assert [r["id"] for r in audit.list(conn, memory_entry_id=entry)] == ids[::-1]
+    assert [r["id"] for r in audit.list(conn, memory_entry_id=entry, limit=1)] == ids[-1:]
+    stamp(conn, ids[0], "2024-01-01T00:00:00.000Z")
+    stamp(conn, ids[1], "2024-01-02T00:00:00.000Z")
+    assert [r["id"] for r in audit.list(conn, memory_entry_id=entry, since="2024-01-02T00:00:00Z")] == [
+        ids[2], ids[1]]
+
+
+def test_deleting_a_memory_entry_keeps_its_audit_rows_unlinked(conn):
+    """Deleting a memory entry sets audit.memory_entry_id to NULL and keeps the audit row."""
+    entry, other = memory_entry(conn, key="a"), memory_entry(conn, key="b")
+    row = audit.record(conn, "memory", memory_operation_type="delete", memory_namespace="ns",
+                       memory_entry_id=entry)
+    kept = audit.record(conn, "memory", memory_entry_id=other)
+    conn.execute("DELETE FROM memory_entries WHERE id = ?", (entry,))
+    assert count(conn) == 2
+    assert audit.list(conn, memory_operation_type="delete") == [{**row, "memory_entry_id": None}]
+    assert audit.list(conn, memory_entry_id=other) == [kept]
+
+
+@pytest.mark.parametrize("kwargs, shown", [
+    pytest.param({"task_id": "t", "memory_entry_id": 1}, "memory_entry_id", id="two-filters"),
+    pytest.param({"memory_operation_type": "erase"}, "audit.memory_operation_type", id="unknown-operation"),
+    pytest.param({"task_id": ""}, "audit.task_id", id="empty-task"),
+    pytest.param({"memory_entry_id": "7"}, "audit.memory_entry_id", id="text-entry"),
+    pytest.param({"since": "last week"}, "'last week'", id="bad-since"),
+    pytest.param({"since": dt.datetime(2024, 1, 1)}, "audit.since", id="naive-since"),
+    pytest.param({"limit": -5}, "audit.limit", id="negative-limit"),
+    pytest.param({"limit": None}, "audit.limit", id="none-limit"),
+])
+def test_list_rejects_bad_filters(conn, kwargs, shown):
+    """list takes at most one filter, each valid, and a valid limit."""
+    with pytest.raises(ValidationError) as caught:
+        audit.list(conn, **kwargs)
+    assert "audit" in str(caught.value) and shown in str(caught.value)
+
+
+@pytest.mark.parametrize("column, value", [
+    pytest.param("memory_operation_type", "erase", id="unknown-operation"),
+    pytest.param("action_data", "{not json", id="invalid-json"),
+    pytest.param("timestamp", "2024-01-01T00:00:00+00:00", id="timestamp-format"),
+])
+def test_database_rejects_invalid_raw_rows(conn, column, value):
+    """The schema itself refuses an unknown operation type or invalid JSON written by raw SQL."""
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(f"INSERT INTO audit (action_type, {column}) VALUES ('x', ?)", (value,))
+    assert count(conn) == 0
+
+
+PARAMS = {"task_id": "x", "memory_entry_id": 1, "memory_operation_type": "create", "since": "a", "limit": 10}
+
+
+@pytest.mark.parametrize("key, index", [
+    pytest.param("task_id", "idx_audit_task_id", id="U1"),
+    pytest.param("latest", "idx_audit_timestamp", id="U2"),
+    pytest.param("memory_operation_type", "idx_audit_memory_operation", id="U3"),
+    pytest.param("memory_entry_id", "idx_audit_memory_entry_id", id="U4"),
+])
+def test_queries_are_served_by_an_index(conn, key, index):
+    """Each catalog query searches its index: no full SCAN, no temporary B-tree for the order."""
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + audit.LIST_SQL[key], PARAMS)]
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+    assert any(f"INDEX {index} " in step for step in plan), plan

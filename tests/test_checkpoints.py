@@ -1,0 +1,276 @@
+"""checkpoints: save, load, list, prune."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+
+import pytest
+
+from abathur_db import checkpoints, sessions, transaction
+from abathur_db.errors import ForeignKeyError, NotFoundError, UniqueError, ValidationError
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+STATES = [
+    pytest.param({"step": 3, "messages": ["a", "b"], "done": False, "score": 0.5}, id="object"),
+    pytest.param([1, "two", None], id="array"),
+    pytest.param(None, id="null"),
+    pytest.param(0, id="zero"),
+    pytest.param("it's \"quoted\"", id="quotes"),
+    pytest.param("x'); DROP TABLE checkpoints; --", id="sql"),
+    pytest.param({"\u00e9t\u00e0t": "\u72b6\u614b \U0001f504"}, id="unicode"),
+    pytest.param({"nul": "a\x00b"}, id="nul"),
+    pytest.param({"big": "s" * 1_000_000}, id="1MB"),
+]
+
+
+def count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+
+
+def iterations(conn, task_id: str) -> list[int]:
+    return [r["iteration"] for r in checkpoints.list(conn, task_id=task_id)]
+
+
+def created_at(conn, task_id: str, iteration: int, moment: str) -> None:
+    conn.execute("UPDATE checkpoints SET created_at = ? WHERE task_id = ? AND iteration = ?",
+                 (moment, task_id, iteration))
+
+
+@pytest.fixture
+def task(make_task):
+    return make_task("t1")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_save_then_load_returns_the_state_verbatim(conn, task, state):
+    """save returns the stored row; load gives back the same state, JSON decoded."""
+    row = checkpoints.save(conn, task, 0, state)
+    assert row == checkpoints.load(conn, task, 0) == checkpoints.load(conn, task)
+    assert row["state"] == state and row["task_id"] == task and row["iteration"] == 0
+    assert row["session_id"] is None and TIMESTAMP.fullmatch(row["created_at"])
+
+
+def test_save_links_a_session(conn, task):
+    """A checkpoint can belong to a session."""
+    session = sessions.create(conn, "app", "user")["id"]
+    assert checkpoints.save(conn, task, 1, {}, session_id=session)["session_id"] == session
+
+
+def test_load_latest_is_the_highest_iteration(conn, make_task):
+    """load without an iteration returns the task's highest iteration, whatever the save order."""
+    t1, t2 = make_task("t1"), make_task("t2")
+    for iteration in (2, 7, 0, 5):
+        checkpoints.save(conn, t1, iteration, {"i": iteration})
+    checkpoints.save(conn, t2, 9, {"i": 9})
+    assert checkpoints.load(conn, t1)["state"] == {"i": 7}
+    assert checkpoints.load(conn, t1, 2)["state"] == {"i": 2}
+
+
+@pytest.mark.parametrize("task_id, iteration, error, shown", [
+    pytest.param("t2", None, NotFoundError, "'t2'", id="no-checkpoint"),
+    pytest.param("t1", 3, NotFoundError, "iteration 3", id="missing-iteration"),
+    pytest.param("missing", None, NotFoundError, "'missing'", id="unknown-task"),
+    pytest.param("t1", -1, ValidationError, "checkpoints.iteration", id="negative-iteration"),
+    pytest.param("t1", "1", ValidationError, "checkpoints.iteration", id="text-iteration"),
+    pytest.param(None, None, ValidationError, "checkpoints.task_id", id="none-task"),
+])
+def test_load_rejects_missing_or_bad_keys(conn, make_task, task_id, iteration, error, shown):
+    """load raises NotFoundError (or ValidationError) naming the table and key."""
+    checkpoints.save(conn, make_task("t1"), 1, {})
+    make_task("t2")
+    with pytest.raises(error) as caught:
+        checkpoints.load(conn, task_id, iteration)
+    assert "checkpoints" in str(caught.value) and shown in str(caught.value)
+
+
+BAD_SAVES = [
+    pytest.param({"iteration": 1}, UniqueError, "iteration", "1", id="duplicate"),
+    pytest.param({"task_id": "missing"}, ForeignKeyError, "task_id", "'missing'", id="unknown-task"),
+    pytest.param({"session_id": "missing"}, ForeignKeyError, "session_id", "'missing'", id="unknown-session"),
+    pytest.param({"task_id": 3}, ValidationError, "task_id", "3", id="int-task"),
+    pytest.param({"session_id": ""}, ValidationError, "session_id", "''", id="empty-session"),
+    pytest.param({"iteration": -1}, ValidationError, "iteration", "-1", id="negative-iteration"),
+    pytest.param({"iteration": 1.0}, ValidationError, "iteration", "1.0", id="float-iteration"),
+    pytest.param({"iteration": True}, ValidationError, "iteration", "True", id="bool-iteration"),
+    pytest.param({"iteration": "2"}, ValidationError, "iteration", "'2'", id="text-iteration"),
+    pytest.param({"iteration": 2**63}, ValidationError, "iteration", str(2**63), id="huge-iteration"),
+    pytest.param({"state": float("nan")}, ValidationError, "state", "nan", id="json-nan"),
+    pytest.param({"state": {"x": float("inf")}}, ValidationError, "state", "inf", id="json-inf"),
+    pytest.param({"state": {"s": {1, 2}}}, ValidationError, "state", "{1, 2}", id="json-set"),
+    pytest.param({"state": object()}, ValidationError, "state", "object", id="json-object"),
+]
+
+
+@pytest.mark.parametrize("override, error, field, shown", BAD_SAVES)
+def test_save_rejects_bad_input(conn, task, override, error, field, shown):
+    """Bad input raises the specific error naming table, field and value, and stores nothing."""
+    checkpoints.save(conn, task, 1, {"kept": True})
+    args = {"task_id": task, "iteration": 2, "state": {}, **override}
+    before = count(conn)
+    with pytest.raises(error) as caught:
+        checkpoints.save(conn, args.pop("task_id"), args.pop("iteration"), args.pop("state"), **args)
+    assert f"checkpoints.{field}" in str(caught.value) and shown in str(caught.value)
+    assert count(conn) == before
+    assert checkpoints.load(conn, task, 1)["state"] == {"kept": True}
+
+
+def test_save_joins_the_callers_transaction(conn, task):
+    """A save inside the caller's transaction is rolled back with it."""
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            checkpoints.save(conn, task, 0, {})
+            raise RuntimeError("caller fails")
+    assert count(conn) == 0
+
+
+def test_save_runs_in_its_own_immediate_transaction(conn, task):
+    """A save outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        checkpoints.save(conn, task, 0, {})
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT"
+    assert sent[1].startswith("INSERT INTO checkpoints")
+
+
+def test_list_by_task_in_iteration_order(conn, make_task):
+    """A task's checkpoints come by iteration; other tasks stay out; limit applies."""
+    t1, t2 = make_task("t1"), make_task("t2")
+    for iteration in (3, 1, 2):
+        checkpoints.save(conn, t1, iteration, iteration)
+    checkpoints.save(conn, t2, 0, 0)
+    assert iterations(conn, t1) == [1, 2, 3]
+    assert [r["iteration"] for r in checkpoints.list(conn, task_id=t1, limit=2)] == [1, 2]
+
+
+def test_list_by_session_oldest_first(conn, task):
+    """A session's checkpoints come oldest first, the earlier insert first on a tie."""
+    session = sessions.create(conn, "app", "user")["id"]
+    for iteration in range(3):
+        checkpoints.save(conn, task, iteration, {}, session_id=session)
+    checkpoints.save(conn, task, 9, {})
+    created_at(conn, task, 0, "2024-01-05T00:00:00.000Z")
+    created_at(conn, task, 1, "2024-01-01T00:00:00.000Z")
+    created_at(conn, task, 2, "2024-01-01T00:00:00.000Z")
+    assert [r["iteration"] for r in checkpoints.list(conn, session_id=session)] == [1, 2, 0]
+
+
+@pytest.mark.parametrize("since, until, expected", [
+    pytest.param("2024-01-02T00:00:00.000Z", "2024-01-04T00:00:00.000Z", [1, 2], id="half-open"),
+    pytest.param(dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc), None, [2, 3], id="open-end"),
+    pytest.param(None, "2024-01-02T00:00:00+00:00", [0], id="open-start"),
+])
+def test_list_created_in_a_range(conn, task, since, until, expected):
+    """A range [since, until) selects by created_at, oldest first; either end may be open."""
+    for iteration in range(4):
+        checkpoints.save(conn, task, iteration, {})
+        created_at(conn, task, iteration, f"2024-01-0{iteration + 1}T00:00:00.000Z")
+    rows = checkpoints.list(conn, created_since=since, created_until=until)
+    assert [r["iteration"] for r in rows] == expected
+
+
+@pytest.mark.parametrize("kwargs, shown", [
+    pytest.param({}, "none", id="no-filter"),
+    pytest.param({"task_id": "t1", "session_id": "s"}, "session_id", id="two-filters"),
+    pytest.param({"session_id": "s", "created_until": "2024-01-01T00:00:00Z"}, "created",
+                 id="session-and-range"),
+    pytest.param({"task_id": 1}, "checkpoints.task_id", id="int-task"),
+    pytest.param({"session_id": b"s"}, "checkpoints.session_id", id="bytes-session"),
+    pytest.param({"created_since": 12}, "checkpoints.created_since", id="int-time"),
+    pytest.param({"task_id": "t1", "limit": 1.5}, "checkpoints.limit", id="float-limit"),
+])
+def test_list_rejects_bad_filters(conn, kwargs, shown):
+    """list needs exactly one valid filter group and a valid limit."""
+    with pytest.raises(ValidationError) as caught:
+        checkpoints.list(conn, **kwargs)
+    assert "checkpoints" in str(caught.value) and shown in str(caught.value)
+
+
+@pytest.mark.parametrize("keep_last, deleted, kept", [
+    pytest.param(0, 5, [], id="keep-none"),
+    pytest.param(1, 4, [9], id="keep-one"),
+    pytest.param(3, 2, [4, 6, 9], id="keep-three"),
+    pytest.param(5, 0, [0, 2, 4, 6, 9], id="keep-all"),
+    pytest.param(50, 0, [0, 2, 4, 6, 9], id="keep-more-than-exist"),
+])
+def test_prune_keeps_the_newest_iterations(conn, make_task, keep_last, deleted, kept):
+    """prune deletes all but the newest keep_last iterations of that task only, and counts them."""
+    t1, t2 = make_task("t1"), make_task("t2")
+    for iteration in (4, 0, 9, 2, 6):
+        checkpoints.save(conn, t1, iteration, {})
+    checkpoints.save(conn, t2, 0, {})
+    assert checkpoints.prune(conn, t1, keep_last) == deleted
+    assert iterations(conn, t1) == kept
+    assert iterations(conn, t2) == [0]
+
+
+def test_prune_a_task_without_checkpoints(conn, task):
+    """A task with no checkpoints, or an unknown task, has nothing to prune."""
+    assert checkpoints.prune(conn, task, 1) == 0
+    assert checkpoints.prune(conn, "missing", 0) == 0
+
+
+@pytest.mark.parametrize("task_id, keep_last, field", [
+    pytest.param("t1", -1, "keep_last", id="negative"),
+    pytest.param("t1", "2", "keep_last", id="text"),
+    pytest.param("t1", None, "keep_last", id="none"),
+    pytest.param(None, 1, "task_id", id="none-task"),
+])
+def test_prune_rejects_bad_input(conn, task, task_id, keep_last, field):
+    """A bad keep_last or task id raises ValidationError and deletes nothing."""
+    checkpoints.save(conn, task, 0, {})
+    with pytest.raises(ValidationError) as caught:
+        checkpoints.prune(conn, task_id, keep_last)
+    assert f"checkpoints.{field}" in str(caught.value)
+    assert count(conn) == 1
+
+
+def test_session_delete_unlinks_checkpoints_and_deletes_nothing(conn, task):
+    """Deleting a session sets session_id to NULL on its checkpoints; other checkpoints are untouched."""
+    gone, kept = sessions.create(conn, "app", "u")["id"], sessions.create(conn, "app", "u")["id"]
+    linked = checkpoints.save(conn, task, 0, {"a": 1}, session_id=gone)
+    other = checkpoints.save(conn, task, 1, {"b": 2}, session_id=kept)
+    unlinked = checkpoints.save(conn, task, 2, {"c": 3})
+    sessions.delete(conn, gone)
+    assert count(conn) == 3
+    assert checkpoints.list(conn, task_id=task) == [{**linked, "session_id": None}, other, unlinked]
+
+
+@pytest.mark.parametrize("column, value", [
+    pytest.param("state", "{not json", id="invalid-json"),
+    pytest.param("state", "", id="empty-json"),
+    pytest.param("iteration", "one", id="text-iteration"),
+    pytest.param("created_at", "2024-01-01", id="timestamp-format"),
+])
+def test_database_rejects_invalid_raw_rows(conn, task, column, value):
+    """The schema itself refuses invalid JSON or a mistyped value written by raw SQL."""
+    row = {"task_id": task, "iteration": 0, "state": "{}", column: value}
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            f"INSERT INTO checkpoints ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+    assert count(conn) == 0
+
+
+PARAMS = {"task_id": "x", "iteration": 1, "session_id": "x", "since": "a", "until": "b", "limit": 10,
+          "keep_last": 2}
+
+
+@pytest.mark.parametrize("sql, index", [
+    pytest.param(checkpoints.LOAD_LATEST_SQL, "idx_checkpoints_task_id_iteration", id="C1"),
+    pytest.param(checkpoints.LOAD_SQL, "idx_checkpoints_task_id_iteration", id="load"),
+    pytest.param(checkpoints.LIST_SQL["task_id"], "idx_checkpoints_task_id_iteration", id="by-task"),
+    pytest.param(checkpoints.LIST_SQL["session_id"], "idx_checkpoints_session_id", id="C2"),
+    pytest.param(checkpoints.LIST_SQL["created"], "idx_checkpoints_created_at", id="C3"),
+    pytest.param(checkpoints._PRUNE, "idx_checkpoints_task_id_iteration", id="prune"),
+])
+def test_queries_are_served_by_an_index(conn, sql, index):
+    """Each catalog query searches its index: no full SCAN, no temporary B-tree for the order."""
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PARAMS)]
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+    assert any(f"INDEX {index} " in step for step in plan), plan

@@ -1,0 +1,206 @@
+"""state: set (upsert), get, delete."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from abathur_db import state, transaction
+from abathur_db.errors import ForeignKeyError, ValidationError
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+VALUES = [
+    pytest.param({"a": [1, 2.5, None, True]}, id="object"),
+    pytest.param([], id="empty-array"),
+    pytest.param(None, id="null"),
+    pytest.param(False, id="false"),
+    pytest.param(0, id="zero"),
+    pytest.param(-3.25, id="float"),
+    pytest.param("", id="empty-string"),
+    pytest.param("it's \"quoted\"", id="quotes"),
+    pytest.param("x'); DROP TABLE state; --", id="sql"),
+    pytest.param("\u00e9tat \u72b6\u614b \U0001f511", id="unicode"),
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("v" * 1_000_000, id="1MB"),
+]
+KEYS = [
+    pytest.param("plain", id="plain"),
+    pytest.param("it's \"quoted\"", id="quotes"),
+    pytest.param("key'; DELETE FROM state; --", id="sql"),
+    pytest.param("cl\u00e9 \U0001f511", id="unicode"),
+    pytest.param("k\x00ey", id="nul"),
+    pytest.param("k" * 1_000_000, id="1MB"),
+]
+
+
+def count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM state").fetchone()[0]
+
+
+@pytest.fixture
+def task(make_task):
+    return make_task("t1")
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_set_then_get_returns_the_value_verbatim(conn, task, value):
+    """set returns the stored row and get gives back the same value, JSON decoded."""
+    row = state.set(conn, task, "k", value)
+    assert row["value"] == value and row["task_id"] == task and row["key"] == "k"
+    assert TIMESTAMP.fullmatch(row["created_at"]) and row["updated_at"] == row["created_at"]
+    assert state.get(conn, task, "k", default="absent") == value
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_keys_are_stored_verbatim(conn, task, key):
+    """Keys with quotes, SQL, unicode, NUL or 1 MB of text address exactly their own value."""
+    state.set(conn, task, key, 1)
+    state.set(conn, task, key + "!", 2)
+    assert state.get(conn, task, key) == 1
+    assert conn.execute("SELECT key FROM state WHERE value = '1'").fetchone()[0] == key
+
+
+def test_set_again_replaces_the_value_and_keeps_created_at(conn, task):
+    """A second set on the same key updates value and updated_at, keeping the row, id and created_at."""
+    first = state.set(conn, task, "k", {"v": 1})
+    conn.execute("UPDATE state SET created_at = ?, updated_at = ?",
+                 ("2020-01-01T00:00:00.000Z", "2020-01-02T00:00:00.000Z"))
+    second = state.set(conn, task, "k", [2])
+    assert count(conn) == 1
+    assert second["id"] == first["id"] and second["value"] == [2]
+    assert second["created_at"] == "2020-01-01T00:00:00.000Z"
+    assert second["updated_at"] > "2020-01-02T00:00:00.000Z"
+    assert state.get(conn, task, "k") == [2]
+
+
+def test_keys_are_per_task(conn, make_task):
+    """The same key in two tasks holds two values; deleting one leaves the other."""
+    t1, t2 = make_task("t1"), make_task("t2")
+    state.set(conn, t1, "k", "one")
+    state.set(conn, t2, "k", "two")
+    assert (state.get(conn, t1, "k"), state.get(conn, t2, "k")) == ("one", "two")
+    assert state.delete(conn, t1, "k") is True
+    assert (state.get(conn, t1, "k"), state.get(conn, t2, "k")) == (None, "two")
+
+
+@pytest.mark.parametrize("task_id, key", [
+    pytest.param("t1", "missing", id="missing-key"),
+    pytest.param("missing", "k", id="unknown-task"),
+])
+@pytest.mark.parametrize("default", [None, 0, "fallback", {"d": 1}])
+def test_get_returns_the_default_when_missing(conn, task, task_id, key, default):
+    """get returns `default` (None unless given) when the task has no such key."""
+    state.set(conn, task, "k", "stored")
+    assert state.get(conn, task_id, key, default) == default
+    assert state.get(conn, task_id, key, default=default) == default
+
+
+def test_get_distinguishes_a_stored_null_from_a_missing_key(conn, task):
+    """A stored JSON null is returned as None, not replaced by the default."""
+    state.set(conn, task, "k", None)
+    assert state.get(conn, task, "k", "default") is None
+
+
+def test_delete_reports_whether_the_key_was_there(conn, task):
+    """delete removes the key and returns True, then returns False."""
+    state.set(conn, task, "k", 1)
+    state.set(conn, task, "other", 2)
+    assert state.delete(conn, task, "k") is True
+    assert state.delete(conn, task, "k") is False
+    assert state.delete(conn, "missing", "k") is False
+    assert state.get(conn, task, "k", "gone") == "gone" and state.get(conn, task, "other") == 2
+
+
+BAD_SETS = [
+    pytest.param({"task_id": "missing"}, ForeignKeyError, "task_id", "'missing'", id="unknown-task"),
+    pytest.param({"task_id": None}, ValidationError, "task_id", "None", id="none-task"),
+    pytest.param({"task_id": 1}, ValidationError, "task_id", "1", id="int-task"),
+    pytest.param({"key": ""}, ValidationError, "key", "''", id="empty-key"),
+    pytest.param({"key": ("a",)}, ValidationError, "key", "('a',)", id="tuple-key"),
+    pytest.param({"value": float("nan")}, ValidationError, "value", "nan", id="json-nan"),
+    pytest.param({"value": [float("inf")]}, ValidationError, "value", "inf", id="json-inf"),
+    pytest.param({"value": {"x", "y"}}, ValidationError, "value", "set", id="json-set"),
+    pytest.param({"value": {1: {2}}}, ValidationError, "value", "{1: {2}}", id="json-nested-set"),
+    pytest.param({"value": b"bytes"}, ValidationError, "value", "b'bytes'", id="json-bytes"),
+]
+
+
+@pytest.mark.parametrize("override, error, field, shown", BAD_SETS)
+def test_set_rejects_bad_input(conn, task, override, error, field, shown):
+    """Bad input raises the specific error naming table, field and value, and changes nothing."""
+    state.set(conn, task, "k", "kept")
+    args = {"task_id": task, "key": "k", "value": 1, **override}
+    before = count(conn)
+    with pytest.raises(error) as caught:
+        state.set(conn, args["task_id"], args["key"], args["value"])
+    assert f"state.{field}" in str(caught.value) and shown in str(caught.value)
+    assert count(conn) == before
+    assert state.get(conn, task, "k") == "kept"
+
+
+@pytest.mark.parametrize("function", [state.get, state.delete])
+@pytest.mark.parametrize("task_id, key, field", [
+    pytest.param(None, "k", "task_id", id="none-task"),
+    pytest.param("t1", 5, "key", id="int-key"),
+])
+def test_get_and_delete_reject_wrong_types(conn, task, function, task_id, key, field):
+    """get and delete name the table and field of a mistyped argument, and change nothing."""
+    state.set(conn, task, "k", 1)
+    with pytest.raises(ValidationError) as caught:
+        function(conn, task_id, key)
+    assert f"state.{field}" in str(caught.value)
+    assert count(conn) == 1
+
+
+def test_set_joins_the_callers_transaction(conn, task):
+    """A set inside the caller's transaction is rolled back with it, old value restored."""
+    state.set(conn, task, "k", "before")
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            state.set(conn, task, "k", "during")
+            state.set(conn, task, "new", 1)
+            raise RuntimeError("caller fails")
+    assert state.get(conn, task, "k") == "before" and count(conn) == 1
+
+
+def test_set_runs_in_its_own_immediate_transaction(conn, task):
+    """A set outside a transaction sends BEGIN IMMEDIATE, the upsert, then COMMIT."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        state.set(conn, task, "k", 1)
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO state") and sent[-1] == "COMMIT"
+
+
+@pytest.mark.parametrize("column, value", [
+    pytest.param("value", "{not json", id="invalid-json"),
+    pytest.param("value", "NaN", id="nan-literal"),
+    pytest.param("updated_at", "2024-01-01T00:00:00Z", id="timestamp-format"),
+])
+def test_database_rejects_invalid_raw_rows(conn, task, column, value):
+    """The schema itself refuses invalid JSON or a malformed timestamp written by raw SQL."""
+    row = {"task_id": task, "key": "k", "value": "1", column: value}
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(f"INSERT INTO state ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+    assert count(conn) == 0
+
+
+def test_database_rejects_a_duplicate_raw_key(conn, task):
+    """The schema itself keeps (task_id, key) unique."""
+    state.set(conn, task, "k", 1)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO state (task_id, key, value) VALUES (?, 'k', '2')", (task,))
+    assert count(conn) == 1
+
+
+@pytest.mark.parametrize("sql", [state.GET_SQL, state._DELETE])
+def test_queries_are_served_by_an_index(conn, sql):
+    """The lookup by (task_id, key) searches the unique index: no full SCAN."""
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, {"task_id": "x", "key": "k"})]
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+    assert any("INDEX sqlite_autoindex_state_1 " in step for step in plan), plan

@@ -1,0 +1,775 @@
+"""Tests of abathur_db.tasks: CRUD, listing, the queue's claims and status changes, and bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from abathur_db import sessions, tasks, transaction
+from abathur_db._values import format_datetime
+from abathur_db.errors import (
+    ForeignKeyError,
+    NotFoundError,
+    TransitionError,
+    UniqueError,
+    ValidationError,
+)
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
+PAST = "2000-01-01T00:00:00.000Z"  # no running task is stale yet
+
+
+def at(seconds: float) -> str:
+    """Return the timestamp `seconds` after BASE."""
+    return format_datetime(BASE + dt.timedelta(seconds=seconds))
+
+
+def counts(conn) -> tuple[int, int]:
+    """Return the row counts of tasks and task_dependencies."""
+    return (
+        conn.execute("SELECT count(*) FROM tasks").fetchone()[0],
+        conn.execute("SELECT count(*) FROM task_dependencies").fetchone()[0],
+    )
+
+
+def in_status(conn, status: str, **options) -> dict:
+    """Create a task and drive it through the API into `status` (it must be the only claimable task)."""
+    task = tasks.create(conn, "work", **options)
+    if status == "pending":
+        return task
+    if status == "cancelled":
+        return tasks.cancel(conn, task["id"])
+    assert tasks.claim_next(conn)["id"] == task["id"]
+    if status == "completed":
+        return tasks.complete(conn, task["id"], {"ok": True})
+    if status == "failed":
+        return tasks.fail(conn, task["id"], "boom")
+    return tasks.get(conn, task["id"])
+
+
+# --- create / get ---------------------------------------------------------------------------
+
+
+def test_create_stores_defaults_and_returns_the_row(conn):
+    """A task created with only a prompt is pending, with the documented defaults."""
+    task = tasks.create(conn, "write the report")
+    assert task == tasks.get(conn, task["id"])
+    assert task["status"] == "pending"
+    assert (task["agent_type"], task["priority"], task["input_data"]) == ("general", 5, {})
+    assert (task["retry_count"], task["max_retries"], task["max_execution_timeout_seconds"]) == (0, 3, 3600)
+    assert task["dependencies"] == [] and task["unmet_dependencies"] == 0
+    assert task["submitted_at"] == task["last_updated_at"]
+    assert task["started_at"] is None and task["completed_at"] is None and task["result_data"] is None
+    assert len(task["id"]) == 36
+
+
+def test_create_stores_every_option(conn):
+    """Every option of create() is stored and returned decoded."""
+    session = sessions.create(conn, "app", "user")
+    parent = tasks.create(conn, "parent")
+    task = tasks.create(
+        conn, "child", task_id="t-1", agent_type="coder", priority=10,
+        input_data={"files": ["a.py"], "n": 1.5}, session_id=session["id"],
+        parent_task_id=parent["id"], dependencies=[parent["id"]], max_retries=0,
+        max_execution_timeout_seconds=60, created_by="lead", submitted_at=BASE,
+    )
+    assert task == tasks.get(conn, "t-1")
+    assert task["input_data"] == {"files": ["a.py"], "n": 1.5}
+    assert (task["session_id"], task["parent_task_id"], task["dependencies"]) == (
+        session["id"], parent["id"], [parent["id"]])
+    assert (task["agent_type"], task["priority"], task["max_retries"]) == ("coder", 10, 0)
+    assert (task["max_execution_timeout_seconds"], task["created_by"]) == (60, "lead")
+    assert task["submitted_at"] == "2024-01-01T00:00:00.000Z"
+
+
+def test_create_returns_the_unmet_dependency_count(conn):
+    """The row create() returns counts the dependencies that are not yet completed."""
+    done = in_status(conn, "completed")
+    waiting = tasks.create(conn, "waiting")
+    task = tasks.create(conn, "blocked", dependencies=(done["id"], waiting["id"]))
+    assert task["unmet_dependencies"] == 1
+    assert tasks.get(conn, task["id"])["unmet_dependencies"] == 1
+    rows = conn.execute(
+        "SELECT depends_on_task_id FROM task_dependencies WHERE task_id = ? ORDER BY 1", (task["id"],)
+    ).fetchall()
+    assert sorted(r[0] for r in rows) == sorted([done["id"], waiting["id"]])
+
+
+def test_create_accepts_an_offset_timestamp_string(conn):
+    """submitted_at given as ISO text with an offset is stored in the one UTC format."""
+    task = tasks.create(conn, "p", submitted_at="2024-06-01T12:00:00+02:00")
+    assert task["submitted_at"] == "2024-06-01T10:00:00.000Z"
+
+
+@pytest.mark.parametrize("text", [
+    "it's \"quoted\"",
+    "'; DROP TABLE tasks; --",
+    "SELECT * FROM tasks WHERE 1=1 OR ''=''",
+    "ünïcødé — 日本語 — 🚀",
+    "nul\x00inside",
+    "x" * 100_000,
+])
+def test_text_is_stored_and_returned_verbatim(conn, text):
+    """Quotes, SQL keywords, unicode and NUL in text and JSON values come back unchanged."""
+    task = tasks.create(conn, text, agent_type=text, created_by=text, input_data={text: [text]})
+    stored = tasks.get(conn, task["id"])
+    assert stored["prompt"] == stored["agent_type"] == stored["created_by"] == text
+    assert stored["input_data"] == {text: [text]}
+    assert tasks.claim_next(conn, agent_type=text)["id"] == task["id"]
+    assert tasks.complete(conn, task["id"], text)["result_data"] == text
+    assert tasks.get(conn, task["id"])["result_data"] == text
+
+
+BAD_CREATE = [
+    # (create() keyword arguments, error, fragments the message must contain)
+    ({"prompt": ""}, ValidationError, ["tasks.prompt", "''"]),
+    ({"prompt": None}, ValidationError, ["tasks.prompt", "None"]),
+    ({"prompt": b"bytes"}, ValidationError, ["tasks.prompt", "b'bytes'"]),
+    ({"task_id": ""}, ValidationError, ["tasks.id", "''"]),
+    ({"task_id": 7}, ValidationError, ["tasks.id", "7"]),
+    ({"agent_type": ""}, ValidationError, ["tasks.agent_type", "''"]),
+    ({"agent_type": None}, ValidationError, ["tasks.agent_type", "None"]),
+    ({"priority": "high"}, ValidationError, ["tasks.priority", "'high'"]),
+    ({"priority": 5.5}, ValidationError, ["tasks.priority", "5.5"]),
+    ({"priority": True}, ValidationError, ["tasks.priority", "True"]),
+    ({"priority": 11}, ValidationError, ["tasks.priority", "11"]),
+    ({"priority": -1}, ValidationError, ["tasks.priority", "-1"]),
+    ({"priority": None}, ValidationError, ["tasks.priority", "None"]),
+    ({"max_retries": -1}, ValidationError, ["tasks.max_retries", "-1"]),
+    ({"max_retries": 2.0}, ValidationError, ["tasks.max_retries", "2.0"]),
+    ({"max_retries": False}, ValidationError, ["tasks.max_retries", "False"]),
+    ({"max_execution_timeout_seconds": 0}, ValidationError, ["tasks.max_execution_timeout_seconds", "0"]),
+    ({"max_execution_timeout_seconds": "60"}, ValidationError, ["tasks.max_execution_timeout_seconds", "'60'"]),
+    ({"input_data": {"x": float("nan")}}, ValidationError, ["tasks.input_data", "nan"]),
+    ({"input_data": float("inf")}, ValidationError, ["tasks.input_data", "inf"]),
+    ({"input_data": {1, 2}}, ValidationError, ["tasks.input_data", "{1, 2}"]),
+    ({"input_data": {"when": BASE}}, ValidationError, ["tasks.input_data", "datetime"]),
+    ({"session_id": ""}, ValidationError, ["tasks.session_id", "''"]),
+    ({"parent_task_id": 3}, ValidationError, ["tasks.parent_task_id", "3"]),
+    ({"created_by": ""}, ValidationError, ["tasks.created_by", "''"]),
+    ({"submitted_at": "yesterday"}, ValidationError, ["tasks.submitted_at", "'yesterday'"]),
+    ({"submitted_at": dt.datetime(2024, 1, 1)}, ValidationError, ["tasks.submitted_at", "time zone"]),
+    ({"submitted_at": 1700000000}, ValidationError, ["tasks.submitted_at", "1700000000"]),
+    ({"dependencies": "existing"}, ValidationError, ["tasks.dependencies", "'existing'"]),
+    ({"dependencies": None}, ValidationError, ["tasks.dependencies", "None"]),
+    ({"dependencies": [""]}, ValidationError, ["tasks.dependencies", "''"]),
+    ({"dependencies": [42]}, ValidationError, ["tasks.dependencies", "42"]),
+    ({"dependencies": ["existing", "existing"]}, ValidationError, ["tasks.dependencies", "twice", "'existing'"]),
+    ({"task_id": "me", "dependencies": ["me"]}, ValidationError, ["tasks.dependencies", "'me'", "itself"]),
+    ({"task_id": "existing"}, UniqueError, ["tasks.id", "'existing'"]),
+    ({"session_id": "ghost"}, ForeignKeyError, ["tasks.session_id", "'ghost'"]),
+    ({"parent_task_id": "ghost"}, ForeignKeyError, ["tasks.parent_task_id", "'ghost'"]),
+    ({"dependencies": ["ghost"]}, ForeignKeyError, ["tasks.dependencies", "'ghost'"]),
+    ({"dependencies": ["existing", "ghost", "ghost2"]}, ForeignKeyError, ["tasks.dependencies", "'ghost'", "'ghost2'"]),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, fragments", BAD_CREATE, ids=[repr(c[0])[:60] for c in BAD_CREATE])
+def test_create_rejects_bad_input_and_writes_nothing(conn, kwargs, error, fragments):
+    """Bad input raises the specific error naming table, field and value, and adds no row."""
+    tasks.create(conn, "already there", task_id="existing")
+    before = counts(conn)
+    kwargs = {"prompt": "a prompt", **kwargs}
+    prompt = kwargs.pop("prompt")
+    with pytest.raises(error) as caught:
+        tasks.create(conn, prompt, **kwargs)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert counts(conn) == before
+
+
+def test_an_unknown_dependency_leaves_no_task(conn):
+    """A task with an unknown dependency is not stored at all, not even without its links."""
+    before = counts(conn)
+    with pytest.raises(ForeignKeyError):
+        tasks.create(conn, "p", task_id="lonely", dependencies=["ghost"])
+    assert counts(conn) == before
+    with pytest.raises(NotFoundError):
+        tasks.get(conn, "lonely")
+
+
+@pytest.mark.parametrize("lookup", [tasks.get, tasks.get_with_session])
+@pytest.mark.parametrize("task_id", ["missing", "", "'; DROP TABLE tasks; --", None])
+def test_get_unknown_id_raises_not_found(conn, lookup, task_id):
+    """Looking up an id that does not exist raises NotFoundError naming the table and id."""
+    tasks.create(conn, "p")
+    with pytest.raises(NotFoundError) as caught:
+        lookup(conn, task_id)
+    assert "tasks" in str(caught.value) and repr(task_id) in str(caught.value)
+
+
+def test_get_with_session_joins_the_session(conn):
+    """get_with_session returns the task with its session decoded, or None without one."""
+    session = sessions.create(conn, "app", "user", state={"k": [1]})
+    linked = tasks.create(conn, "linked", session_id=session["id"])
+    alone = tasks.create(conn, "alone")
+    found = tasks.get_with_session(conn, linked["id"])
+    assert found.pop("session") == sessions.get(conn, session["id"])
+    assert found == tasks.get(conn, linked["id"])
+    assert tasks.get_with_session(conn, alone["id"])["session"] is None
+    sessions.delete(conn, session["id"])
+    unlinked = tasks.get_with_session(conn, linked["id"])
+    assert unlinked["session"] is None and unlinked["session_id"] is None
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+def test_list_by_status_orders_by_priority_then_age(conn):
+    """Listing by status returns the most urgent first: priority, then oldest, up to the limit."""
+    specs = [(5, 3), (9, 7), (5, 1), (0, 0), (9, 8), (7, 2)]
+    ids = [tasks.create(conn, "p", priority=p, submitted_at=at(s))["id"] for p, s in specs]
+    in_status(conn, "failed", priority=10)  # another status stays out
+    expected = [ids[i] for i in sorted(range(len(specs)), key=lambda i: (-specs[i][0], specs[i][1]))]
+    assert [t["id"] for t in tasks.list(conn, status="pending")] == expected
+    assert [t["id"] for t in tasks.list(conn, status="pending", limit=2)] == expected[:2]
+    assert [t["status"] for t in tasks.list(conn, status="failed")] == ["failed"]
+    assert tasks.list(conn, status="cancelled") == []
+
+
+def test_list_by_session_is_newest_first(conn):
+    """Listing a session's tasks returns them newest first and only theirs."""
+    session, other = sessions.create(conn, "a", "u"), sessions.create(conn, "b", "u")
+    ids = [tasks.create(conn, "p", session_id=session["id"], submitted_at=at(s))["id"] for s in (5, 1, 9)]
+    tasks.create(conn, "p", session_id=other["id"], submitted_at=at(3))
+    tasks.create(conn, "p", submitted_at=at(4))
+    assert [t["id"] for t in tasks.list(conn, session_id=session["id"])] == [ids[2], ids[0], ids[1]]
+    assert [t["id"] for t in tasks.list(conn, session_id=session["id"], limit=1)] == [ids[2]]
+
+
+def test_list_by_parent_is_oldest_first(conn):
+    """Listing a parent's children returns them oldest first and only theirs."""
+    parent, other = tasks.create(conn, "parent"), tasks.create(conn, "other")
+    ids = [tasks.create(conn, "c", parent_task_id=parent["id"], submitted_at=at(s))["id"] for s in (5, 1, 9)]
+    tasks.create(conn, "c", parent_task_id=other["id"], submitted_at=at(2))
+    assert [t["id"] for t in tasks.list(conn, parent_task_id=parent["id"])] == [ids[1], ids[0], ids[2]]
+
+
+def test_list_by_submission_range_is_half_open(conn):
+    """A submitted range includes its start, excludes its end, and either end may be open."""
+    ids = {s: tasks.create(conn, "p", submitted_at=at(s))["id"] for s in (0, 10, 20, 30)}
+    window = tasks.list(conn, submitted_since=at(10), submitted_until=BASE + dt.timedelta(seconds=30))
+    assert [t["id"] for t in window] == [ids[10], ids[20]]
+    assert [t["id"] for t in tasks.list(conn, submitted_since=at(20))] == [ids[20], ids[30]]
+    assert [t["id"] for t in tasks.list(conn, submitted_until=at(10))] == [ids[0]]
+    assert [t["id"] for t in tasks.list(conn, submitted_since=at(0), limit=3)] == [ids[0], ids[10], ids[20]]
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    ({}, ["exactly one", "none"]),
+    ({"status": "pending", "session_id": "s"}, ["exactly one", "status, session_id"]),
+    ({"parent_task_id": "p", "submitted_since": at(0)}, ["parent_task_id, submitted"]),
+    ({"status": "done"}, ["tasks.status", "'done'"]),
+    ({"status": 1}, ["tasks.status", "1"]),
+    ({"session_id": 5}, ["tasks.session_id", "5"]),
+    ({"parent_task_id": ""}, ["tasks.parent_task_id", "''"]),
+    ({"submitted_since": "last week"}, ["tasks.submitted_since", "'last week'"]),
+    ({"submitted_until": dt.datetime(2024, 1, 1)}, ["tasks.submitted_until", "time zone"]),
+    ({"status": "pending", "limit": 0}, ["tasks.limit", "0"]),
+    ({"status": "pending", "limit": "10"}, ["tasks.limit", "'10'"]),
+    ({"status": "pending", "limit": True}, ["tasks.limit", "True"]),
+])
+def test_list_rejects_bad_filters(conn, kwargs, fragments):
+    """list() needs exactly one valid filter group and a positive integer limit."""
+    with pytest.raises(ValidationError) as caught:
+        tasks.list(conn, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+
+
+# --- query plans ----------------------------------------------------------------------------
+
+PLAN_PARAMS = {"id": "x", "now": FUTURE, "agent_type": "x", "status": "pending", "session_id": "s",
+               "parent_task_id": "p", "since": at(0), "until": at(1), "limit": 10}
+CATALOG = {
+    "T1": (tasks.GET_SQL, "sqlite_autoindex_tasks_1"),
+    "T2": (tasks.CLAIM_SQL, "idx_tasks_claimable"),
+    "T2 by agent_type": (tasks.CLAIM_BY_AGENT_TYPE_SQL, "idx_tasks_claimable"),
+    "T3": (tasks.LIST_SQL["status"], "idx_tasks_status_priority"),
+    "T4": (tasks.LIST_SQL["session_id"], "idx_tasks_session_id"),
+    "T5": (tasks.LIST_SQL["submitted"], "idx_tasks_submitted_at"),
+    "T6": (tasks.LIST_SQL["parent_task_id"], "idx_tasks_parent_task_id"),
+    "T7": (tasks.REQUEUE_STALE_SQL, "idx_tasks_status_priority"),
+    "T8": (tasks.GET_WITH_SESSION_SQL, "sqlite_autoindex_tasks_1"),
+}
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_catalog_query_is_served_by_an_index(conn, name):
+    """Each tasks query of the catalog reads through its index: no full scan, no temp B-tree."""
+    sql, index = CATALOG[name]
+    partial = {row[1] for row in conn.execute("PRAGMA index_list(tasks)") if row[4]}
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PLAN_PARAMS).fetchall()]
+    assert any(index in line for line in plan), plan
+    for line in plan:
+        assert "TEMP B-TREE" not in line, plan
+        if line.startswith("SCAN "):
+            # Walking a partial index in order reads only its rows (claimable tasks), never the table.
+            assert " USING INDEX " in line and line.split()[-1] in partial, plan
+
+
+def test_requeue_stale_plan_searches_running_tasks(conn):
+    """Catalog T7 searches idx_tasks_status_priority on status."""
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + tasks.REQUEUE_STALE_SQL, PLAN_PARAMS)]
+    assert plan == ["SEARCH tasks USING INDEX idx_tasks_status_priority (status=?)"]
+
+
+def test_claim_is_one_update_under_begin_immediate(conn):
+    """claim_next sends BEGIN IMMEDIATE, one UPDATE through the claim index, and COMMIT."""
+    tasks.create(conn, "p")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        assert tasks.claim_next(conn) is not None
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
+    # SQLite traces a RETURNING statement once per step; it is still the one statement.
+    assert len(set(sent[1:-1])) == 1 and sent[1].startswith("UPDATE tasks SET status = 'running'"), sent
+    assert "INDEXED BY idx_tasks_claimable" in sent[1]
+
+
+# --- the queue ------------------------------------------------------------------------------
+
+
+def test_claim_next_takes_the_most_urgent_task(conn):
+    """claim_next returns pending tasks by priority, then age, each moved to running; then None."""
+    specs = [(5, 30), (5, 10), (10, 50), (0, 0), (10, 40), (7, 20)]
+    ids = [tasks.create(conn, "p", priority=p, submitted_at=at(s))["id"] for p, s in specs]
+    expected = [ids[i] for i in sorted(range(len(specs)), key=lambda i: (-specs[i][0], specs[i][1]))]
+    claimed = []
+    while (task := tasks.claim_next(conn)) is not None:
+        assert task["status"] == "running" and task == tasks.get(conn, task["id"])
+        assert task["started_at"] == task["last_updated_at"] and task["started_at"] >= task["submitted_at"]
+        claimed.append(task["id"])
+    assert claimed == expected
+
+
+def test_claim_next_filters_by_agent_type(conn):
+    """claim_next(agent_type=...) returns only tasks of that type, leaving the others pending."""
+    coder = tasks.create(conn, "p", agent_type="coder", priority=1)
+    tasks.create(conn, "p", agent_type="writer", priority=9)
+    assert tasks.claim_next(conn, agent_type="coder")["id"] == coder["id"]
+    assert tasks.claim_next(conn, agent_type="coder") is None
+    assert tasks.claim_next(conn, agent_type="nobody") is None
+    assert tasks.claim_next(conn)["agent_type"] == "writer"
+
+
+@pytest.mark.parametrize("agent_type", ["", 5, ["coder"]])
+def test_claim_next_rejects_a_bad_agent_type(conn, agent_type):
+    """A bad agent_type filter raises ValidationError and claims nothing."""
+    task = tasks.create(conn, "p")
+    with pytest.raises(ValidationError, match="tasks.agent_type"):
+        tasks.claim_next(conn, agent_type=agent_type)
+    assert tasks.get(conn, task["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize("status", ["running", "completed", "failed", "cancelled"])
+def test_claim_next_never_takes_a_task_that_is_not_pending(conn, status):
+    """Only pending tasks are claimed: a running, finished or cancelled task is left as it is."""
+    task = in_status(conn, status)
+    assert tasks.claim_next(conn) is None
+    assert tasks.get(conn, task["id"]) == task
+
+
+def test_dependencies_are_completed_before_the_task_is_claimed(conn):
+    """A task is not claimed while any of its dependencies is not completed."""
+    first = tasks.create(conn, "first", priority=1, submitted_at=at(1))
+    second = tasks.create(conn, "second", priority=1, submitted_at=at(2))
+    last = tasks.create(conn, "last", priority=10, submitted_at=at(0), dependencies=[first["id"], second["id"]])
+    assert last["unmet_dependencies"] == 2
+    assert tasks.claim_next(conn)["id"] == first["id"]
+    assert tasks.claim_next(conn)["id"] == second["id"]
+    assert tasks.claim_next(conn) is None
+    tasks.complete(conn, first["id"])
+    assert tasks.get(conn, last["id"])["unmet_dependencies"] == 1
+    assert tasks.claim_next(conn) is None
+    tasks.complete(conn, second["id"])
+    assert tasks.claim_next(conn)["id"] == last["id"]
+
+
+def test_a_failed_dependency_blocks_until_retried_and_completed(conn):
+    """A task whose dependency failed stays blocked, and is claimable once a retry completes it."""
+    dep = tasks.create(conn, "dep")
+    blocked = tasks.create(conn, "blocked", dependencies=[dep["id"]])
+    tasks.claim_next(conn)
+    tasks.fail(conn, dep["id"], "boom")
+    assert tasks.claim_next(conn) is None
+    tasks.retry(conn, dep["id"])
+    assert tasks.claim_next(conn)["id"] == dep["id"]
+    assert tasks.claim_next(conn) is None
+    tasks.complete(conn, dep["id"])
+    assert tasks.claim_next(conn)["id"] == blocked["id"]
+
+
+def test_a_cancelled_dependency_blocks_for_good(conn):
+    """A task whose dependency was cancelled is never claimed."""
+    dep = tasks.create(conn, "dep")
+    blocked = tasks.create(conn, "blocked", dependencies=[dep["id"]])
+    tasks.cancel(conn, dep["id"])
+    assert tasks.claim_next(conn) is None
+    assert tasks.get(conn, blocked["id"])["status"] == "pending"
+
+
+def test_claim_skips_blocked_urgent_tasks(conn):
+    """When the most urgent pending tasks are blocked, the best claimable one is still found."""
+    gate = tasks.create(conn, "gate", priority=0, agent_type="gatekeeper")
+    blocked = {tasks.create(conn, "b", priority=10, dependencies=[gate["id"]], submitted_at=at(i))["id"]
+               for i in range(300)}
+    low = tasks.create(conn, "low", priority=1, submitted_at=at(500))
+    lower = tasks.create(conn, "lower", priority=1, submitted_at=at(600), agent_type="gatekeeper")
+    assert tasks.claim_next(conn)["id"] == low["id"]
+    assert tasks.claim_next(conn, agent_type="gatekeeper")["id"] == lower["id"]
+    assert tasks.claim_next(conn)["id"] == gate["id"]
+    assert tasks.claim_next(conn) is None
+    tasks.complete(conn, gate["id"])
+    claimed = [tasks.claim_next(conn)["id"] for _ in range(300)]
+    assert set(claimed) == blocked and tasks.claim_next(conn) is None
+    assert claimed == sorted(blocked, key=lambda i: tasks.get(conn, i)["submitted_at"])
+
+
+def test_complete_stores_the_result(conn):
+    """complete() moves a running task to completed with its result and timestamps."""
+    task = in_status(conn, "running")
+    done = tasks.complete(conn, task["id"], {"answer": [42, "ok"], "none": None})
+    assert done == tasks.get(conn, task["id"])
+    assert done["status"] == "completed" and done["result_data"] == {"answer": [42, "ok"], "none": None}
+    assert done["completed_at"] == done["last_updated_at"] >= task["started_at"]
+    assert done["started_at"] == task["started_at"]
+    other = in_status(conn, "running")
+    assert tasks.complete(conn, other["id"])["result_data"] is None
+
+
+@pytest.mark.parametrize("result", [float("nan"), {"x": float("-inf")}, {1, 2}, object()])
+def test_complete_rejects_a_result_that_is_not_json(conn, result):
+    """A result that is not JSON raises ValidationError and the task stays running."""
+    task = in_status(conn, "running")
+    with pytest.raises(ValidationError, match="tasks.result_data"):
+        tasks.complete(conn, task["id"], result)
+    assert tasks.get(conn, task["id"]) == task
+
+
+def test_fail_stores_the_error(conn):
+    """fail() moves a running task to failed with its message and completed_at."""
+    task = in_status(conn, "running")
+    failed = tasks.fail(conn, task["id"], "boom: it's \"broken\"")
+    assert failed == tasks.get(conn, task["id"])
+    assert failed["status"] == "failed" and failed["error_message"] == "boom: it's \"broken\""
+    assert failed["completed_at"] == failed["last_updated_at"]
+
+
+@pytest.mark.parametrize("message", ["", None, 42])
+def test_fail_needs_a_message(conn, message):
+    """fail() without a non-empty message raises ValidationError and changes nothing."""
+    task = in_status(conn, "running")
+    with pytest.raises(ValidationError, match="tasks.error_message"):
+        tasks.fail(conn, task["id"], message)
+    assert tasks.get(conn, task["id"]) == task
+
+
+@pytest.mark.parametrize("status", ["pending", "running"])
+def test_cancel(conn, status):
+    """cancel() moves a pending or running task to cancelled with completed_at set."""
+    task = in_status(conn, status)
+    cancelled = tasks.cancel(conn, task["id"])
+    assert cancelled == tasks.get(conn, task["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["completed_at"] == cancelled["last_updated_at"]
+
+
+def test_retry_until_the_retries_are_used_up(conn):
+    """retry() requeues a failed task with retry_count + 1, until max_retries is reached."""
+    task = tasks.create(conn, "p", max_retries=2)
+    for attempt in (1, 2):
+        tasks.claim_next(conn)
+        tasks.fail(conn, task["id"], f"attempt {attempt}")
+        again = tasks.retry(conn, task["id"])
+        assert again == tasks.get(conn, task["id"])
+        assert (again["status"], again["retry_count"]) == ("pending", attempt)
+        assert again["started_at"] is None and again["completed_at"] is None
+    tasks.claim_next(conn)
+    failed = tasks.fail(conn, task["id"], "final")
+    with pytest.raises(TransitionError) as caught:
+        tasks.retry(conn, task["id"])
+    assert str(caught.value) == f"tasks: cannot retry task {task['id']!r}: retries are used up (2 of 2)"
+    assert tasks.get(conn, task["id"]) == failed
+
+
+def test_retry_with_no_retries_allowed(conn):
+    """A task with max_retries=0 cannot be retried."""
+    task = in_status(conn, "failed", max_retries=0)
+    with pytest.raises(TransitionError, match="retries are used up"):
+        tasks.retry(conn, task["id"])
+    assert tasks.get(conn, task["id"]) == task
+
+
+def test_heartbeat_moves_last_updated_at(conn):
+    """heartbeat() touches a running task's last_updated_at and nothing else."""
+    task = in_status(conn, "running")
+    conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
+    beat = tasks.heartbeat(conn, task["id"])
+    assert beat == tasks.get(conn, task["id"])
+    assert beat["last_updated_at"] > at(0)
+    assert {k: v for k, v in beat.items() if k != "last_updated_at"} == {
+        k: v for k, v in task.items() if k != "last_updated_at"}
+
+
+OPERATIONS = {
+    "complete": (lambda conn, task_id: tasks.complete(conn, task_id, {"r": 1}), ("running",), "completed"),
+    "fail": (lambda conn, task_id: tasks.fail(conn, task_id, "boom"), ("running",), "failed"),
+    "cancel": (tasks.cancel, ("pending", "running"), "cancelled"),
+    "retry": (tasks.retry, ("failed",), "pending"),
+    "heartbeat": (tasks.heartbeat, ("running",), "running"),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("status", tasks.STATUSES)
+def test_every_transition_is_allowed_or_refused_without_change(conn, status, operation):
+    """Each operation works from its allowed statuses; from any other it raises TransitionError, changing nothing."""
+    run, allowed, target = OPERATIONS[operation]
+    task = in_status(conn, status)
+    dependent = tasks.create(conn, "dependent", dependencies=[task["id"]])
+    before = counts(conn)
+    if status in allowed:
+        assert run(conn, task["id"])["status"] == target
+        return
+    with pytest.raises(TransitionError) as caught:
+        run(conn, task["id"])
+    must = " or ".join(repr(s) for s in allowed)
+    assert str(caught.value) == (
+        f"tasks: cannot {operation} task {task['id']!r}: its status is {status!r}, must be {must}")
+    assert tasks.get(conn, task["id"]) == task
+    assert tasks.get(conn, dependent["id"]) == dependent
+    assert counts(conn) == before
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_operations_on_an_unknown_task_raise_not_found(conn, operation):
+    """Every status change on an id that does not exist raises NotFoundError."""
+    tasks.create(conn, "p")
+    before = counts(conn)
+    with pytest.raises(NotFoundError, match="'ghost'"):
+        OPERATIONS[operation][0](conn, "ghost")
+    assert counts(conn) == before
+
+
+def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
+    """The status a refusal reports is read under the same write lock as the refused UPDATE."""
+    task = in_status(conn, "pending")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        with pytest.raises(TransitionError):
+            tasks.complete(conn, task["id"])
+    finally:
+        conn.set_trace_callback(None)
+    lookup = next(i for i, s in enumerate(sent) if s.startswith("SELECT") and "FROM tasks WHERE id" in s)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "ROLLBACK" and 0 < lookup < len(sent) - 1, sent
+
+
+# --- requeue_stale --------------------------------------------------------------------------
+
+
+def _stale_moment(task: dict, extra_ms: int = 1) -> dt.datetime:
+    """Return the moment `extra_ms` after the task's timeout ran out."""
+    last = dt.datetime.fromisoformat(task["last_updated_at"].replace("Z", "+00:00"))
+    return last + dt.timedelta(seconds=task["max_execution_timeout_seconds"], milliseconds=extra_ms)
+
+
+def test_requeue_stale_counts_retries_then_fails(conn):
+    """Stale running tasks go back to pending with retry_count + 1, then fail with a clear message."""
+    task = tasks.create(conn, "slow", max_retries=2, max_execution_timeout_seconds=60)
+    for attempt in (1, 2):
+        running = tasks.claim_next(conn)
+        assert tasks.requeue_stale(conn, now=_stale_moment(running, extra_ms=0)) == []
+        moment = _stale_moment(running)
+        [requeued] = tasks.requeue_stale(conn, now=moment)
+        assert requeued == tasks.get(conn, task["id"])
+        assert (requeued["status"], requeued["retry_count"]) == ("pending", attempt)
+        assert requeued["started_at"] is None and requeued["completed_at"] is None
+        assert requeued["last_updated_at"] == format_datetime(moment)
+    running = tasks.claim_next(conn)
+    moment = format_datetime(_stale_moment(running, extra_ms=5000))
+    [failed] = tasks.requeue_stale(conn, now=moment)
+    assert failed["status"] == "failed" and failed["retry_count"] == 2
+    assert failed["error_message"] == "timed out after 60 s without an update; 2 of 2 retries used"
+    assert failed["completed_at"] == failed["last_updated_at"] == moment
+    assert failed["started_at"] == running["started_at"]
+    assert tasks.requeue_stale(conn, now=FUTURE) == []
+
+
+def test_requeue_stale_leaves_fresh_and_idle_tasks_alone(conn):
+    """Only running tasks past their own timeout are requeued; fresh running and other tasks stay."""
+    short = in_status(conn, "running", max_execution_timeout_seconds=10)
+    long = in_status(conn, "running", max_execution_timeout_seconds=3600)
+    others = [in_status(conn, s, max_execution_timeout_seconds=10)
+              for s in ("completed", "failed", "cancelled", "pending")]
+    moment = _stale_moment(short, extra_ms=60_000)  # a minute past the short timeout, an hour before the long
+    assert [t["id"] for t in tasks.requeue_stale(conn, now=moment.isoformat())] == [short["id"]]
+    assert tasks.get(conn, long["id"]) == long
+    assert [tasks.get(conn, t["id"]) for t in others] == others
+
+
+def test_heartbeat_keeps_a_task_from_being_requeued(conn):
+    """A heartbeat restarts the timeout, so long work is not requeued."""
+    task = in_status(conn, "running", max_execution_timeout_seconds=60)
+    conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
+    assert len(tasks.requeue_stale(conn, now=at(61))) == 1
+    task = tasks.claim_next(conn)
+    conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
+    tasks.heartbeat(conn, task["id"])
+    assert tasks.requeue_stale(conn, now=at(61)) == []
+    assert tasks.get(conn, task["id"])["status"] == "running"
+
+
+def test_requeue_stale_defaults_to_the_current_time(conn):
+    """Without `now`, requeue_stale measures from the current time."""
+    task = in_status(conn, "running", max_execution_timeout_seconds=60)
+    assert tasks.requeue_stale(conn) == []
+    conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
+    assert [t["id"] for t in tasks.requeue_stale(conn)] == [task["id"]]
+
+
+@pytest.mark.parametrize("now", ["soon", dt.datetime(2024, 1, 1), 0])
+def test_requeue_stale_rejects_a_bad_now(conn, now):
+    """A `now` that is not an aware moment raises ValidationError and changes nothing."""
+    task = in_status(conn, "running", max_execution_timeout_seconds=1)
+    with pytest.raises(ValidationError, match="tasks.now"):
+        tasks.requeue_stale(conn, now=now)
+    assert tasks.get(conn, task["id"]) == task
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+def test_create_and_claim_join_a_rolled_back_transaction(conn):
+    """Writes inside a caller's transaction that is rolled back leave nothing."""
+    kept = tasks.create(conn, "kept")
+    before = counts(conn)
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            dep = tasks.create(conn, "inside")
+            tasks.create(conn, "inside too", dependencies=[dep["id"], kept["id"]])
+            assert tasks.claim_next(conn)["id"] == kept["id"]
+            tasks.complete(conn, kept["id"])
+            raise RuntimeError("caller gives up")
+    assert counts(conn) == before
+    assert tasks.get(conn, kept["id"]) == kept
+
+
+def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
+    """A refused call inside a caller's transaction undoes only itself (a savepoint), not the caller's work."""
+    with transaction(conn):
+        first = tasks.create(conn, "first")
+        with pytest.raises(ForeignKeyError):
+            tasks.create(conn, "bad", dependencies=[first["id"], "ghost"])
+        with pytest.raises(ForeignKeyError):
+            tasks.create(conn, "bad", session_id="ghost")
+        with pytest.raises(TransitionError):
+            tasks.complete(conn, first["id"])
+        second = tasks.create(conn, "second", dependencies=[first["id"]])
+    assert counts(conn) == (2, 1)
+    assert tasks.get(conn, first["id"])["status"] == "pending"
+    assert tasks.get(conn, second["id"])["unmet_dependencies"] == 1
+
+
+def test_create_with_dependencies_is_one_transaction(conn):
+    """create() with dependencies checks and inserts under one BEGIN IMMEDIATE … COMMIT."""
+    dep = tasks.create(conn, "dep")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        tasks.create(conn, "p", dependencies=[dep["id"]])
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
+    assert sum(s in ("BEGIN IMMEDIATE", "COMMIT") for s in sent) == 2, sent
+
+
+# --- a random walk against a model of the queue ---------------------------------------------
+
+
+class QueueModel:
+    """What the queue should hold: per task its status, retries, priority, age and dependencies."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict] = {}
+
+    def claimable(self) -> str | None:
+        """Return the id claim_next must return next, or None."""
+        ready = [t for t in self.tasks.values() if t["status"] == "pending"
+                 and all(self.tasks[d]["status"] == "completed" for d in t["deps"])]
+        return min(ready, key=lambda t: (-t["priority"], t["submitted_at"]))["id"] if ready else None
+
+    def state(self) -> dict[str, tuple]:
+        """Return (status, retry_count, unmet dependencies) per task id."""
+        return {i: (t["status"], t["retry_count"],
+                    sum(self.tasks[d]["status"] != "completed" for d in t["deps"]))
+                for i, t in self.tasks.items()}
+
+
+def _random_step(conn, rng: random.Random, model: QueueModel, number: int) -> str:
+    """Apply one random operation to the database and the model; return a description."""
+    ids = sorted(model.tasks)
+    operation = rng.choice(["create"] * 3 + ["claim"] * 3 + ["complete"] * 2 + ["fail", "retry", "cancel",
+                                                                               "heartbeat", "requeue"])
+    if operation == "create" or not ids:
+        task_id = f"t{number}"
+        spec = {"priority": rng.randint(0, 3), "submitted_at": at(rng.randrange(10**6) + number / 1000),
+                "deps": rng.sample(ids, k=min(len(ids), rng.choice([0, 0, 1, 2]))),
+                "max_retries": rng.randint(0, 2)}
+        tasks.create(conn, "p", task_id=task_id, priority=spec["priority"], submitted_at=spec["submitted_at"],
+                     dependencies=spec["deps"], max_retries=spec["max_retries"])
+        model.tasks[task_id] = {"id": task_id, "status": "pending", "retry_count": 0, **spec}
+        return f"create {task_id} {spec}"
+    if operation == "claim":
+        expected = model.claimable()
+        claimed = tasks.claim_next(conn)
+        assert (claimed and claimed["id"]) == (expected or None), f"claimed {claimed and claimed['id']}"
+        if expected:
+            model.tasks[expected]["status"] = "running"
+        return f"claim -> {expected}"
+    if operation == "requeue":
+        now = rng.choice([PAST, FUTURE])
+        expected = sorted(i for i, t in model.tasks.items() if t["status"] == "running") if now == FUTURE else []
+        assert sorted(t["id"] for t in tasks.requeue_stale(conn, now=now)) == expected
+        for task_id in expected:
+            task = model.tasks[task_id]
+            if task["retry_count"] < task["max_retries"]:
+                task["status"], task["retry_count"] = "pending", task["retry_count"] + 1
+            else:
+                task["status"] = "failed"
+        return f"requeue at {now} -> {expected}"
+    task_id = rng.choice(ids)
+    task = model.tasks[task_id]
+    run, allowed, target = OPERATIONS[operation]
+    legal = task["status"] in allowed and not (
+        operation == "retry" and task["retry_count"] >= task["max_retries"])
+    if legal:
+        assert run(conn, task_id)["status"] == target
+        task["status"] = target
+        task["retry_count"] += operation == "retry"
+    else:
+        with pytest.raises(TransitionError):
+            run(conn, task_id)
+    return f"{operation} {task_id} from {task['status']} legal={legal}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_operations_match_a_model_of_the_queue(conn, seed):
+    """Random create/claim/complete/fail/retry/cancel/requeue steps keep the database equal to the model."""
+    rng = random.Random(seed)
+    model = QueueModel()
+    history: list[str] = []
+    for number in range(150):
+        try:
+            history.append(_random_step(conn, rng, model, number))
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}, step {number}: {exc}; last steps: {history[-5:]}") from exc
+        stored = {i: (s, r, u) for i, s, r, u in conn.execute(
+            "SELECT id, status, retry_count, unmet_dependencies FROM tasks")}
+        assert stored == model.state(), f"seed {seed}, step {number}: last steps: {history[-5:]}"
