@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
 from .maintenance import backup, integrity_check  # noqa: E402
 from .pool import Pool, connect  # noqa: E402
 from .transaction import transaction  # noqa: E402
+from .validation import PlanCheck, check_catalog, check_plan, explain_query_plan, validate_foreign_keys  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "DatabaseFileError",
     "ForeignKeyError",
     "NotFoundError",
+    "PlanCheck",
     "Pool",
     "SchemaError",
     "StorageFullError",
@@ -54,8 +56,11 @@ __all__ = [
     "agents",
     "audit",
     "backup",
+    "check_catalog",
+    "check_plan",
     "checkpoints",
     "connect",
+    "explain_query_plan",
     "integrity_check",
     "metrics",
     "open",
@@ -63,6 +68,7 @@ __all__ = [
     "state",
     "tasks",
     "transaction",
+    "validate_foreign_keys",
 ]
 
 

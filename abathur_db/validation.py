@@ -1,0 +1,135 @@
+"""Checks of a database's contents and of its query plans against the query catalog."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+
+from .catalog import CATALOG, CatalogQuery
+from .errors import AbathurDBError, ValidationError, translate
+from .schema import statements
+
+__all__ = ["PlanCheck", "check_catalog", "check_plan", "explain_query_plan", "validate_foreign_keys"]
+
+# Statements that EXPLAIN QUERY PLAN can describe without side effects. Others are
+# refused: a PRAGMA setting a flag (foreign_keys, ignore_check_constraints, ...)
+# takes effect while the statement is prepared, so even its EXPLAIN would change
+# the connection.
+_PLANNABLE = ("SELECT", "WITH", "VALUES", "INSERT", "REPLACE", "UPDATE", "DELETE")
+_LEADING_NOISE = re.compile(r"(?:\s+|;|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+_KEYWORD = re.compile(r"[A-Za-z]*")
+# SQLite before 3.36 prints "SCAN TABLE t" / "SEARCH TABLE t"; later versions "SCAN t".
+_SCAN = re.compile(r"SCAN (?:TABLE )?(?P<table>\S+)(?P<rest>.*)")
+_USES_INDEX = re.compile(r"USING (?:COVERING )?INDEX (\S+)")
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """The verdict on one catalog query: its id, whether it passed, its plan, and what is wrong."""
+
+    id: str
+    ok: bool
+    plan: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def validate_foreign_keys(conn: sqlite3.Connection) -> list[tuple]:
+    """Return the rows of ``PRAGMA foreign_key_check``: (table, rowid, parent, fkid) per violation."""
+    try:
+        return [tuple(row) for row in conn.execute("PRAGMA foreign_key_check").fetchall()]
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+
+
+def explain_query_plan(conn: sqlite3.Connection, sql: str, params=()) -> list[str]:
+    """Return the lines of ``EXPLAIN QUERY PLAN`` for one statement, without running it.
+
+    :raises ValidationError: `sql` is empty, holds more than one statement, or is
+        not a SELECT, WITH, VALUES, INSERT, REPLACE, UPDATE or DELETE statement.
+    """
+    statement = _one_statement(sql)
+    try:
+        # An EXPLAIN never checks the schema cookie, so sqlite3's statement cache would
+        # replay a plan made before an index was dropped; the version in the text
+        # gives each schema its own cache entry.
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+    try:
+        rows = conn.execute(f"/* schema {version} */ EXPLAIN QUERY PLAN {statement}", params).fetchall()
+    except sqlite3.ProgrammingError as exc:  # parameters that do not fit the statement
+        raise ValidationError(f"explain_query_plan: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+    return [detail for *_, detail in rows]
+
+
+def check_plan(conn: sqlite3.Connection, query: CatalogQuery) -> PlanCheck:
+    """Check that `query` uses each of its indexes, scans no table in full and sorts nothing.
+
+    A plan that cannot be prepared (an ``INDEXED BY`` index was dropped, a column
+    is missing) makes a failed check naming the missing indexes, not an exception.
+    """
+    present = _index_names(conn)
+    missing = [name for name in query.indexes if name not in present]
+    try:
+        plan = explain_query_plan(conn, query.sql, query.params)
+    except AbathurDBError as exc:
+        problems = [f"cannot be planned: {exc}", *(f"index {name} does not exist" for name in missing)]
+        return PlanCheck(query.id, False, [], problems)
+    problems = _plan_problems(plan, query, missing)
+    return PlanCheck(query.id, not problems, plan, problems)
+
+
+def check_catalog(conn: sqlite3.Connection) -> list[PlanCheck]:
+    """Check the plan of every query of the catalog, in catalog order."""
+    return [check_plan(conn, query) for query in CATALOG]
+
+
+def _one_statement(sql: str) -> str:
+    if not isinstance(sql, str):
+        raise ValidationError(f"explain_query_plan: sql must be a string, not {type(sql).__name__}")
+    found = [text for text in statements(sql) if _code(text)]
+    if len(found) != 1:
+        raise ValidationError(f"explain_query_plan takes exactly one statement; got {len(found)}")
+    keyword = _KEYWORD.match(_code(found[0]))[0].upper()
+    if keyword not in _PLANNABLE:
+        raise ValidationError(
+            f"explain_query_plan: {keyword or found[0][:20]!r} statements are refused; "
+            f"only {', '.join(_PLANNABLE)}"
+        )
+    return found[0]
+
+
+def _code(statement: str) -> str:
+    """Return `statement` without its leading whitespace, comments and semicolons."""
+    return statement[_LEADING_NOISE.match(statement).end():]
+
+
+def _index_names(conn: sqlite3.Connection) -> set[str]:
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+    return {name for (name,) in rows}
+
+
+def _plan_problems(plan: list[str], query: CatalogQuery, missing: list[str]) -> list[str]:
+    problems = []
+    used = {name for line in plan for name in _USES_INDEX.findall(line)}
+    for line in plan:
+        scan = _SCAN.match(line)
+        if scan and scan["table"] != "CONSTANT":  # "SCAN CONSTANT ROW": a SELECT without FROM
+            index = _USES_INDEX.search(scan["rest"])
+            if index is None:
+                problems.append(f"full scan of {scan['table']} ({line})")
+            elif not (query.ordered_walk and index[1] in query.indexes):
+                problems.append(f"walks all of {index[1]} instead of searching it ({line})")
+        if "USE TEMP B-TREE" in line:
+            problems.append(f"sorts in a temporary b-tree ({line})")
+        if "AUTOMATIC" in line:
+            problems.append(f"builds a temporary index, scanning the table to do so ({line})")
+    problems.extend(f"does not use {name}" + (" (no such index)" if name in missing else "")
+                    for name in query.indexes if name not in used)
+    return problems
