@@ -30,7 +30,7 @@ from .errors import (  # noqa: E402
     UniqueError,
     ValidationError,
 )
-from .maintenance import backup, integrity_check  # noqa: E402
+from .maintenance import backup, checkpoint, integrity_check  # noqa: E402
 from .pool import Pool, connect  # noqa: E402
 from .transaction import transaction  # noqa: E402
 from .validation import PlanCheck, check_catalog, check_plan, explain_query_plan, validate_foreign_keys  # noqa: E402
@@ -58,6 +58,7 @@ __all__ = [
     "backup",
     "check_catalog",
     "check_plan",
+    "checkpoint",
     "checkpoints",
     "connect",
     "explain_query_plan",

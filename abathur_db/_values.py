@@ -33,24 +33,30 @@ def now() -> str:
 def format_datetime(moment: _dt.datetime) -> str:
     """Return an aware datetime as a timestamp string (UTC, milliseconds)."""
     utc = moment.astimezone(_dt.timezone.utc)
-    # isoformat() would drop the fraction when it is zero; strftime keeps the width fixed.
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # isoformat() would drop the fraction when it is zero, and strftime's %Y the
+    # leading zeros of a year before 1000: either would break the fixed width.
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+            f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z")
 
 
 def timestamp(value: Any, table: str, field: str) -> str:
     """Return `value` (an aware datetime or an ISO 8601 string with an offset) as a timestamp."""
     if isinstance(value, str):
-        if _TIMESTAMP.fullmatch(value):
-            return value
         try:
-            value = _dt.datetime.fromisoformat(value)
+            parsed = _dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ValidationError(f"{table}.{field}: {value!r} is not an ISO 8601 timestamp") from None
+            raise ValidationError(f"{table}.{field}: {short_repr(value)} is not an ISO 8601 timestamp") from None
+        if _TIMESTAMP.fullmatch(value):  # already in the stored format (and a real moment)
+            return value
+        value = parsed
     if not isinstance(value, _dt.datetime):
-        raise ValidationError(f"{table}.{field}: expected a datetime or ISO 8601 string, got {value!r}")
+        raise ValidationError(f"{table}.{field}: expected a datetime or ISO 8601 string, got {short_repr(value)}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(f"{table}.{field}: {value!r} has no time zone; pass an aware datetime")
-    return format_datetime(value)
+    try:
+        return format_datetime(value)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00, which is in year 0 in UTC
+        raise ValidationError(f"{table}.{field}: {value!r} is out of range once moved to UTC") from None
 
 
 def time_range(since: Any, until: Any, table: str, prefix: str = "") -> dict[str, str]:
@@ -68,13 +74,15 @@ def time_range(since: Any, until: Any, table: str, prefix: str = "") -> dict[str
 def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str:
     """Return `value` as JSON text; `kind` (list or dict) requires an array or an object."""
     if kind is list and not isinstance(value, (list, tuple)):
-        raise ValidationError(f"{table}.{field}: expected a JSON array (list), got {value!r}")
+        raise ValidationError(f"{table}.{field}: expected a JSON array (list), got {short_repr(value)}")
     if kind is dict and not isinstance(value, dict):
-        raise ValidationError(f"{table}.{field}: expected a JSON object (dict), got {value!r}")
+        raise ValidationError(f"{table}.{field}: expected a JSON object (dict), got {short_repr(value)}")
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{table}.{field}: {short_repr(value)} is not valid JSON: {exc}") from None
+    _require_utf8(text, table, field)
+    return text
 
 
 def new_id() -> str:
@@ -97,6 +105,30 @@ def require_text(value: Any, table: str, field: str, *, optional: bool = False) 
         return
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{table}.{field}: expected a non-empty string, got {short_repr(value)}")
+    _require_utf8(value, table, field)
+
+
+def require_key(value: Any, table: str, field: str) -> None:
+    """Raise ValidationError unless `value` could be the key of a row: a str, or None (which matches none)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(f"{table}.{field}: expected a string, got {short_repr(value)}")
+    _require_utf8(value, table, field)
+
+
+def _require_utf8(text: str, table: str, field: str) -> None:
+    # SQLite stores text as UTF-8, which cannot hold a lone surrogate ("\ud800"):
+    # sqlite3 would raise UnicodeEncodeError while binding it.
+    if text.isascii():  # O(1): CPython knows it already
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{table}.{field}: {short_repr(text)} holds a lone surrogate at index {exc.start},"
+            " which UTF-8 text cannot store"
+        ) from None
 
 
 def require_int(value: Any, table: str, field: str, low: int, high: int = INT64_MAX) -> None:

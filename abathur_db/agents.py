@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, TransitionError, ValidationError
+from .errors import NotFoundError, TransitionError, ValidationError, short_repr
 from .transaction import write
 
 TABLE = "agents"
@@ -101,7 +101,7 @@ def get(conn: sqlite3.Connection, agent_id: str) -> dict[str, Any]:
     _values.require_text(agent_id, TABLE, "id")
     row = conn.execute(GET_SQL, {"id": agent_id}).fetchone()
     if row is None:
-        raise NotFoundError(f"{TABLE}: no agent with id {agent_id!r}")
+        raise NotFoundError(f"{TABLE}: no agent with id {short_repr(agent_id)}")
     return decode_row(row)
 
 

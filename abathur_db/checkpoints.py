@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, ValidationError
+from .errors import NotFoundError, ValidationError, short_repr
 from .transaction import write
 
 TABLE = "checkpoints"
@@ -77,11 +77,11 @@ def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -
     _values.require_text(task_id, TABLE, "task_id")
     if iteration is None:
         row = conn.execute(LOAD_LATEST_SQL, {"task_id": task_id}).fetchone()
-        missing = f"no checkpoint for task {task_id!r}"
+        missing = f"no checkpoint for task {short_repr(task_id)}"
     else:
         _values.require_int(iteration, TABLE, "iteration", 0)
         row = conn.execute(LOAD_SQL, {"task_id": task_id, "iteration": iteration}).fetchone()
-        missing = f"no checkpoint for task {task_id!r} at iteration {iteration}"
+        missing = f"no checkpoint for task {short_repr(task_id)} at iteration {iteration}"
     if row is None:
         raise NotFoundError(f"{TABLE}: {missing}")
     return decode_row(row)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from typing import NamedTuple
 
-from .errors import ConfigurationError, DatabaseFileError, translate
+from .errors import ConfigurationError, DatabaseFileError, ValidationError, translate
 
-__all__ = ["backup", "integrity_check"]
+__all__ = ["CHECKPOINT_MODES", "CheckpointResult", "backup", "checkpoint", "integrity_check"]
+
+CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+
+class CheckpointResult(NamedTuple):
+    """What ``PRAGMA wal_checkpoint`` reports."""
+
+    busy: int  # 1 when another connection kept the checkpoint from finishing, else 0
+    log: int  # frames in the WAL (-1 when the database is not in WAL mode)
+    checkpointed: int  # frames copied back into the database file (-1 likewise)
 
 
 def integrity_check(conn: sqlite3.Connection, *, quick: bool = False) -> list[str]:
@@ -22,6 +33,32 @@ def integrity_check(conn: sqlite3.Connection, *, quick: bool = False) -> list[st
     except sqlite3.Error as exc:
         raise translate(exc) from exc
     return [] if rows == ["ok"] else rows
+
+
+def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointResult:
+    """Copy the WAL's committed pages back into the database file; return what was done.
+
+    ``PASSIVE`` copies what it can without waiting. ``FULL`` waits (up to busy_timeout)
+    for writers and copies everything; ``RESTART`` also waits for readers, so that the
+    next write starts the WAL from its beginning; ``TRUNCATE`` (the default) also cuts
+    the WAL file to zero bytes (any case is accepted). A connection with an open read transaction keeps its
+    snapshot's frames in the WAL: the result then has ``busy`` 1 (after busy_timeout).
+    SQLite checkpoints on its own (wal_autocheckpoint); call this after a long reader
+    has let the WAL grow, or before copying the database file.
+
+    :raises ConfigurationError: when `conn` itself is inside a transaction.
+    """
+    name = mode.upper() if isinstance(mode, str) else mode
+    if name not in CHECKPOINT_MODES:
+        raise ValidationError(f"checkpoint: mode {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}")
+    if conn.in_transaction:
+        # SQLite refuses with SQLITE_LOCKED, which would read as another connection's lock.
+        raise ConfigurationError("checkpoint() cannot run inside a transaction on the same connection")
+    try:
+        # The mode is one of the fixed names above: PRAGMA takes no bound parameters.
+        return CheckpointResult(*conn.execute(f"PRAGMA wal_checkpoint({name})").fetchone())
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
 
 
 def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:

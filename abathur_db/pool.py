@@ -22,13 +22,17 @@ PRAGMAS: tuple[tuple[str, object], ...] = (
     ("foreign_keys", 1),
     ("busy_timeout", 5000),
     ("wal_autocheckpoint", 1000),
+    # A WAL that grew past this (a long reader held back checkpoints) is cut back to
+    # it once a checkpoint lets writing restart at its beginning; 4x the ~4 MiB that
+    # wal_autocheckpoint leaves in normal use, so normal use never truncates.
+    ("journal_size_limit", 16 * 1024 * 1024),
 )
 BUSY_TIMEOUT_SECONDS = 5.0
 _SQLITE_BUSY = 5
 
-# Connections inherited through os.fork(). The child must neither use nor close
-# them: closing would run SQLite's last-connection cleanup on the parent's files.
-# They are kept here, referenced, for the life of the child.
+# Connections a forked child inherited in the middle of a transaction. Closing one
+# would roll back, in the WAL index the processes share, a write the parent is still
+# making, so the child keeps them here, unused and open, for the rest of its life.
 _INHERITED: list[sqlite3.Connection] = []
 _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 
@@ -113,9 +117,16 @@ class _Slot:
         self.conn = conn
 
 
-def _close(registry: dict, key: int, conn: sqlite3.Connection) -> None:
+def _close(registry: dict, key: int, conn: sqlite3.Connection, pid: int) -> None:
     registry.pop(key, None)
-    conn.close()
+    try:
+        inherited_mid_transaction = os.getpid() != pid and conn.in_transaction
+    except sqlite3.ProgrammingError:  # its user closed it already
+        return
+    if inherited_mid_transaction:
+        _INHERITED.append(conn)
+    else:
+        conn.close()
 
 
 class Pool:
@@ -124,7 +135,8 @@ class Pool:
     `connection()` returns the calling thread's own connection, opening it on first
     use. A connection is closed when its thread ends, or by `close()`, which closes
     every connection of the pool (call it once the threads using it are done).
-    After ``os.fork()`` the child opens connections of its own.
+    After ``os.fork()`` the child closes its copies of the parent's connections
+    (but not one inside a transaction) and opens connections of its own.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -158,7 +170,7 @@ class Pool:
         slot = _Slot(conn)
         key = next(self._keys)
         with self._lock:
-            self._finalizers[key] = weakref.finalize(slot, _close, self._finalizers, key, conn)
+            self._finalizers[key] = weakref.finalize(slot, _close, self._finalizers, key, conn, self._pid)
         self._local.slot = slot
         return conn
 
@@ -186,10 +198,16 @@ class Pool:
         return f"<abathur_db.Pool {self.path!r} connections={self.open_connections}>"
 
     def _after_fork_in_child(self) -> None:
+        # SQLite's own advice for a forked child (its test/forktest.c): close the
+        # inherited connections before opening new ones. While a copy stays open,
+        # SQLite in the child believes it already holds the parent's file locks and
+        # never takes them for the child's own connections; the parent's last close
+        # then deletes the WAL under the child's writes. Closing a copy that is not
+        # in a transaction leaves the parent's files alone (the parent's locks stop
+        # the last-connection cleanup). Copies belonging to other threads were
+        # already closed the same way when Python discarded those threads.
         for finalizer in list(self._finalizers.values()):
-            detached = finalizer.detach()
-            if detached is not None:
-                _INHERITED.append(detached[2][2])
+            finalizer()
         self._reset()
 
 

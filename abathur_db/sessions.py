@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, TransitionError
+from .errors import NotFoundError, TransitionError, short_repr
 from .transaction import write
 
 TABLE = "sessions"
@@ -79,9 +79,10 @@ def create(
 
 def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     """Return the session `session_id`; raise NotFoundError if there is none."""
+    _values.require_key(session_id, TABLE, "id")
     row = conn.execute(GET_SQL, {"id": session_id}).fetchone()
     if row is None:
-        raise NotFoundError(f"{TABLE}: no session with id {session_id!r}")
+        raise NotFoundError(f"{TABLE}: no session with id {short_repr(session_id)}")
     return decode_row(row)
 
 
@@ -109,5 +110,6 @@ def delete(conn: sqlite3.Connection, session_id: str) -> None:
 
     The foreign keys (``ON DELETE SET NULL``) set their ``session_id`` to NULL.
     """
+    _values.require_key(session_id, TABLE, "id")
     if not write(conn, TABLE, _DELETE, {"id": session_id}):
-        raise NotFoundError(f"{TABLE}: no session with id {session_id!r}")
+        raise NotFoundError(f"{TABLE}: no session with id {short_repr(session_id)}")

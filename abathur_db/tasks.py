@@ -184,6 +184,7 @@ def _dependencies_json(dependencies: Any, task_id: str) -> str:
 
 def get(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     """Return the task `task_id`; raise NotFoundError if there is none."""
+    _values.require_key(task_id, TABLE, "id")
     row = conn.execute(GET_SQL, {"id": task_id}).fetchone()
     if row is None:
         raise NotFoundError(f"{TABLE}: no task with id {short_repr(task_id)}")
@@ -192,6 +193,7 @@ def get(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
 
 def get_with_session(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     """Return the task `task_id` with its session (or None) under the key ``"session"``."""
+    _values.require_key(task_id, TABLE, "id")
     row = conn.execute(GET_WITH_SESSION_SQL, {"id": task_id}).fetchone()
     if row is None:
         raise NotFoundError(f"{TABLE}: no task with id {short_repr(task_id)}")
@@ -300,6 +302,7 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[di
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
                 params: dict[str, Any]) -> dict[str, Any]:
     sql, allowed = change
+    _values.require_key(params["id"], TABLE, "id")
     params["now"] = _values.now()
     # The refusal is explained inside the same transaction, so it reports the status that refused.
     with transaction(conn):

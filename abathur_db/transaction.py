@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import sqlite3
 
-from .errors import translate
+from .errors import AbathurDBError, translate
 
 __all__ = ["transaction", "write"]
 
 _SAVEPOINT = "abathur_db"
+
+# Connections inside transaction() blocks, and how deeply nested. After an I/O error,
+# an interrupt, or SQLITE_FULL / SQLITE_NOMEM in a statement without a statement
+# journal (one without RETURNING), SQLite rolls the whole transaction back by itself;
+# a caller that caught the error and carried on inside its block would then write in
+# autocommit mode and keep part of what the block meant to be all or nothing.
+_OPEN_BLOCKS: dict[sqlite3.Connection, int] = {}
+
+
+def _lost() -> AbathurDBError:
+    return AbathurDBError(
+        "the transaction was rolled back before its block ended (SQLite does that by itself after"
+        " an I/O error, an interrupt, or a full disk it cannot undo statement by statement): none"
+        " of the block's writes were kept; leave the block and start again"
+    )
 
 
 class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
@@ -18,6 +33,10 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
     (waiting up to busy_timeout) before anything is read: a deferred transaction
     that reads and then writes fails with SQLITE_BUSY at once, ignoring the
     timeout. Any exception, KeyboardInterrupt included, rolls the block back.
+    If SQLite rolls the whole transaction back by itself (an I/O error, an
+    interrupt, a full disk under a statement without RETURNING), the package's
+    writes later in the block, and leaving the block normally, raise
+    AbathurDBError instead of running, or committing, outside any transaction.
     """
 
     __slots__ = ("_conn", "_nested")
@@ -27,16 +46,26 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         self._nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self._nested = self._conn.in_transaction
+        conn = self._conn
+        depth = _OPEN_BLOCKS.get(conn, 0)
+        if depth and not conn.in_transaction:
+            raise _lost()
+        self._nested = conn.in_transaction
         try:
-            self._conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else "BEGIN IMMEDIATE")
+            conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise translate(exc) from exc
-        return self._conn
+        _OPEN_BLOCKS[conn] = depth + 1
+        return conn
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         conn = self._conn
+        depth = _OPEN_BLOCKS.pop(conn) - 1
+        if depth:
+            _OPEN_BLOCKS[conn] = depth
         if exc_type is None:
+            if not conn.in_transaction:
+                raise _lost()
             try:
                 conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
                 return False
@@ -67,8 +96,11 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: dict) -> list[
     try:
         if conn.in_transaction:
             # One statement is atomic on its own: a failing one is undone and the
-            # caller's transaction stays open, so no savepoint is needed.
+            # caller's transaction stays open (unless SQLite rolls it all back, see
+            # _OPEN_BLOCKS), so no savepoint is needed.
             return conn.execute(sql, params).fetchall()
+        if conn in _OPEN_BLOCKS:
+            raise _lost()
         with transaction(conn):
             return conn.execute(sql, params).fetchall()
     except sqlite3.Error as exc:

@@ -109,3 +109,15 @@ def test_other_errors_keep_the_base_class_and_sqlite_message(conn):
     translated = translate(_raised(conn, "SELECT * FROM no_such_table"), "tasks")
     assert type(translated) is errors.AbathurDBError
     assert str(translated) == "tasks: no such table: no_such_table"
+
+
+def test_foreign_key_failure_whose_parents_all_exist_gets_the_general_message(conn):
+    """When every reference in the parameters exists (the culprit is elsewhere), the message says so generally."""
+    conn.execute("INSERT INTO tasks (id, prompt) VALUES ('t1', 'p')")
+    conn.execute("INSERT INTO sessions (id, app_name, user_id) VALUES ('s1', 'a', 'u')")
+    params = {"id": "a1", "task_id": "t1", "session_id": "s1"}
+    exc = _raised(conn, "INSERT INTO agents (id, name, specialization, task_id, model, session_id) "
+                        "VALUES (:id, 'n', 's', 'ghost', 'm', :session_id)", params)
+    translated = translate(exc, "agents", params, conn)
+    assert isinstance(translated, errors.ForeignKeyError)
+    assert str(translated) == "agents: a referenced row does not exist (FOREIGN KEY constraint)"

@@ -175,3 +175,105 @@ def test_integrity_check_of_a_file_that_is_not_a_database(not_a_database, quick)
     """Checking a file that is not a database raises DatabaseFileError, not a bare sqlite3 error."""
     with pytest.raises(DatabaseFileError, match="not a database"):
         integrity_check(not_a_database, quick=quick)
+
+
+# checkpoint(): the WAL copied back into the database file.
+
+
+def _wal_bytes(db_path) -> int:
+    return os.path.getsize(f"{db_path}-wal")
+
+
+def test_checkpoint_truncate_empties_the_wal_and_keeps_every_row(filled, db_path):
+    """The default mode copies every frame back and cuts the WAL file to zero bytes."""
+    from abathur_db import checkpoint
+    from abathur_db.maintenance import CheckpointResult
+
+    assert _wal_bytes(db_path) > 0
+    dump = list(filled.iterdump())
+    result = checkpoint(filled)
+    assert isinstance(result, CheckpointResult) and result == (0, 0, 0)
+    assert (result.busy, result.log, result.checkpointed) == (0, 0, 0)
+    assert _wal_bytes(db_path) == 0
+    assert list(filled.iterdump()) == dump
+
+
+@pytest.mark.parametrize("mode", ["PASSIVE", "FULL", "RESTART", "passive", "Restart"])
+def test_checkpoint_modes_copy_every_frame_without_truncating(filled, db_path, mode):
+    """PASSIVE, FULL and RESTART (any case) copy every frame of a quiet database and leave the file's size."""
+    from abathur_db.maintenance import checkpoint
+
+    size = _wal_bytes(db_path)
+    result = checkpoint(filled, mode)
+    assert result.busy == 0 and result.log == result.checkpointed > 0, result
+    assert _wal_bytes(db_path) == size
+
+
+@pytest.mark.parametrize("mode", ["truncate!", "", None, 3, ["TRUNCATE"], "FULL; DROP TABLE tasks"])
+def test_checkpoint_refuses_an_unknown_mode(conn, mode):
+    """A mode that is not one of SQLite's four raises ValidationError naming it, sending nothing."""
+    from abathur_db.errors import ValidationError
+    from abathur_db.maintenance import checkpoint
+
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE"):
+            checkpoint(conn, mode)
+    finally:
+        conn.set_trace_callback(None)
+    assert sent == []
+
+
+def test_checkpoint_refuses_a_connection_inside_a_transaction(conn, make_task):
+    """Inside a transaction on the same connection checkpoint raises ConfigurationError, not a lock error."""
+    from abathur_db.maintenance import checkpoint
+
+    with transaction(conn):
+        make_task()
+        with pytest.raises(ConfigurationError, match="transaction"):
+            checkpoint(conn)
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+
+
+def test_checkpoint_reports_a_reader_that_holds_the_wal(pool, db_path):
+    """A read transaction on another connection keeps its frames: busy is 1 and the WAL keeps its size."""
+    from abathur_db import connect
+    from abathur_db.maintenance import checkpoint
+
+    conn = pool.connection()
+    metrics.record(conn, "before the reader", 1)
+    reader = connect(db_path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM metrics").fetchall()
+        metrics.record(conn, "after the reader", 2)
+        conn.execute("PRAGMA busy_timeout = 50")  # this connection only: TRUNCATE waits for the reader
+        size = _wal_bytes(db_path)
+        held = checkpoint(conn)
+        assert held.busy == 1 and held.checkpointed < held.log, held
+        assert _wal_bytes(db_path) == size
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert checkpoint(conn) == (0, 0, 0)
+
+
+def test_checkpoint_of_a_database_not_in_wal_mode(tmp_path):
+    """Without a WAL there is nothing to copy: SQLite reports -1 frames."""
+    from abathur_db.maintenance import checkpoint
+
+    plain = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)
+    try:
+        plain.execute("CREATE TABLE t (x)")
+        assert checkpoint(plain) == (0, -1, -1)
+    finally:
+        plain.close()
+
+
+def test_checkpoint_of_a_file_that_is_not_a_database(not_a_database):
+    """Checkpointing a file that is not a database raises DatabaseFileError."""
+    from abathur_db.maintenance import checkpoint
+
+    with pytest.raises(DatabaseFileError, match="not a database"):
+        checkpoint(not_a_database)

@@ -23,6 +23,7 @@ EXPECTED = {
     "foreign_keys": 1,
     "busy_timeout": 5000,
     "wal_autocheckpoint": 1000,
+    "journal_size_limit": 16 * 1024 * 1024,
 }
 
 
@@ -217,18 +218,111 @@ def test_forked_child_opens_its_own_connection(pool):
     assert parent_conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_fork_handler_keeps_inherited_connections_open_and_unused(db_path):
-    """The after-fork hook sets the parent's connections aside, unclosed, and starts afresh."""
+def test_fork_handler_closes_idle_copies_and_keeps_those_in_a_transaction(db_path, monkeypatch):
+    """In a forked child the hook closes inherited idle connections and sets aside, open, one in a transaction."""
     pool = abathur_db.open(db_path)
-    inherited = pool.connection()
+    idle = pool.connection()
+    in_transaction, release = threading.Event(), threading.Event()
+    holder = {}
+
+    def writer():
+        holder["conn"] = conn = pool.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        in_transaction.set()
+        release.wait(timeout=30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
     kept_before = len(pool_module._INHERITED)
-    pool._after_fork_in_child()  # what os.fork() runs in the child
     try:
-        assert pool_module._INHERITED[kept_before:] == [inherited]
+        assert in_transaction.wait(timeout=30)
+        child_pid = os.getpid() + 1
+        monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen from the child
+        pool_module._after_fork_in_child()  # what os.fork() runs in the child, for every pool
+        monkeypatch.undo()
+        assert pool_module._INHERITED[kept_before:] == [holder["conn"]]
+        assert holder["conn"].in_transaction  # not closed, not rolled back
+        with pytest.raises(sqlite3.ProgrammingError):
+            idle.execute("SELECT 1")
         assert pool.open_connections == 0
-        fresh = pool.connection()
-        assert fresh is not inherited
-        assert inherited.execute("SELECT 1").fetchone() == (1,)  # not closed
+        assert pool.connection() is not idle
     finally:
+        release.set()
+        thread.join(timeout=30)
         del pool_module._INHERITED[kept_before:]
-        inherited.close()
+        if "conn" in holder:
+            holder["conn"].close()
+
+
+def test_a_path_sqlite_cannot_open_is_a_database_file_error(tmp_path):
+    """connect() on a path SQLite cannot open (a directory) raises DatabaseFileError naming it."""
+    with pytest.raises(abathur_db.DatabaseFileError, match="cannot open"):
+        pool_module.connect(tmp_path)
+
+
+def test_pool_repr_names_the_file_and_its_connections(pool, db_path):
+    """repr(pool) shows the file and how many connections are open."""
+    pool.connection()
+    assert repr(pool) == f"<abathur_db.Pool {str(db_path)!r} connections=1>"
+
+
+class _Clock:
+    """Stands in for the time module in pool: sleeping runs `on_sleep` and moves the clock on."""
+
+    def __init__(self, on_sleep):
+        self.now, self.sleeps, self._on_sleep = 0.0, [], on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self._on_sleep(self)
+
+
+@pytest.fixture
+def rollback_journal_file(tmp_path):
+    """Return the path of a database still in rollback-journal mode, and a connection writing to it."""
+    path = tmp_path / "plain.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")  # a RESERVED lock: switching to WAL is refused at once
+    yield path, writer
+    writer.close()
+
+
+def test_switch_to_wal_retries_while_another_connection_holds_the_file(rollback_journal_file, monkeypatch):
+    """journal_mode=WAL refused with "database is locked" (no busy handler) is retried until it succeeds."""
+    path, writer = rollback_journal_file
+    clock = _Clock(lambda clock: writer.execute("COMMIT") if writer.in_transaction else None)
+    monkeypatch.setattr(pool_module, "time", clock)
+    conn = pool_module.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert clock.sleeps == [0.001]
+    finally:
+        conn.close()
+
+
+def test_switch_to_wal_gives_up_with_busy_error_after_busy_timeout(rollback_journal_file, monkeypatch):
+    """A lock that outlasts busy_timeout during the switch to WAL raises BusyError, backing off up to 50 ms."""
+    path, _ = rollback_journal_file
+    clock = _Clock(lambda clock: None)
+    monkeypatch.setattr(pool_module, "time", clock)
+    with pytest.raises(abathur_db.BusyError, match="locked"):
+        pool_module.connect(path)
+    assert clock.now > pool_module.BUSY_TIMEOUT_SECONDS and max(clock.sleeps) == 0.05
+
+
+def test_fork_handler_passes_over_a_connection_its_user_closed(db_path, monkeypatch):
+    """A pooled connection closed by hand before the fork is skipped, not an error, in the child."""
+    pool = abathur_db.open(db_path)
+    pool.connection().close()
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen from the child
+    pool_module._after_fork_in_child()
+    monkeypatch.undo()
+    assert pool.open_connections == 0
+    assert pool.connection().execute("SELECT 1").fetchone() == (1,)

@@ -159,3 +159,24 @@ def test_write_inside_a_transaction_sends_only_its_statement(conn, traced):
     assert [s.split(" (")[0] for s in traced] == [
         "BEGIN IMMEDIATE", "INSERT INTO metrics", "INSERT INTO metrics", "COMMIT"]
     assert _count(conn) == 1
+
+
+@pytest.mark.parametrize("carry_on", ["write", "nested block", "leave the block"])
+def test_a_block_whose_transaction_ended_early_refuses_to_carry_on(conn, carry_on):
+    """Once a block's transaction is gone (SQLite rolled it back), writing on or leaving the block raises."""
+    from abathur_db.errors import AbathurDBError
+
+    with pytest.raises(AbathurDBError, match="rolled back before its block ended"):
+        with transaction(conn):
+            conn.execute(INSERT)
+            conn.execute("ROLLBACK")  # what SQLite does by itself after an I/O error
+            if carry_on == "write":
+                write(conn, "metrics", INSERT, {})
+            elif carry_on == "nested block":
+                with transaction(conn):
+                    conn.execute(INSERT)  # pragma: no cover - the block is never entered
+    assert _count(conn) == 0
+    assert not conn.in_transaction
+    with transaction(conn):  # the connection is usable again
+        conn.execute(INSERT)
+    assert _count(conn) == 1

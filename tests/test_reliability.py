@@ -1,0 +1,620 @@
+"""Reliability: crashes, a full disk, lock waits, fork, thread churn and WAL growth lose nothing.
+
+Real processes, threads and database files. Timing is never asserted beyond a generous
+window around busy_timeout; synchronisation uses events, pipes and futures with
+timeouts. The crash test kills its children at seeded random moments: the seed is in
+every failure message (set ABATHUR_CRASH_SEED to replay one).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import abathur_db
+from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
+from abathur_db.errors import AbathurDBError, BusyError, StorageFullError
+from abathur_db.pool import PRAGMAS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
+TIMEOUT = 60  # seconds; reached only when something hangs
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _python(script: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start `script` in a new interpreter that imports this checkout's abathur_db."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], cwd=ROOT, env=env,
+                            text=True, **kwargs)
+
+
+def _count(conn, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _wal_size(db_path) -> int:
+    return os.path.getsize(f"{db_path}-wal")
+
+
+# ---------------------------------------------------------------------------------------
+# Crash safety: SIGKILL at random moments.
+
+CRASH_CHILD = """
+    import random, sys
+    import abathur_db
+    from abathur_db import audit, checkpoints, state, tasks, transaction
+
+    path, seed = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(seed)
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        previous = None
+        print("ready", flush=True)
+        for i in range(10**9):
+            pad = "x" * rng.randrange(6000)  # makes the WAL grow, so checkpoints run too
+            kind = rng.randrange(3)
+            if kind == 0:  # a task in its own transaction, linked to the previous one
+                task = tasks.create(conn, f"single {seed}/{i}", parent_task_id=previous, input_data={"pad": pad})
+                print("task", task["id"], flush=True)
+            elif kind == 1 and previous is not None:  # an audit row in its own transaction
+                row = audit.record(conn, "step", task_id=previous, action_data={"i": i, "pad": pad})
+                print("audit", row["id"], flush=True)
+                continue
+            else:  # a task, its audit row, state and checkpoint: all or nothing
+                with transaction(conn):
+                    task = tasks.create(conn, f"group {seed}/{i}", dependencies=[previous] if previous else [])
+                    row = audit.record(conn, "created", task_id=task["id"], action_data={"pad": pad})
+                    state.set(conn, task["id"], "i", i)
+                    checkpoints.save(conn, task["id"], 0, {"i": i})
+                print("group", task["id"], row["id"], flush=True)
+            previous = task["id"]
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_no_committed_row(db_path):
+    """25 children killed by SIGKILL at random moments: after each, the file is sound and every printed id is there."""
+    seed = int(os.environ.get("ABATHUR_CRASH_SEED") or random.SystemRandom().randrange(1, 2**31))
+    rng = random.Random(seed)
+    print(f"crash test seed: {seed} (ABATHUR_CRASH_SEED={seed} replays it)")
+    task_ids: set[str] = set()
+    audit_ids: set[int] = set()
+    groups: list[str] = []
+    landed = {"startup": 0, "working": 0}
+    for kill in range(25):
+        where = f"seed {seed}, kill {kill}"
+        child = _python(CRASH_CHILD, str(db_path), str(rng.randrange(2**31)),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines: list[str] = []
+        ready = threading.Event()  # set by the child's first line ("ready"), or by its end
+
+        def read(stream=child.stdout, lines=lines, ready=ready):
+            for line in stream:
+                lines.append(line)
+                ready.set()
+            ready.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        if rng.random() < 0.25:  # sometimes while it imports, opens or upgrades the file
+            delay = rng.uniform(0.0, 0.3)
+        else:
+            assert ready.wait(TIMEOUT), where
+            delay = rng.uniform(0.0, 0.4)
+        try:
+            child.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=TIMEOUT) == -signal.SIGKILL, f"{where}: {child.stderr.read()}"
+        reader.join(timeout=TIMEOUT)
+        child.stdout.close()
+        child.stderr.close()
+        landed["working" if lines else "startup"] += 1
+        for line in lines:
+            if not line.endswith("\n"):
+                continue  # cut short by the kill: printed after no COMMIT we can rely on
+            kind, *ids = line.split()
+            if kind == "task":
+                task_ids.add(ids[0])
+            elif kind == "audit":
+                audit_ids.add(int(ids[0]))
+            elif kind == "group":
+                task_ids.add(ids[0])
+                audit_ids.add(int(ids[1]))
+                groups.append(ids[0])
+
+        with abathur_db.open(db_path) as pool:
+            conn = pool.connection()
+            assert abathur_db.integrity_check(conn) == [], where
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == [], where
+            stored_tasks = {i for (i,) in conn.execute("SELECT id FROM tasks")}
+            stored_audit = {i for (i,) in conn.execute("SELECT id FROM audit")}
+            assert task_ids - stored_tasks == set(), where
+            assert audit_ids - stored_audit == set(), where
+            # A group is all or nothing, printed or not: no task of one lacks its other rows.
+            partial = conn.execute(
+                "SELECT id FROM tasks WHERE prompt LIKE 'group %' AND ("
+                " NOT EXISTS (SELECT 1 FROM state WHERE task_id = tasks.id)"
+                " OR NOT EXISTS (SELECT 1 FROM checkpoints WHERE task_id = tasks.id)"
+                " OR NOT EXISTS (SELECT 1 FROM audit WHERE task_id = tasks.id AND action_type = 'created'))"
+            ).fetchall()
+            assert partial == [], where
+            after = tasks.create(conn, f"written after kill {kill}")
+            task_ids.add(after["id"])
+            audit_ids.add(audit.record(conn, "survived", task_id=after["id"])["id"])
+    assert len(groups) > 0 and landed["working"] >= 10, (seed, landed)
+
+
+# ---------------------------------------------------------------------------------------
+# Full disk, simulated with max_page_count on the writing connection.
+
+
+def _limit_pages(conn, extra: int = 0) -> None:
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + extra}").fetchall()
+
+
+def _make_room(conn) -> None:
+    conn.execute("PRAGMA max_page_count = 4294967294").fetchall()
+
+
+BIG = "x" * 200_000  # needs some 50 new pages
+
+
+def test_full_disk_refuses_the_write_keeps_earlier_rows_and_recovers(conn):
+    """A write needing pages the file cannot get raises StorageFullError, storing nothing; room brings writes back."""
+    kept = tasks.create(conn, "kept", input_data={"n": 1})
+    audit.record(conn, "kept", task_id=kept["id"])
+    before = {table: _count(conn, table) for table in ("tasks", "audit", "state")}
+    _limit_pages(conn)
+    with pytest.raises(StorageFullError, match="full"):
+        tasks.create(conn, "too big", input_data={"blob": BIG})
+    with pytest.raises(StorageFullError):
+        state.set(conn, kept["id"], "blob", BIG)
+    assert not conn.in_transaction
+    assert {table: _count(conn, table) for table in before} == before
+    assert tasks.get(conn, kept["id"]) == kept
+    assert abathur_db.integrity_check(conn) == []
+    _make_room(conn)
+    stored = tasks.create(conn, "fits now", input_data={"blob": BIG})
+    assert tasks.get(conn, stored["id"])["input_data"] == {"blob": BIG}
+    assert state.set(conn, kept["id"], "blob", BIG)["value"] == BIG
+
+
+def _own_sql_insert(conn, parent: str) -> None:
+    """A caller's own statement inside a block: no RETURNING, so no statement journal."""
+    conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES (?, 1)", (BIG,))
+
+
+@pytest.mark.parametrize("failing, rollbacks", [
+    # The package's writes carry RETURNING, so SQLite has a statement journal for them and
+    # undoes the failed statement alone; the blocks then roll back what remains.
+    pytest.param(lambda conn, parent: tasks.create(conn, "child", dependencies=[parent], input_data={"blob": BIG}),
+                 ["ROLLBACK TO abathur_db", "RELEASE abathur_db", "ROLLBACK"], id="task-with-dependencies"),
+    pytest.param(lambda conn, parent: audit.record(conn, "big", task_id=parent, action_data={"blob": BIG}),
+                 ["ROLLBACK"], id="audit-row"),
+    # Without a statement journal SQLite can only roll back the whole transaction itself;
+    # transaction() then sends no ROLLBACK (it would fail: no transaction is active).
+    pytest.param(_own_sql_insert, [], id="callers-own-statement"),
+])
+def test_full_disk_in_a_callers_transaction_rolls_back_all_of_it(conn, failing, rollbacks):
+    """A full disk inside a caller's block stores nothing of the block, whoever rolls it back; with room it fits."""
+    first = tasks.create(conn, "committed before")
+    before = {table: _count(conn, table) for table in ("tasks", "audit", "checkpoints", "metrics")}
+    _limit_pages(conn, extra=2)
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        with pytest.raises(StorageFullError):
+            with transaction(conn):
+                parent = tasks.create(conn, "parent", parent_task_id=first["id"])
+                checkpoints.save(conn, parent["id"], 0, {"planned": True})
+                try:
+                    failing(conn, parent["id"])
+                except sqlite3.OperationalError as exc:  # the caller's own statement: raw sqlite3
+                    raise StorageFullError(str(exc)) from exc
+    finally:
+        conn.set_trace_callback(None)
+    assert [sql for sql in sent if sql.startswith(("ROLLBACK", "RELEASE"))] == rollbacks
+    assert not conn.in_transaction
+    assert {table: _count(conn, table) for table in before} == before
+    _make_room(conn)
+    with transaction(conn):
+        parent = tasks.create(conn, "parent", parent_task_id=first["id"])
+        checkpoints.save(conn, parent["id"], 0, {"planned": True})
+        failing(conn, parent["id"])
+    assert sum(_count(conn, table) for table in before) == sum(before.values()) + 3
+
+
+def test_a_failed_package_write_leaves_the_callers_transaction_usable(conn):
+    """StorageFullError from one write undoes that write alone: a caller who carries on commits the rest."""
+    _limit_pages(conn, extra=2)
+    with transaction(conn):
+        kept = tasks.create(conn, "first of the block")
+        with pytest.raises(StorageFullError):
+            metrics.record(conn, "big", 1, labels={"blob": BIG})
+        with pytest.raises(StorageFullError):
+            with transaction(conn):
+                audit.record(conn, "planned", task_id=kept["id"])
+                metrics.record(conn, "big", 1, labels={"blob": BIG})
+        assert conn.in_transaction
+        audit.record(conn, "after the failures", task_id=kept["id"])
+    assert [t["prompt"] for t in tasks.list(conn, status="pending")] == ["first of the block"]
+    assert [r["action_type"] for r in audit.list(conn)] == ["after the failures"]
+    assert _count(conn, "metrics") == 0
+
+
+@pytest.mark.parametrize("inner", ["statement", "nested block"])
+def test_carrying_on_after_sqlite_rolled_back_the_block_is_refused(conn, inner):
+    """Once SQLite has rolled back a block's transaction, the package's writes in that block are refused."""
+    _limit_pages(conn, extra=2)
+    with pytest.raises(AbathurDBError, match="rolled back before its block ended"):
+        with transaction(conn):
+            tasks.create(conn, "first of the block")
+            try:
+                if inner == "statement":
+                    _own_sql_insert(conn, "")
+                else:
+                    with transaction(conn):
+                        _own_sql_insert(conn, "")
+            except sqlite3.OperationalError:
+                pass  # the caller decides to carry on without that row ...
+            assert not conn.in_transaction
+            _make_room(conn)
+            tasks.create(conn, "after the failure")  # ... but the block's transaction is gone
+    assert _count(conn, "tasks") == 0 and _count(conn, "metrics") == 0
+    assert not conn.in_transaction
+    assert tasks.create(conn, "a new block works")["prompt"] == "a new block works"
+
+
+# ---------------------------------------------------------------------------------------
+# Lock waits: BusyError after busy_timeout, or a wait that ends in success.
+
+HOLDER_PROCESS = """
+    import sys
+    import abathur_db
+    from abathur_db import audit
+
+    conn = abathur_db.connect(sys.argv[1])
+    conn.execute("BEGIN IMMEDIATE")
+    print(audit.record(conn, "holder")["id"], flush=True)
+    sys.stdin.readline()
+    conn.execute("COMMIT")
+    print("released", flush=True)
+    conn.close()
+"""
+
+
+class _Holder:
+    """Another thread or process holding the write lock (one uncommitted audit row) until released."""
+
+    def __init__(self, kind: str, pool, db_path) -> None:
+        self.kind = kind
+        if kind == "process":
+            self._process = _python(HOLDER_PROCESS, str(db_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.row_id = int(self._process.stdout.readline())
+        else:
+            self._release = threading.Event()
+            holding = concurrent.futures.Future()
+
+            def hold():
+                conn = pool.connection()
+                with transaction(conn):
+                    holding.set_result(audit.record(conn, "holder")["id"])
+                    assert self._release.wait(TIMEOUT)
+
+            self._thread = threading.Thread(target=hold)
+            self._thread.start()
+            self.row_id = holding.result(timeout=TIMEOUT)
+
+    def release(self) -> None:
+        if self.kind == "process":
+            self._process.stdin.write("\n")
+            self._process.stdin.close()
+            assert self._process.stdout.readline() == "released\n"
+            self._process.stdout.close()
+            assert self._process.wait(timeout=TIMEOUT) == 0
+        else:
+            self._release.set()
+            self._thread.join(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("holder_kind", ["thread", "process"])
+def test_writer_gets_busy_error_after_about_busy_timeout(pool, db_path, holder_kind):
+    """A write lock held past busy_timeout gives the writer BusyError after about that long, not a hang."""
+    conn = pool.connection()
+    timeout_ms = 500
+    conn.execute(f"PRAGMA busy_timeout = {timeout_ms}").fetchall()  # this connection only, to keep the test short
+    holder = _Holder(holder_kind, pool, db_path)
+    try:
+        for write in (lambda: audit.record(conn, "waiter"), lambda: tasks.create(conn, "waiter"),
+                      lambda: tasks.claim_next(conn)):
+            started = time.monotonic()
+            with pytest.raises(BusyError, match="locked"):
+                write()
+            waited = time.monotonic() - started
+            assert 0.8 * timeout_ms / 1000 <= waited <= 5 * timeout_ms / 1000, waited
+            assert not conn.in_transaction
+    finally:
+        holder.release()
+    assert [r["action_type"] for r in audit.list(conn)] == ["holder"]
+    assert audit.record(conn, "after the release")["id"] > holder.row_id
+
+
+@pytest.mark.parametrize("holder_kind", ["thread", "process"])
+def test_writer_waits_for_a_lock_released_within_busy_timeout(pool, db_path, holder_kind):
+    """A writer that meets a held lock waits, and succeeds once the lock is released within busy_timeout."""
+    holder = _Holder(holder_kind, pool, db_path)
+    waiting = threading.Event()
+
+    def write():
+        conn = pool.connection()  # busy_timeout 5000, as configured
+        conn.set_trace_callback(lambda sql: sql == "BEGIN IMMEDIATE" and waiting.set())
+        try:
+            return audit.record(conn, "waiter")
+        finally:
+            conn.set_trace_callback(None)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        try:
+            future = executor.submit(write)
+            assert waiting.wait(TIMEOUT)  # its BEGIN IMMEDIATE has started against the held lock
+            assert not future.done()
+            threading.Event().wait(0.2)  # let it sit in SQLite's busy handler for a moment
+        finally:
+            holder.release()
+        written = future.result(timeout=TIMEOUT)
+    assert written["id"] > holder.row_id  # it went in after the holder's commit
+    conn = pool.connection()
+    assert [r["action_type"] for r in audit.list(conn)] == ["waiter", "holder"]
+
+
+# ---------------------------------------------------------------------------------------
+# Fork.
+
+
+def _child(work) -> int:
+    """Fork; run `work()` in the child, which exits with 0 on success; return the child's pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
+        status = 1
+        try:
+            work()
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - reported through the exit status and stderr
+            print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(status)
+    return pid
+
+
+def _exit_status(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _write_everything(conn, tag: str) -> None:
+    """Write one row to each table through the package, in one transaction."""
+    with transaction(conn):
+        session = sessions.create(conn, "app", tag)
+        task = tasks.create(conn, tag, session_id=session["id"])
+        agent = agents.spawn(conn, task["id"], tag, "s", "m", session_id=session["id"])
+        audit.record(conn, tag, task_id=task["id"], agent_id=agent["id"])
+        checkpoints.save(conn, task["id"], 0, {"by": tag})
+        state.set(conn, task["id"], "by", tag)
+        metrics.record(conn, tag, 1)
+
+
+@needs_fork
+def test_forked_child_writes_through_the_pool_and_the_parent_carries_on(pool, db_path):
+    """Rows written by the parent before and after, and by a forked child, are all kept; the parent's files stay."""
+    conn = pool.connection()
+    _write_everything(conn, "parent before")
+    pid = _child(lambda: _write_everything(pool.connection(), "child"))
+    assert _exit_status(pid) == 0
+    for suffix in ("-wal", "-shm"):
+        assert os.path.exists(f"{db_path}{suffix}"), suffix  # the child ran no last-connection cleanup
+    assert tasks.list(conn, status="pending")  # the parent's connection still works
+    _write_everything(conn, "parent after")
+    assert abathur_db.integrity_check(conn) == []
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    for table, column in (("sessions", "user_id"), ("tasks", "prompt"), ("agents", "name"),
+                          ("audit", "action_type"), ("metrics", "metric_name")):
+        assert [v for (v,) in conn.execute(f"SELECT {column} FROM {table} ORDER BY rowid")] == [
+            "parent before", "child", "parent after"], table
+    assert _count(conn, "checkpoints") == _count(conn, "state") == 3
+
+
+@needs_fork
+def test_forked_child_keeps_writing_after_the_parent_closes_its_pool(pool, db_path):
+    """A child's commits survive the parent closing its last connection while the child still writes.
+
+    While the child kept copies of the parent's connections open, SQLite in the child
+    took none of the file locks for its own connection, so the parent's last close
+    deleted the WAL under it and the child's later commits were lost.
+    """
+    metrics.record(pool.connection(), "parent", 0)
+    to_parent, from_child = os.pipe()
+    to_child, from_parent = os.pipe()
+
+    def child_work():
+        conn = pool.connection()
+        metrics.record(conn, "child", 1)
+        os.write(from_child, b"1")
+        assert os.read(to_child, 1) == b"1"  # the parent has closed its pool
+        metrics.record(conn, "child", 2)
+
+    pid = _child(child_work)
+    try:
+        assert os.read(to_parent, 1) == b"1"
+        pool.close()
+        os.write(from_parent, b"1")
+        assert _exit_status(pid) == 0
+    finally:
+        for fd in (to_parent, from_child, to_child, from_parent):
+            os.close(fd)
+    with abathur_db.open(db_path) as reopened:
+        conn = reopened.connection()
+        assert [(r["metric_name"], r["metric_value"]) for r in metrics.query(conn)] == [
+            ("parent", 0.0), ("child", 1.0), ("child", 2.0)]
+        assert abathur_db.integrity_check(conn) == []
+
+
+@needs_fork
+def test_fork_while_another_thread_is_writing_leaves_its_transaction_alone(pool):
+    """A child forked during another thread's large write transaction does not undo it in shared memory.
+
+    The child's copy of that thread's connection is kept open, not closed: closing it
+    would roll back, in the WAL index both processes share, frames the parent is
+    still writing (the parent then read "database disk image is malformed").
+    """
+    conn = pool.connection()
+    spilled, go_on = threading.Event(), threading.Event()
+
+    def writer():
+        own = pool.connection()
+        with transaction(own):
+            for i in range(400):  # some 4 MB: more than the page cache holds, so pages go to the WAL
+                tasks.create(own, f"bulk {i}", input_data={"pad": "y" * 10_000})
+            spilled.set()
+            assert go_on.wait(TIMEOUT)
+            tasks.create(own, "last of the bulk")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        future = executor.submit(writer)
+        try:
+            assert spilled.wait(TIMEOUT)
+            pid = _child(lambda: pool.connection().execute("SELECT count(*) FROM tasks").fetchall())
+            assert _exit_status(pid) == 0
+        finally:
+            go_on.set()
+        future.result(timeout=TIMEOUT)
+    assert _count(conn, "tasks") == 401
+    padding = conn.execute("SELECT sum(length(input_data ->> '$.pad')) FROM tasks").fetchone()[0]
+    assert padding == 4_000_000
+    assert abathur_db.integrity_check(conn) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Thread churn.
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_500_short_lived_threads_leave_connections_and_descriptors_bounded(db_path):
+    """500 threads that each write and read through the pool, then end, leave no connection or descriptor behind."""
+    gc.collect()
+    baseline = _open_fds()
+    pool = abathur_db.open(db_path)
+    main = pool.connection()
+    live, release = 3, threading.Event()
+    opened = threading.Barrier(live + 1)
+
+    def long_lived():
+        pool.connection().execute("SELECT 1").fetchall()
+        opened.wait(TIMEOUT)
+        release.wait(TIMEOUT)
+
+    keepers = [threading.Thread(target=long_lived) for _ in range(live)]
+    for thread in keepers:
+        thread.start()
+    opened.wait(TIMEOUT)
+
+    def short_lived(n: int) -> None:
+        conn = pool.connection()
+        metrics.record(conn, "churn", n)
+        assert metrics.query(conn, name="churn", limit=1)
+
+    wave, after_wave = 25, []
+    try:
+        for start in range(0, 500, wave):
+            threads = [threading.Thread(target=short_lived, args=(n,)) for n in range(start, start + wave)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=TIMEOUT)
+            gc.collect()
+            assert pool.open_connections == 1 + live  # the ended threads' connections are closed
+            after_wave.append(_open_fds())
+    finally:
+        release.set()
+        for thread in keepers:
+            thread.join(timeout=TIMEOUT)
+    assert _count(main, "metrics") == 500
+    # Each open connection holds its database and WAL files (plus one shared-memory file
+    # per process). SQLite keeps the descriptor of a connection closed while others hold
+    # locks, and reuses it: the count is bounded by the connections alive at once, not
+    # by how many threads came and went.
+    bound = baseline + 1 + 2 * (1 + live) + wave
+    assert max(after_wave) <= bound, (baseline, after_wave)
+    pool.close()
+    gc.collect()
+    assert pool.open_connections == 0
+    assert _open_fds() == baseline
+
+
+# ---------------------------------------------------------------------------------------
+# WAL growth under a long reader, and the checkpoint helper.
+
+JOURNAL_SIZE_LIMIT = dict(PRAGMAS)["journal_size_limit"]
+
+
+@pytest.mark.slow
+def test_wal_grows_under_a_long_reader_and_shrinks_once_it_ends(pool, db_path):
+    """A long read transaction lets the WAL grow; after it ends the WAL is cut back, and checkpoint() empties it."""
+    conn = pool.connection()
+    task = tasks.create(conn, "audited")
+    reader = abathur_db.connect(db_path)
+    try:
+        reader.execute("BEGIN")
+        seen = _count(reader, "audit")  # the reader's snapshot starts here
+
+        def write(n: int) -> int:
+            own = pool.connection()
+            for i in range(n):
+                audit.record(own, "step", task_id=task["id"], action_data={"pad": "z" * 2000, "i": i})
+            return n
+
+        with concurrent.futures.ThreadPoolExecutor(2) as executor:
+            written = sum(f.result(timeout=TIMEOUT) for f in [executor.submit(write, 600) for _ in range(2)])
+        grown = _wal_size(db_path)
+        # wal_autocheckpoint keeps the WAL near 1000 pages (~4 MiB), but cannot start it
+        # over while the reader's snapshot needs its frames.
+        assert grown > JOURNAL_SIZE_LIMIT, grown
+        assert _count(reader, "audit") == seen  # the snapshot held
+        conn.execute("PRAGMA busy_timeout = 100").fetchall()  # this connection only: the waits below are short
+        blocked = abathur_db.checkpoint(conn, "TRUNCATE")
+        assert blocked.busy == 1 and blocked.checkpointed < blocked.log, blocked
+        assert _wal_size(db_path) >= grown
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert _count(conn, "audit") == written
+    # With the reader gone the next checkpoint completes; the write after it starts the
+    # WAL over and cuts the file back to journal_size_limit.
+    sizes = []
+    for i in range(20):
+        audit.record(conn, "after the reader", task_id=task["id"])
+        sizes.append(_wal_size(db_path))
+        if sizes[-1] <= JOURNAL_SIZE_LIMIT:
+            break
+    assert sizes[-1] <= JOURNAL_SIZE_LIMIT, (grown, sizes)
+    done = abathur_db.checkpoint(conn)  # TRUNCATE
+    assert done.busy == 0 and done.log == done.checkpointed, done
+    assert _wal_size(db_path) == 0, (grown, sizes)
+    assert _count(conn, "audit") == written + len(sizes)
+    assert abathur_db.integrity_check(conn) == []
