@@ -1,0 +1,174 @@
+"""tools/bench.py: a tiny run writes every figure as JSON and the Markdown report (no timing asserts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from abathur_db import catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "tools" / "bench.py"
+
+TOP_LEVEL = {
+    "meta", "machine", "coverage", "dataset", "catalog", "catalog_samples", "single_insert", "bulk_insert",
+    "claim", "mixed", "fk_cost", "index_cost", "plans", "integrity", "sizes", "bars", "success_metrics",
+    "write_rows",
+}
+STATS = {"n", "median_us", "p95_us", "p99_us", "mean_us", "min_us", "max_us", "ops_per_s"}
+COMPARISON = {"package", "raw", "time_ratio", "p99_ratio", "throughput_ratio"}
+BARS = {
+    "catalog_p99", "overhead_reads", "overhead_writes", "single_insert", "bulk_insert", "index_cost",
+    "claim_one_thread", "claim_concurrency", "mixed_p99", "seed_query_p99_10_connections",
+}
+CLAIMERS = {"workers", "claims", "duplicates", "lock_errors", "other_errors", "empty_claims", "claims_per_s", "latency"}
+PHASES = ("seeded tasks", "catalog", "single-row inserts", "bulk inserts", "claim_next, 1 thread",
+          "claim_next, 10 threads", "claim_next, 4 processes", "10 threads, 90 % reads", "foreign-key cost",
+          "index cost", "query plans")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Run the bench once at tiny scale; return its figures, its report's text and its stderr."""
+    tmp = tmp_path_factory.mktemp("bench")
+    report = tmp / "docs" / "performance_baseline_milestone1.md"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--scale", "tiny", "--seed", "7", "--json", str(tmp / "figures.json"),
+         "--report", str(report), "--dir", str(tmp)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((tmp / "figures.json").read_text()), report.read_text(), result.stderr
+
+
+def _bench_module():
+    """Import tools/bench.py (tools/ is not a package) as a module."""
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_json_has_every_top_level_key(run):
+    """The JSON holds every section of figures, under stable keys."""
+    figures, _, _ = run
+    assert TOP_LEVEL <= set(figures)
+    assert {"cores", "memory_kib", "cpu_model", "python", "sqlite"} <= set(figures["machine"])
+    assert {"scale", "seed", "tool_version", "duration_s"} <= set(figures["meta"])
+    assert figures["meta"]["scale"] == "tiny" and figures["meta"]["seed"] == 7
+
+
+@pytest.mark.slow
+def test_every_catalog_query_is_measured_against_raw(run):
+    """Each SPEC §5 catalog entry has package and raw stats, their ratios, and a checked plan."""
+    figures, _, _ = run
+    for entry in catalog.CATALOG:
+        measured = figures["catalog"][entry.id]
+        assert measured["measured"], entry.id
+        assert COMPARISON <= set(measured), entry.id
+        assert STATS <= set(measured["package"]) and STATS <= set(measured["raw"]), entry.id
+        plan = figures["plans"]["queries"][entry.id]
+        assert {"plan", "uses_index", "ok", "missing_indexes"} <= set(plan), entry.id
+    assert figures["plans"]["index_usage_rate_pct"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section", ["single_insert", "bulk_insert"])
+def test_inserts_are_compared(run, section):
+    """Single-row and bulk inserts carry both sides' stats and the ratios."""
+    figures, _, _ = run
+    assert COMPARISON <= set(figures[section])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section, a, b", [("index_cost", "all_indexes_us_per_row", "keys_only_us_per_row"),
+                                           ("fk_cost", "fk_on_us_per_row", "fk_off_us_per_row")])
+def test_write_costs_cover_batches_and_single_rows(run, section, a, b):
+    """Index and foreign-key costs are given per table, for batches and single-row commits."""
+    cost = run[0][section]
+    assert cost["tables"]
+    for table in cost["tables"].values():
+        for mode in ("batch", "single"):
+            assert {a, b, "ratio", "samples"} <= set(table[mode])
+    assert {"batch_all_tables_ratio", "single_all_tables_ratio", "batch_worst_table", "single_worst_table"} <= set(cost)
+    if section == "index_cost":  # the same comparison through the package's insert functions
+        for table in ("tasks", "audit", "checkpoints", "metrics"):
+            assert {"function", a, b, "ratio", "samples"} <= set(cost["tables"][table]["package"])
+
+
+@pytest.mark.slow
+def test_claims_and_mix_are_counted(run):
+    """claim_next from 1 thread, 10 threads and 4 processes, and the 90/10 mix per side and kind."""
+    figures, _, _ = run
+    claim = figures["claim"]
+    assert COMPARISON <= set(claim["one_thread"])
+    for kind in ("threads", "processes"):
+        assert CLAIMERS <= set(claim[kind])
+        assert claim[kind]["duplicates"] == 0  # a duplicate is a bug, whatever the machine
+    for side in ("package", "raw"):
+        for kind in ("read", "write"):
+            assert STATS <= set(figures["mixed"][side][kind])
+        assert {entry.id for entry in catalog.CATALOG} <= set(figures["mixed"][side]["per_op"])
+
+
+@pytest.mark.slow
+def test_every_bar_is_judged(run):
+    """Every SPEC §6 bar and the seed's 10-connection bar is marked met or missed."""
+    bars = run[0]["bars"]
+    assert {bar["id"] for bar in bars} == BARS
+    assert all(isinstance(bar["met"], bool) for bar in bars)
+    assert [m["metric"] for m in run[0]["success_metrics"]] == [
+        "Unit test coverage", "Query latency (99th %ile)", "Index usage rate", "Foreign key violations",
+        "Code review approval"]
+
+
+@pytest.mark.slow
+def test_data_set_has_the_described_shape(run):
+    """The seeded queue is ~25 % pending, its most urgent pending tasks are blocked, links exist."""
+    queue = run[0]["dataset"]["queue"]
+    assert 15 <= queue["pending_pct"] <= 40
+    assert queue["blocked_pending"] >= queue["blocked_block"] > 0
+    assert queue["without_session"] > 0 and queue["with_parent"] > 0 and queue["with_dependencies"] > 0
+    assert run[0]["integrity"]["foreign_key_violations"] == 0
+
+
+@pytest.mark.slow
+def test_report_is_written(run):
+    """The Markdown report has the bars, the seed's metrics and a row per catalog query."""
+    _, report, _ = run
+    for heading in ("## Machine and run", "## SPEC §6 bars", "## Seed success metrics",
+                    "## §5 catalog queries, one thread", "## Write cost of the indexes", "## claim_next",
+                    "## 10 threads, 90 % reads / 10 % writes", "## Query plans", "## Database size"):
+        assert heading in report
+    for entry in catalog.CATALOG:
+        assert f"| {entry.id} |" in report
+    assert "not measured in this run" in report  # no --coverage given
+
+
+@pytest.mark.slow
+def test_a_progress_line_per_phase(run):
+    """Each phase announces itself on stderr."""
+    _, _, stderr = run
+    for phase in PHASES:
+        assert phase in stderr, phase
+
+
+@pytest.mark.parametrize("kind", ["json", "xml"])
+def test_coverage_report_is_read(tmp_path, kind):
+    """--coverage reads the total from coverage.py's JSON or XML report."""
+    bench = _bench_module()
+    path = tmp_path / f"coverage.{kind}"
+    if kind == "json":
+        path.write_text(json.dumps({"totals": {"percent_covered": 93.456}}))
+    else:
+        path.write_text('<?xml version="1.0" ?><coverage line-rate="0.9346" branch-rate="0.9"></coverage>')
+    assert bench.read_coverage(str(path))["percent"] == pytest.approx(93.5)
+    assert bench.read_coverage(None)["percent"] is None
