@@ -8,7 +8,6 @@ import math
 import os
 import re
 import time
-import uuid
 from typing import Any, Callable, Iterable
 
 from .errors import ValidationError, short_repr
@@ -93,10 +92,12 @@ def new_id() -> str:
     """
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    # 48 bits of milliseconds, version 7, 12 random bits, variant 0b10, 62 random bits.
+    value = ((millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68) << 64
+             | 0x2 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    text = f"{value:032x}"
+    # Formatted by hand: uuid.UUID() costs more than the rest of an insert's Python work.
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def require_text(value: Any, table: str, field: str, *, optional: bool = False) -> None:
@@ -174,14 +175,23 @@ def only_one(table: str, **groups: bool) -> str:
 def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:
     """Return a function that turns one row of `columns` into a dict, JSON decoded."""
     wanted = set(json_columns)
-    decode = [(name, json.loads) for name in columns if name in wanted]
+    decoded = [name for name in columns if name in wanted]
 
     def row_to_dict(row: tuple) -> dict:
         result = dict(zip(columns, row))
-        for name, loads in decode:
+        for name in decoded:
             text = result[name]
             if text is not None:
-                result[name] = loads(text)
+                result[name] = decode_json(text)
         return result
 
     return row_to_dict
+
+
+def decode_json(text: str) -> Any:
+    """Decode JSON text; the empty array and object, the commonest values, without the parser."""
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)

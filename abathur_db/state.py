@@ -12,7 +12,6 @@ TABLE = "state"
 COLUMNS = ("id", "task_id", "key", "value", "created_at", "updated_at")
 JSON_COLUMNS = ("value",)
 decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
-_decode_value = _values.decoder(("value",), JSON_COLUMNS)
 
 GET_SQL = "SELECT value FROM state WHERE task_id = :task_id AND key = :key"  # K1
 
@@ -49,7 +48,7 @@ def get(conn: sqlite3.Connection, task_id: str, key: str, default: Any = None) -
     _values.require_text(task_id, TABLE, "task_id")
     _values.require_text(key, TABLE, "key")
     row = conn.execute(GET_SQL, {"task_id": task_id, "key": key}).fetchone()
-    return default if row is None else _decode_value(row)["value"]
+    return default if row is None else _values.decode_json(row[0])
 
 
 def delete(conn: sqlite3.Connection, task_id: str, key: str) -> bool:
