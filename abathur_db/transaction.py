@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .errors import AbathurDBError, translate
+from .errors import AbathurDBError, BusyError, translate
 
 __all__ = ["transaction", "write"]
 
@@ -39,11 +39,12 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
     AbathurDBError instead of running, or committing, outside any transaction.
     """
 
-    __slots__ = ("_conn", "_nested")
+    __slots__ = ("_conn", "_nested", "_lock")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._nested = False
+        self._lock = None
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn
@@ -51,10 +52,18 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         if depth and not conn.in_transaction:
             raise _lost()
         self._nested = conn.in_transaction
+        if not self._nested:
+            # The in-process write lock of a pooled connection (see pool._WRITE_LOCKS).
+            self._lock = getattr(conn, "write_lock", None)
+            if self._lock is not None:
+                _acquire(conn, self._lock)
         try:
             conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else "BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        except BaseException as exc:
+            self._release()
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc) from exc
+            raise
         _OPEN_BLOCKS[conn] = depth + 1
         return conn
 
@@ -63,17 +72,25 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         depth = _OPEN_BLOCKS.pop(conn) - 1
         if depth:
             _OPEN_BLOCKS[conn] = depth
-        if exc_type is None:
-            if not conn.in_transaction:
-                raise _lost()
-            try:
-                conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
-                return False
-            except sqlite3.Error as commit_exc:
-                self._rollback()
-                raise translate(commit_exc) from commit_exc
-        self._rollback()
-        return False
+        try:
+            if exc_type is None:
+                if not conn.in_transaction:
+                    raise _lost()
+                try:
+                    conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
+                    return False
+                except sqlite3.Error as commit_exc:
+                    self._rollback()
+                    raise translate(commit_exc) from commit_exc
+            self._rollback()
+            return False
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -85,6 +102,17 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             conn.execute(f"RELEASE {_SAVEPOINT}")
         else:
             conn.execute("ROLLBACK")
+
+
+def _acquire(conn: sqlite3.Connection, lock) -> None:
+    """Take `lock`, waiting no longer than the connection's busy_timeout."""
+    if lock.acquire(blocking=False):
+        return
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+    if not lock.acquire(timeout=timeout):
+        raise BusyError(
+            "database is locked: another thread of this process held its write lock past busy_timeout"
+        )
 
 
 def write(conn: sqlite3.Connection, table: str, sql: str, params: dict) -> list[tuple]:

@@ -132,6 +132,7 @@ def test_begin_that_cannot_get_the_lock_is_a_busy_error(pool, db_path):
             with transaction(waiter):
                 pass  # pragma: no cover - the block is never entered
         assert not waiter.in_transaction
+        assert not waiter.write_lock.locked()  # a failed BEGIN gives the in-process lock back
     finally:
         holder.execute("ROLLBACK")
         waiter.close()
@@ -180,3 +181,54 @@ def test_a_block_whose_transaction_ended_early_refuses_to_carry_on(conn, carry_o
     with transaction(conn):  # the connection is usable again
         conn.execute(INSERT)
     assert _count(conn) == 1
+
+
+def test_package_connections_to_one_file_share_an_in_process_write_lock(pool, db_path, tmp_path):
+    """Writers of one file in this process queue on one lock, held by the outermost block only."""
+    from abathur_db import connect
+
+    conn = pool.connection()
+    other, elsewhere = connect(db_path), connect(tmp_path / "other.db")
+    try:
+        assert conn.write_lock is other.write_lock is not elsewhere.write_lock
+        with transaction(conn):
+            assert conn.write_lock.locked()
+            with transaction(conn):  # nested: a savepoint, not a second acquire
+                conn.execute(INSERT)
+        assert not conn.write_lock.locked()
+        with pytest.raises(RuntimeError):
+            with transaction(conn):
+                raise RuntimeError
+        assert not conn.write_lock.locked()
+    finally:
+        other.close()
+        elsewhere.close()
+
+
+def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path):
+    """A writer queued behind another thread's block past its busy_timeout raises BusyError."""
+    import threading
+
+    from abathur_db import connect
+    from abathur_db.errors import BusyError
+
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction(pool.connection()):  # the holding thread's own connection
+            entered.set()
+            release.wait(30)
+
+    waiter = connect(db_path)
+    waiter.execute("PRAGMA busy_timeout = 50")
+    thread = threading.Thread(target=hold)
+    try:
+        with pytest.raises(BusyError, match="another thread of this process"):
+            thread.start()
+            assert entered.wait(30)
+            with transaction(waiter):
+                pass  # pragma: no cover - the block is never entered
+    finally:
+        release.set()
+        thread.join(30)
+        waiter.close()
