@@ -43,7 +43,7 @@ CATALOG: tuple[CatalogQuery, ...] = (
     CatalogQuery("T6", "children of a parent task", tasks.LIST_SQL["parent_task_id"],
                  {"parent_task_id": "t", "limit": 100}, ("idx_tasks_parent_task_id",)),
     CatalogQuery("T7", "stale running tasks (requeue)", tasks.REQUEUE_STALE_SQL, {"now": _T},
-                 ("idx_tasks_status_priority",)),
+                 ("idx_tasks_running_deadline",)),
     CatalogQuery("T8", "task by id with its session", tasks.GET_WITH_SESSION_SQL, {"id": "t"},
                  ("sqlite_autoindex_tasks_1", "sqlite_autoindex_sessions_1")),
     CatalogQuery("A1", "agents of a task", agents.LIST_SQL["task_id"],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import inspect
 import sqlite3
-from typing import Any
+from typing import Any, Iterable
 
 from . import _values, sessions
 from .errors import ForeignKeyError, NotFoundError, TransitionError, ValidationError, short_repr
@@ -50,9 +51,13 @@ _CLAIM = (
 CLAIM_SQL = _CLAIM.format(agent_type="")
 CLAIM_BY_AGENT_TYPE_SQL = _CLAIM.format(agent_type=" AND agent_type = :agent_type")
 
-# Catalog T7. All SET expressions read the row as it was, so each CASE tests the old retry_count.
+# Catalog T7. A running task is stale once its deadline (last update + its own
+# timeout) has passed; idx_tasks_running_deadline indexes that very expression for
+# running tasks, so only stale ones are read (the WHERE must repeat it exactly, and
+# INDEXED BY keeps the planner from preferring idx_tasks_status_priority). All SET
+# expressions read the row as it was, so each CASE tests the old retry_count.
 REQUEUE_STALE_SQL = (
-    "UPDATE tasks SET"
+    "UPDATE tasks INDEXED BY idx_tasks_running_deadline SET"
     " status = CASE WHEN retry_count < max_retries THEN 'pending' ELSE 'failed' END,"
     " retry_count = CASE WHEN retry_count < max_retries THEN retry_count + 1 ELSE retry_count END,"
     " started_at = CASE WHEN retry_count < max_retries THEN NULL ELSE started_at END,"
@@ -61,18 +66,18 @@ REQUEUE_STALE_SQL = (
     " ELSE 'timed out after ' || max_execution_timeout_seconds || ' s without an update; '"
     " || retry_count || ' of ' || max_retries || ' retries used' END,"
     " last_updated_at = :now"
-    " WHERE status = 'running' AND last_updated_at"
-    " < strftime('%Y-%m-%dT%H:%M:%fZ', :now, '-' || max_execution_timeout_seconds || ' seconds')"
+    " WHERE status = 'running' AND strftime('%Y-%m-%dT%H:%M:%fZ', last_updated_at,"
+    " '+' || max_execution_timeout_seconds || ' seconds') < :now"
     + _RETURNING
 )
 
-_INSERT = (
+INSERT_SQL = (
     "INSERT INTO tasks (id, prompt, agent_type, priority, input_data, max_retries,"
     " max_execution_timeout_seconds, submitted_at, last_updated_at, created_by, parent_task_id,"
     " dependencies, session_id)"
     " VALUES (:id, :prompt, :agent_type, :priority, :input_data, :max_retries,"
     " :max_execution_timeout_seconds, :submitted_at, :now, :created_by, :parent_task_id,"
-    " :dependencies, :session_id)" + _RETURNING
+    " :dependencies, :session_id)"
 )
 _MISSING_DEPENDENCIES = "SELECT value FROM json_each(:dependencies) WHERE value NOT IN (SELECT id FROM tasks)"
 
@@ -128,6 +133,65 @@ def create(
 
     :raises ForeignKeyError: when a dependency, the session or the parent does not exist.
     """
+    params = _insert_params(
+        _values.now(), prompt, task_id=task_id, agent_type=agent_type, priority=priority,
+        input_data=input_data, session_id=session_id, parent_task_id=parent_task_id,
+        dependencies=dependencies, max_retries=max_retries,
+        max_execution_timeout_seconds=max_execution_timeout_seconds, created_by=created_by,
+        submitted_at=submitted_at,
+    )
+    if params["dependencies"] == "[]":
+        return decode_row(write(conn, TABLE, INSERT_SQL + _RETURNING, params)[0])
+    with transaction(conn):
+        _insert_with_dependencies(conn, params)
+        # RETURNING would show the row before the AFTER INSERT trigger counted unmet_dependencies.
+        return decode_row(conn.execute(GET_SQL, params).fetchone())
+
+
+def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -> builtins.list[str]:
+    """Insert many pending tasks in one transaction and return their ids, in order.
+
+    Each item holds create()'s arguments by name (``prompt`` included). A task may
+    depend on one created earlier in the same call. Nothing is stored unless every
+    task is: the first bad one raises, as create() would.
+    """
+    now = _values.now()
+    rows = []
+    if isinstance(new_tasks, (str, bytes, dict)) or not hasattr(new_tasks, "__iter__"):
+        raise ValidationError(f"{TABLE}: create_many() takes an iterable of dicts, got {short_repr(new_tasks)}")
+    for number, fields in enumerate(new_tasks):
+        if not isinstance(fields, dict) or "prompt" not in fields or not _CREATE_FIELDS.issuperset(fields):
+            raise ValidationError(
+                f"{TABLE}: create_many() item {number} must be a dict with prompt and create()'s keyword"
+                f" arguments, got {short_repr(fields)}"
+            )
+        rows.append(_insert_params(now, **fields))
+    with transaction(conn):
+        for params in rows:
+            if params["dependencies"] == "[]":
+                write(conn, TABLE, INSERT_SQL, params)
+            else:
+                _insert_with_dependencies(conn, params)
+    return [params["id"] for params in rows]
+
+
+def _insert_params(
+    now: str,
+    prompt: str,
+    *,
+    task_id: str | None = None,
+    agent_type: str = "general",
+    priority: int = 5,
+    input_data: Any = None,
+    session_id: str | None = None,
+    parent_task_id: str | None = None,
+    dependencies: builtins.list[str] | tuple[str, ...] = (),
+    max_retries: int = 3,
+    max_execution_timeout_seconds: int = 3600,
+    created_by: str | None = None,
+    submitted_at: Any = None,
+) -> dict[str, Any]:
+    """Check create()'s arguments and return the INSERT's parameters."""
     _values.require_text(prompt, TABLE, "prompt")
     _values.require_text(task_id, TABLE, "id", optional=True)
     _values.require_text(agent_type, TABLE, "agent_type")
@@ -138,34 +202,36 @@ def create(
                          ("created_by", created_by)):
         _values.require_text(value, TABLE, field, optional=True)
     task_id = task_id or _values.new_id()
-    now = _values.now()
     # Keys are column names: errors.translate finds the missing parent of a foreign key by them.
-    params = {
+    return {
         "id": task_id,
         "prompt": prompt,
         "agent_type": agent_type,
         "priority": priority,
-        "input_data": _values.to_json({} if input_data is None else input_data, TABLE, "input_data"),
+        "input_data": "{}" if input_data is None else _values.to_json(input_data, TABLE, "input_data"),
         "max_retries": max_retries,
         "max_execution_timeout_seconds": max_execution_timeout_seconds,
         "submitted_at": now if submitted_at is None else _values.timestamp(submitted_at, TABLE, "submitted_at"),
         "now": now,
         "created_by": created_by,
         "parent_task_id": parent_task_id,
-        "dependencies": _dependencies_json(dependencies, task_id),
+        "dependencies": "[]" if not dependencies and isinstance(dependencies, (builtins.list, tuple))
+        else _dependencies_json(dependencies, task_id),
         "session_id": session_id,
     }
-    if not dependencies:
-        return decode_row(write(conn, TABLE, _INSERT, params)[0])
-    with transaction(conn):
-        missing = [value for (value,) in conn.execute(_MISSING_DEPENDENCIES, params).fetchall()]
-        if missing:
-            raise ForeignKeyError(
-                f"{TABLE}: {TABLE}.dependencies: no task with id {', '.join(map(short_repr, missing))}"
-            )
-        write(conn, TABLE, _INSERT, params)
-        # RETURNING shows the row before the AFTER INSERT trigger counted unmet_dependencies.
-        return decode_row(conn.execute(GET_SQL, {"id": task_id}).fetchone())
+
+
+_CREATE_FIELDS = frozenset(inspect.signature(_insert_params).parameters) - {"now"}
+
+
+def _insert_with_dependencies(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    """Insert one task that has dependencies, naming any that does not exist (inside a transaction)."""
+    missing = [value for (value,) in conn.execute(_MISSING_DEPENDENCIES, params).fetchall()]
+    if missing:
+        raise ForeignKeyError(
+            f"{TABLE}: {TABLE}.dependencies: no task with id {', '.join(map(short_repr, missing))}"
+        )
+    write(conn, TABLE, INSERT_SQL, params)
 
 
 def _dependencies_json(dependencies: Any, task_id: str) -> str:

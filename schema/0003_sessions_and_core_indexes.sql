@@ -298,11 +298,16 @@ CREATE INDEX idx_checkpoints_created_at ON checkpoints (created_at);
 
 CREATE INDEX idx_metrics_timestamp ON metrics (timestamp);
 
--- Two indexes beyond the core 15, each needed by a catalog query:
+-- Three indexes beyond the core 15, each needed by a catalog query:
 -- the claim (T2) reads only claimable tasks, however many urgent ones are blocked;
+-- the requeue of stale tasks (T7) finds running tasks past their own deadline
+-- (last update + their timeout, an expression of the row) without reading the others;
 -- one metric over a time range (M2) needs the name before the time.
 CREATE INDEX idx_tasks_claimable ON tasks (priority DESC, submitted_at)
     WHERE status = 'pending' AND unmet_dependencies = 0;
+CREATE INDEX idx_tasks_running_deadline ON tasks (
+    strftime('%Y-%m-%dT%H:%M:%fZ', last_updated_at, '+' || max_execution_timeout_seconds || ' seconds'))
+    WHERE status = 'running';
 CREATE INDEX idx_metrics_name_timestamp ON metrics (metric_name, timestamp);
 
 CREATE TRIGGER tasks_dependencies_insert AFTER INSERT ON tasks

@@ -319,6 +319,27 @@ class Dependencies:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskList:
+    """create_many's tasks: dicts of create()'s arguments, all stored or none."""
+
+    existing: str
+
+    def cases(self):
+        yield "empty", [], Returns([])
+        yield "one", [{"prompt": "p"}], ACCEPTED
+        yield "chained", [{"prompt": "a", "task_id": "new-1"}, {"prompt": "b", "dependencies": ["new-1"]}], ACCEPTED
+        yield "tuple", ({"prompt": TEXT["1MB"], "priority": 10},), ACCEPTED
+        for name, value in {"none": None, "int": 5, "text": "p", "dict": {"prompt": "p"},
+                            "item-not-dict": ["p"], "no-prompt": [{}], "unknown-key": [{"prompt": "p", "colour": 1}],
+                            "second-bad": [{"prompt": "a"}, {"prompt": "b", "priority": 11}],
+                            "nan": [{"prompt": "p", "input_data": float("nan")}]}.items():
+            yield name, value, ValidationError
+        yield "unknown-dependency", [{"prompt": "a"}, {"prompt": "b", "dependencies": ["ghost"]}], ForeignKeyError
+        yield "same-id-twice", [{"prompt": "a", "task_id": "d"}, {"prompt": "b", "task_id": "d"}], UniqueError
+        yield "existing-id", [{"prompt": "a"}, {"prompt": "b", "task_id": self.existing}], UniqueError
+
+
+@dataclasses.dataclass(frozen=True)
 class Enum:
     """One of `choices`; `good` are the ones accepted here (stored in `field` when given)."""
 
@@ -432,6 +453,7 @@ SPECS = [
         "max_execution_timeout_seconds": Int(1, field="max_execution_timeout_seconds"),
         "created_by": Text("created_by", optional=True), "submitted_at": Time("submitted_at"),
     }, reread=lambda conn, row: tasks.get(conn, row["id"])),
+    Spec(tasks.create_many, {"new_tasks": [{"prompt": "p"}]}, {"new_tasks": TaskList(TASK)}),
     Spec(tasks.get, {"task_id": TASK}, {"task_id": KEY}),
     Spec(tasks.get_with_session, {"task_id": TASK}, {"task_id": KEY}),
     Spec(tasks.list, {"status": "pending"}, {

@@ -182,6 +182,46 @@ def test_create_rejects_bad_input_and_writes_nothing(conn, kwargs, error, fragme
     assert counts(conn) == before
 
 
+def test_create_many_stores_every_task_in_one_transaction(conn):
+    """create_many inserts all its tasks with one BEGIN IMMEDIATE … COMMIT and returns their ids in order."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    ids = tasks.create_many(conn, [
+        {"prompt": "first", "task_id": "m1", "priority": 9},
+        {"prompt": "second", "dependencies": ["m1"], "input_data": {"k": 1}},
+        {"prompt": "third", "submitted_at": at(5)},
+    ])
+    conn.set_trace_callback(None)
+    assert ids[0] == "m1" and len(set(ids)) == 3
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT"
+    assert sent.count("BEGIN IMMEDIATE") == sent.count("COMMIT") == 1
+    assert not any("SAVEPOINT" in statement for statement in sent)
+    rows = {task_id: tasks.get(conn, task_id) for task_id in ids}
+    assert [rows[i]["prompt"] for i in ids] == ["first", "second", "third"]
+    assert rows[ids[1]]["unmet_dependencies"] == 1 and rows[ids[1]]["input_data"] == {"k": 1}
+    assert rows[ids[0]]["submitted_at"] == rows[ids[1]]["submitted_at"]  # one moment for the batch
+    assert rows[ids[2]]["submitted_at"] == at(5)
+    assert {row["status"] for row in rows.values()} == {"pending"}
+
+
+def test_create_many_stores_nothing_when_one_task_is_refused(conn):
+    """A bad task anywhere in the batch leaves no task of the batch behind."""
+    with pytest.raises(ForeignKeyError, match="ghost"):
+        tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b", "dependencies": ["ghost"]}])
+    with pytest.raises(ValidationError, match="tasks.priority"):
+        tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b", "priority": "high"}])
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_create_many_joins_the_callers_transaction(conn):
+    """Inside a caller's transaction, create_many's tasks are undone with the caller's rollback."""
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b"}])
+            raise RuntimeError
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
 def test_an_unknown_dependency_leaves_no_task(conn):
     """A task with an unknown dependency is not stored at all, not even without its links."""
     before = counts(conn)
@@ -293,7 +333,7 @@ CATALOG = {
     "T4": (tasks.LIST_SQL["session_id"], "idx_tasks_session_id"),
     "T5": (tasks.LIST_SQL["submitted"], "idx_tasks_submitted_at"),
     "T6": (tasks.LIST_SQL["parent_task_id"], "idx_tasks_parent_task_id"),
-    "T7": (tasks.REQUEUE_STALE_SQL, "idx_tasks_status_priority"),
+    "T7": (tasks.REQUEUE_STALE_SQL, "idx_tasks_running_deadline"),
     "T8": (tasks.GET_WITH_SESSION_SQL, "sqlite_autoindex_tasks_1"),
 }
 
@@ -312,10 +352,10 @@ def test_catalog_query_is_served_by_an_index(conn, name):
             assert " USING INDEX " in line and line.split()[-1] in partial, plan
 
 
-def test_requeue_stale_plan_searches_running_tasks(conn):
-    """Catalog T7 searches idx_tasks_status_priority on status."""
+def test_requeue_stale_plan_searches_running_tasks_by_deadline(conn):
+    """Catalog T7 searches the deadlines of running tasks: a range on the expression index, nothing more."""
     plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + tasks.REQUEUE_STALE_SQL, PLAN_PARAMS)]
-    assert plan == ["SEARCH tasks USING INDEX idx_tasks_status_priority (status=?)"]
+    assert plan == ["SEARCH tasks USING INDEX idx_tasks_running_deadline (<expr><?)"]
 
 
 def test_claim_is_one_update_under_begin_immediate(conn):
