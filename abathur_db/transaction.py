@@ -8,7 +8,9 @@ from .errors import AbathurDBError, BusyError, translate
 
 __all__ = ["transaction", "write"]
 
-_SAVEPOINT = "abathur_db"
+_SAVEPOINT = "SAVEPOINT abathur_db"
+_RELEASE = "RELEASE abathur_db"
+_ROLLBACK_TO = "ROLLBACK TO abathur_db"
 
 # Connections inside transaction() blocks, and how deeply nested. After an I/O error,
 # an interrupt, or SQLITE_FULL / SQLITE_NOMEM in a statement without a statement
@@ -48,17 +50,17 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn
+        nested = self._nested = conn.in_transaction
         depth = _OPEN_BLOCKS.get(conn, 0)
-        if depth and not conn.in_transaction:
+        if depth and not nested:
             raise _lost()
-        self._nested = conn.in_transaction
-        if not self._nested:
+        if not nested:
             # The in-process write lock of a pooled connection (see pool._WRITE_LOCKS).
-            self._lock = getattr(conn, "write_lock", None)
-            if self._lock is not None:
-                _acquire(conn, self._lock)
+            lock = self._lock = getattr(conn, "write_lock", None)
+            if lock is not None and not lock.acquire(blocking=False):
+                _wait_for(conn, lock)
         try:
-            conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else "BEGIN IMMEDIATE")
+            conn.execute(_SAVEPOINT if nested else "BEGIN IMMEDIATE")
         except BaseException as exc:
             self._release()
             if isinstance(exc, sqlite3.Error):
@@ -77,7 +79,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 if not conn.in_transaction:
                     raise _lost()
                 try:
-                    conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
+                    conn.execute(_RELEASE if self._nested else "COMMIT")
                     return False
                 except sqlite3.Error as commit_exc:
                     self._rollback()
@@ -98,16 +100,14 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         if not conn.in_transaction:
             return
         if self._nested:
-            conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-            conn.execute(f"RELEASE {_SAVEPOINT}")
+            conn.execute(_ROLLBACK_TO)
+            conn.execute(_RELEASE)
         else:
             conn.execute("ROLLBACK")
 
 
-def _acquire(conn: sqlite3.Connection, lock) -> None:
-    """Take `lock`, waiting no longer than the connection's busy_timeout."""
-    if lock.acquire(blocking=False):
-        return
+def _wait_for(conn: sqlite3.Connection, lock) -> None:
+    """Take `lock`, held by another thread, waiting no longer than the connection's busy_timeout."""
     timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
     if not lock.acquire(timeout=timeout):
         raise BusyError(
@@ -127,8 +127,6 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: dict) -> list[
             # caller's transaction stays open (unless SQLite rolls it all back, see
             # _OPEN_BLOCKS), so no savepoint is needed.
             return conn.execute(sql, params).fetchall()
-        if conn in _OPEN_BLOCKS:
-            raise _lost()
         with transaction(conn):
             return conn.execute(sql, params).fetchall()
     except sqlite3.Error as exc:
