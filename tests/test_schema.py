@@ -229,3 +229,37 @@ def test_missing_schema_folder_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "__file__", str(tmp_path / "pkg" / "schema.py"))
     with pytest.raises(SchemaError, match="no schema folder"):
         schema.schema_dir()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("input_data", "{not json"),
+        ("dependencies", '{"an": "object"}'),
+        ("status", "done"),
+        ("priority", "high"),
+        ("priority", 5.5),
+        ("priority", 11),
+        ("submitted_at", "2024-01-01 00:00:00"),  # SQL's CURRENT_TIMESTAMP shape, not ours
+    ],
+)
+def test_database_itself_rejects_bad_values(conn, column, value):
+    """Raw SQL cannot store invalid JSON, an unknown status, a wrong-typed priority or a foreign time shape."""
+    with pytest.raises(sqlite3.IntegrityError, match=f"CHECK constraint failed: {column}"):
+        conn.execute(f"INSERT INTO tasks (id, prompt, {column}) VALUES ('t', 'p', ?)", (value,))
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda conn: abathur_db.tasks.create(conn, "p", priority="high"), "tasks.priority"),
+        (lambda conn: abathur_db.tasks.create(conn, "p", input_data={"x": float("nan")}), "tasks.input_data"),
+        (lambda conn: abathur_db.sessions.create(conn, "app", "u", status="done"), "sessions.status"),
+    ],
+)
+def test_the_same_values_through_the_package_raise_its_validation_error(conn, call, message):
+    """Through the package, the same bad values raise ValidationError naming the field."""
+    with pytest.raises(abathur_db.ValidationError, match=message):
+        call(conn)
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
