@@ -172,6 +172,26 @@ def only_one(table: str, **groups: bool) -> str:
     return chosen[0]
 
 
+def list_filter(
+    table: str, limit: Any, keys: dict[str, Any], range_name: str, since: Any, until: Any, *, min_limit: int = 0,
+) -> tuple[str, dict[str, Any]]:
+    """Pick a list() call's one filter group, a key column of `keys` or the time range; return it and its parameters.
+
+    The range group is named `range_name`; its ends are the caller's ``<range_name>_since``
+    and ``<range_name>_until`` arguments.
+    """
+    group = only_one(table, **{name: value is not None for name, value in keys.items()},
+                     **{range_name: since is not None or until is not None})
+    require_int(limit, table, "limit", min_limit)
+    if group == range_name:
+        params = time_range(since, until, table, range_name)
+    else:
+        require_text(keys[group], table, group)
+        params = {group: keys[group]}
+    params["limit"] = limit
+    return group, params
+
+
 def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:
     """Return a function that turns one row of `columns` into a dict, JSON decoded."""
     wanted = set(json_columns)

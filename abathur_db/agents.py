@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, TransitionError, ValidationError, short_repr
+from .errors import NotFoundError, TransitionError, short_repr
 from .transaction import write
 
 TABLE = "agents"
@@ -120,16 +120,8 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
     `spawned_until`) (either end may be open) must be given. A task's agents and
     a range come oldest first, a session's agents newest first.
     """
-    group = _values.only_one(TABLE, task_id=task_id is not None, session_id=session_id is not None,
-                             spawned=spawned_since is not None or spawned_until is not None)
-    _values.require_int(limit, TABLE, "limit", 0)
-    if group == "spawned":
-        params = _values.time_range(spawned_since, spawned_until, TABLE, "spawned")
-    else:
-        value = task_id if group == "task_id" else session_id
-        _values.require_text(value, TABLE, group)
-        params = {group: value}
-    params["limit"] = limit
+    group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
+                                        "spawned", spawned_since, spawned_until)
     return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
 
 

@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, ValidationError, short_repr
+from .errors import NotFoundError, short_repr
 from .transaction import write
 
 TABLE = "checkpoints"
@@ -102,16 +102,8 @@ def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
     `created_until`) (either end may be open) must be given. A task's checkpoints
     come by iteration, the others oldest first.
     """
-    group = _values.only_one(TABLE, task_id=task_id is not None, session_id=session_id is not None,
-                             created=created_since is not None or created_until is not None)
-    _values.require_int(limit, TABLE, "limit", 0)
-    if group == "created":
-        params = _values.time_range(created_since, created_until, TABLE, "created")
-    else:
-        value = task_id if group == "task_id" else session_id
-        _values.require_text(value, TABLE, group)
-        params = {group: value}
-    params["limit"] = limit
+    group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
+                                        "created", created_since, created_until)
     return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
 
 

@@ -285,22 +285,12 @@ def list(  # noqa: A001 - the module's namespace makes it tasks.list
     first. By `parent_task_id`: oldest first. By submission time in
     [`submitted_since`, `submitted_until`) (either end may be open): oldest first.
     """
-    _values.require_int(limit, TABLE, "limit", 1)
-    group = _values.only_one(
-        TABLE, status=status is not None, session_id=session_id is not None,
-        parent_task_id=parent_task_id is not None,
-        submitted=submitted_since is not None or submitted_until is not None,
+    group, params = _values.list_filter(
+        TABLE, limit, {"status": status, "session_id": session_id, "parent_task_id": parent_task_id},
+        "submitted", submitted_since, submitted_until, min_limit=1,
     )
-    if group == "submitted":
-        params = _values.time_range(submitted_since, submitted_until, TABLE, "submitted")
-    elif group == "status":
+    if group == "status":
         _values.require_choice(status, STATUSES, TABLE, "status")
-        params = {"status": status}
-    else:
-        value = session_id if group == "session_id" else parent_task_id
-        _values.require_text(value, TABLE, group)
-        params = {group: value}
-    params["limit"] = limit
     return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
 
 
