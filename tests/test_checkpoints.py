@@ -255,22 +255,3 @@ def test_database_rejects_invalid_raw_rows(conn, task, column, value):
             list(row.values()),
         )
     assert count(conn) == 0
-
-
-PARAMS = {"task_id": "x", "iteration": 1, "session_id": "x", "since": "a", "until": "b", "limit": 10,
-          "keep_last": 2}
-
-
-@pytest.mark.parametrize("sql, index", [
-    pytest.param(checkpoints.LOAD_LATEST_SQL, "idx_checkpoints_task_id_iteration", id="C1"),
-    pytest.param(checkpoints.LOAD_SQL, "idx_checkpoints_task_id_iteration", id="load"),
-    pytest.param(checkpoints.LIST_SQL["task_id"], "idx_checkpoints_task_id_iteration", id="by-task"),
-    pytest.param(checkpoints.LIST_SQL["session_id"], "idx_checkpoints_session_id", id="C2"),
-    pytest.param(checkpoints.LIST_SQL["created"], "idx_checkpoints_created_at", id="C3"),
-    pytest.param(checkpoints._PRUNE, "idx_checkpoints_task_id_iteration", id="prune"),
-])
-def test_queries_are_served_by_an_index(conn, sql, index):
-    """Each catalog query searches its index: no full SCAN, no temporary B-tree for the order."""
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PARAMS)]
-    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
-    assert any(f"INDEX {index} " in step for step in plan), plan

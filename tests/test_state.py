@@ -196,11 +196,3 @@ def test_database_rejects_a_duplicate_raw_key(conn, task):
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO state (task_id, key, value) VALUES (?, 'k', '2')", (task,))
     assert count(conn) == 1
-
-
-@pytest.mark.parametrize("sql", [state.GET_SQL, state._DELETE])
-def test_queries_are_served_by_an_index(conn, sql):
-    """The lookup by (task_id, key) searches the unique index: no full SCAN."""
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, {"task_id": "x", "key": "k"})]
-    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
-    assert any("INDEX sqlite_autoindex_state_1 " in step for step in plan), plan

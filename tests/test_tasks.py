@@ -321,43 +321,6 @@ def test_list_rejects_bad_filters(conn, kwargs, fragments):
         assert fragment in str(caught.value), str(caught.value)
 
 
-# --- query plans ----------------------------------------------------------------------------
-
-PLAN_PARAMS = {"id": "x", "now": FUTURE, "agent_type": "x", "status": "pending", "session_id": "s",
-               "parent_task_id": "p", "since": at(0), "until": at(1), "limit": 10}
-CATALOG = {
-    "T1": (tasks.GET_SQL, "sqlite_autoindex_tasks_1"),
-    "T2": (tasks.CLAIM_SQL, "idx_tasks_claimable"),
-    "T2 by agent_type": (tasks.CLAIM_BY_AGENT_TYPE_SQL, "idx_tasks_claimable"),
-    "T3": (tasks.LIST_SQL["status"], "idx_tasks_status_priority"),
-    "T4": (tasks.LIST_SQL["session_id"], "idx_tasks_session_id"),
-    "T5": (tasks.LIST_SQL["submitted"], "idx_tasks_submitted_at"),
-    "T6": (tasks.LIST_SQL["parent_task_id"], "idx_tasks_parent_task_id"),
-    "T7": (tasks.REQUEUE_STALE_SQL, "idx_tasks_running_deadline"),
-    "T8": (tasks.GET_WITH_SESSION_SQL, "sqlite_autoindex_tasks_1"),
-}
-
-
-@pytest.mark.parametrize("name", CATALOG)
-def test_catalog_query_is_served_by_an_index(conn, name):
-    """Each tasks query of the catalog reads through its index: no full scan, no temp B-tree."""
-    sql, index = CATALOG[name]
-    partial = {row[1] for row in conn.execute("PRAGMA index_list(tasks)") if row[4]}
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PLAN_PARAMS).fetchall()]
-    assert any(index in line for line in plan), plan
-    for line in plan:
-        assert "TEMP B-TREE" not in line, plan
-        if line.startswith("SCAN "):
-            # Walking a partial index in order reads only its rows (claimable tasks), never the table.
-            assert " USING INDEX " in line and line.split()[-1] in partial, plan
-
-
-def test_requeue_stale_plan_searches_running_tasks_by_deadline(conn):
-    """Catalog T7 searches the deadlines of running tasks: a range on the expression index, nothing more."""
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + tasks.REQUEUE_STALE_SQL, PLAN_PARAMS)]
-    assert plan == ["SEARCH tasks USING INDEX idx_tasks_running_deadline (<expr><?)"]
-
-
 def test_claim_is_one_update_under_begin_immediate(conn):
     """claim_next sends BEGIN IMMEDIATE, one UPDATE through the claim index, and COMMIT."""
     tasks.create(conn, "p")

@@ -8,13 +8,29 @@ import sqlite3
 import pytest
 
 import abathur_db
-from abathur_db import tasks, validation
+from abathur_db import agents, checkpoints, state, tasks, validation
 from abathur_db.catalog import CATALOG, CatalogQuery
 from abathur_db.errors import AbathurDBError, ValidationError
 
 CATALOG_BY_ID = {query.id: query for query in CATALOG}
-# Every index the catalog names that can be dropped (a primary key's automatic index cannot).
-DROPPABLE = sorted({name for q in CATALOG for name in q.indexes if not name.startswith("sqlite_autoindex")})
+# The package's keyed statements outside the catalog, held to the same check.
+OTHER_KEYED = (
+    CatalogQuery("T2 by agent_type", "next claimable task of one type", tasks.CLAIM_BY_AGENT_TYPE_SQL,
+                 {"now": "2026-01-01T00:00:00.000Z", "agent_type": "coder"}, ("idx_tasks_claimable",),
+                 ordered_walk=True),
+    CatalogQuery("agents.get", "agent by id", agents.GET_SQL, {"id": "a"}, ("sqlite_autoindex_agents_1",)),
+    CatalogQuery("checkpoints.load", "one checkpoint", checkpoints.LOAD_SQL, {"task_id": "t", "iteration": 1},
+                 ("idx_checkpoints_task_id_iteration",)),
+    CatalogQuery("checkpoints by task", "checkpoints of a task", checkpoints.LIST_SQL["task_id"],
+                 {"task_id": "t", "limit": 10}, ("idx_checkpoints_task_id_iteration",)),
+    CatalogQuery("checkpoints.prune", "older checkpoints of a task", checkpoints._PRUNE,
+                 {"task_id": "t", "keep_last": 2}, ("idx_checkpoints_task_id_iteration",)),
+    CatalogQuery("state.delete", "one state key", state._DELETE, {"task_id": "t", "key": "k"},
+                 ("sqlite_autoindex_state_1",)),
+)
+KEYED = CATALOG + OTHER_KEYED
+# Every index these statements name that can be dropped (a primary key's automatic index cannot).
+DROPPABLE = sorted({name for q in KEYED for name in q.indexes if not name.startswith("sqlite_autoindex")})
 
 
 def _plant_orphan(conn) -> int:
@@ -145,23 +161,28 @@ def test_explain_errors_are_package_errors(conn, sql, params, error):
     assert not isinstance(caught.value, sqlite3.Error)
 
 
-def test_every_catalog_query_passes_on_a_fresh_database(conn):
-    """On a new database each catalog query uses each of its indexes, in catalog order."""
+@pytest.mark.parametrize("query", KEYED, ids=lambda query: query.id)
+def test_query_is_served_by_its_index(conn, query):
+    """Each catalog query, and each keyed statement beside them, uses its index: no full SCAN, no TEMP B-TREE."""
+    check = abathur_db.check_plan(conn, query)
+    assert check.ok and check.problems == [], (check.plan, check.problems)
+    assert all(name in " | ".join(check.plan) for name in query.indexes), check.plan
+
+
+def test_catalog_is_checked_in_catalog_order(conn):
+    """check_catalog returns one passing check per catalog query, in catalog order."""
     checks = abathur_db.check_catalog(conn)
-    assert [check.id for check in checks] == [query.id for query in CATALOG]
-    for check in checks:
-        assert check.ok, (check.id, check.problems)
-        assert check.problems == []
-        plan = " | ".join(check.plan)
-        assert all(name in plan for name in CATALOG_BY_ID[check.id].indexes), (check.id, plan)
+    assert [(check.id, check.ok) for check in checks] == [(query.id, True) for query in CATALOG]
 
 
 @pytest.mark.parametrize("index", DROPPABLE)
-def test_catalog_check_fails_when_an_index_is_dropped(conn, index):
-    """Dropping an index makes exactly the catalog queries that rely on it fail, naming it."""
+def test_plan_check_fails_when_an_index_is_dropped(conn, index):
+    """Dropping an index makes exactly the statements that rely on it fail, each naming it."""
     conn.execute(f"DROP INDEX {index}")
-    failed = {check.id: check for check in abathur_db.check_catalog(conn) if not check.ok}
-    assert set(failed) == {query.id for query in CATALOG if index in query.indexes}
+    failed = {query.id: abathur_db.check_plan(conn, query) for query in KEYED}
+    failed = {key: check for key, check in failed.items() if not check.ok}
+    assert set(failed) == {query.id for query in KEYED if index in query.indexes}
+    assert {check.id for check in abathur_db.check_catalog(conn) if not check.ok} == set(failed) & set(CATALOG_BY_ID)
     for check in failed.values():
         assert any(index in problem for problem in check.problems), check.problems
 
