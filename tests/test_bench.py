@@ -1,8 +1,8 @@
-"""tools/bench.py: a tiny run writes every figure as JSON and the Markdown report (no timing asserts)."""
+"""tools/: a tiny suite run writes every figure as JSON, the report renders from it, bench.py times (no timing asserts)."""
 
 from __future__ import annotations
 
-import importlib.util
+import copy
 import json
 import subprocess
 import sys
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from abathur_db import catalog
+from tools.benchsuite import environment, render, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "tools" / "bench.py"
 
 TOP_LEVEL = {
     "meta", "machine", "coverage", "dataset", "catalog", "catalog_samples", "single_insert", "bulk_insert",
@@ -27,33 +27,27 @@ BARS = {
     "claim_one_thread", "claim_concurrency", "mixed_p99", "seed_query_p99_10_connections",
 }
 CLAIMERS = {"workers", "claims", "duplicates", "lock_errors", "other_errors", "empty_claims", "claims_per_s", "latency"}
-PHASES = ("seeded tasks", "catalog", "single-row inserts", "bulk inserts", "claim_next, 1 thread",
+PHASES = ("seeded tasks", "catalog queries", "single-row inserts", "bulk inserts", "claim_next, 1 thread",
           "claim_next, 10 threads", "claim_next, 4 processes", "10 threads, 90 % reads", "foreign-key cost",
           "index cost", "query plans")
 
 
+def _python(*args: str) -> subprocess.CompletedProcess:
+    """Run the checkout's Python with `args` from the checkout root; fail with its stderr unless it exits 0."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Run the bench once at tiny scale; return its figures, its report's text and its stderr."""
+    """Run the suite once at tiny scale and render its report from the JSON; return figures, report, stderr."""
     tmp = tmp_path_factory.mktemp("bench")
-    report = tmp / "docs" / "performance_baseline_milestone1.md"
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--scale", "tiny", "--seed", "7", "--json", str(tmp / "figures.json"),
-         "--report", str(report), "--dir", str(tmp)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads((tmp / "figures.json").read_text()), report.read_text(), result.stderr
-
-
-def _bench_module():
-    """Import tools/bench.py (tools/ is not a package) as a module."""
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is being built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    figures, report = tmp / "figures.json", tmp / "docs" / "report.md"
+    measured = _python("-m", "tools.benchsuite", "--scale", "tiny", "--seed", "7", "--json", str(figures),
+                       "--dir", str(tmp))
+    _python("-m", "tools.benchsuite.render", str(figures), "-o", str(report))
+    return json.loads(figures.read_text()), report.read_text(), measured.stderr
 
 
 @pytest.mark.slow
@@ -62,13 +56,13 @@ def test_json_has_every_top_level_key(run):
     figures, _, _ = run
     assert TOP_LEVEL <= set(figures)
     assert {"cores", "memory_kib", "cpu_model", "python", "sqlite"} <= set(figures["machine"])
-    assert {"scale", "seed", "tool_version", "duration_s"} <= set(figures["meta"])
+    assert {"scale", "seed", "tool_version", "duration_s", "command"} <= set(figures["meta"])
     assert figures["meta"]["scale"] == "tiny" and figures["meta"]["seed"] == 7
 
 
 @pytest.mark.slow
 def test_every_catalog_query_is_measured_against_raw(run):
-    """Each SPEC §5 catalog entry has package and raw stats, their ratios, and a checked plan."""
+    """Each SPEC §5 catalog entry has package and raw stats, their ratios, and check_plan's verdict."""
     figures, _, _ = run
     for entry in catalog.CATALOG:
         measured = figures["catalog"][entry.id]
@@ -76,8 +70,8 @@ def test_every_catalog_query_is_measured_against_raw(run):
         assert COMPARISON <= set(measured), entry.id
         assert STATS <= set(measured["package"]) and STATS <= set(measured["raw"]), entry.id
         plan = figures["plans"]["queries"][entry.id]
-        assert {"plan", "uses_index", "ok", "missing_indexes"} <= set(plan), entry.id
-    assert figures["plans"]["index_usage_rate_pct"] is not None
+        assert plan["ok"] and plan["uses_index"] and plan["problems"] == [], (entry.id, plan)
+    assert figures["plans"]["index_usage_rate_pct"] == 100
 
 
 @pytest.mark.slow
@@ -141,9 +135,9 @@ def test_data_set_has_the_described_shape(run):
 
 
 @pytest.mark.slow
-def test_report_is_written(run):
-    """The Markdown report has the bars, the seed's metrics and a row per catalog query."""
-    _, report, _ = run
+def test_report_is_rendered_from_the_json(run):
+    """The report rendered from the saved JSON has the bars, the seed's metrics and a row per catalog query."""
+    figures, report, _ = run
     for heading in ("## Machine and run", "## SPEC §6 bars", "## Seed success metrics",
                     "## §5 catalog queries, one thread", "## Write cost of the indexes", "## claim_next",
                     "## 10 threads, 90 % reads / 10 % writes", "## Query plans", "## Database size"):
@@ -151,24 +145,49 @@ def test_report_is_written(run):
     for entry in catalog.CATALOG:
         assert f"| {entry.id} |" in report
     assert "not measured in this run" in report  # no --coverage given
+    assert "`python -m tools.benchsuite.render figures.json`" in report
+    assert report == render.render(figures, "figures.json") + "\n"
 
 
 @pytest.mark.slow
-def test_a_progress_line_per_phase(run):
-    """Each phase announces itself on stderr."""
+def test_missed_bars_are_explained_from_the_figures(run):
+    """The reasons for missed bars quote the run's machine and figures, never fixed wording."""
+    figures = copy.deepcopy(run[0])
+    figures["machine"]["cores"] = 3
+    for bar in figures["bars"]:
+        bar["met"] = bar["id"] not in {"overhead_writes", "mixed_p99"}
+    reasons = " ".join(verdicts.missed_reasons(figures))
+    assert "3 cores" in reasons and "10 busy threads" in reasons and "two cores" not in reasons
+    writes = {k: v["time_ratio"] for k, v in figures["catalog"].items() if v["kind"] == "write"}
+    writes["single insert"] = figures["single_insert"]["time_ratio"]
+    assert f"the worst write, {max(writes, key=writes.get)}," in reasons
+    assert "Why the missed bars are missed" in render.render(figures)
+
+
+@pytest.mark.slow
+def test_a_progress_line_per_workload(run):
+    """Each workload announces itself on stderr."""
     _, _, stderr = run
     for phase in PHASES:
         assert phase in stderr, phase
 
 
+def test_timeit_bench_compares_every_catalog_query():
+    """tools/bench.py times each catalog query and both inserts on both sides, then checks the plans."""
+    out = _python("tools/bench.py", "--scale", "tiny", "--number", "3", "--repeat", "1").stdout
+    for name in [entry.id for entry in catalog.CATALOG] + ["insert", "bulk"]:
+        assert any(line.split()[:1] == [name] and line.rstrip().endswith("x") for line in out.splitlines()), name
+    assert f"query plans: {len(catalog.CATALOG)} of {len(catalog.CATALOG)} catalog queries use their index" in out
+    assert "foreign-key violations: 0" in out
+
+
 @pytest.mark.parametrize("kind", ["json", "xml"])
 def test_coverage_report_is_read(tmp_path, kind):
     """--coverage reads the total from coverage.py's JSON or XML report."""
-    bench = _bench_module()
     path = tmp_path / f"coverage.{kind}"
     if kind == "json":
         path.write_text(json.dumps({"totals": {"percent_covered": 93.456}}))
     else:
         path.write_text('<?xml version="1.0" ?><coverage line-rate="0.9346" branch-rate="0.9"></coverage>')
-    assert bench.read_coverage(str(path))["percent"] == pytest.approx(93.5)
-    assert bench.read_coverage(None)["percent"] is None
+    assert environment.read_coverage(str(path))["percent"] == pytest.approx(93.5)
+    assert environment.read_coverage(None)["percent"] is None

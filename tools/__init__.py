@@ -1,0 +1,1 @@
+"""Benchmarks of abathur_db (not part of the installed package): ``bench.py`` and ``benchsuite``."""

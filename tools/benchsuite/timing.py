@@ -1,0 +1,135 @@
+"""Timing and statistics shared by every workload: clocks, percentiles, package/raw comparisons."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+import timeit
+from typing import Any, Callable
+
+CLOCK = time.perf_counter_ns
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """Print one progress line on stderr."""
+    print(f"[bench {time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def stats(samples_ns: list[int]) -> dict[str, Any]:
+    """Return n, median, p95, p99, mean, min, max (µs) and ops/s of one list of durations in ns."""
+    if not samples_ns:
+        return {"n": 0, "median_us": None, "p95_us": None, "p99_us": None, "mean_us": None,
+                "min_us": None, "max_us": None, "ops_per_s": None}
+    us = [s / 1000 for s in samples_ns]
+    if len(us) > 1:
+        cuts = statistics.quantiles(us, n=100, method="inclusive")
+        p95, p99 = cuts[94], cuts[98]
+    else:
+        p95 = p99 = us[0]
+    total = sum(us)
+    return {
+        "n": len(us),
+        "median_us": round(statistics.median(us), 2),
+        "p95_us": round(p95, 2),
+        "p99_us": round(p99, 2),
+        "mean_us": round(total / len(us), 2),
+        "min_us": round(min(us), 2),
+        "max_us": round(max(us), 2),
+        "ops_per_s": round(len(us) / (total / 1e6), 1) if total else None,
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """Return numerator / denominator rounded to 3 places, or None when either is missing."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def compare(package_ns: list[int], raw_ns: list[int]) -> dict[str, Any]:
+    """Return both sides' stats and the package/raw time ratios of their medians and p99s."""
+    package, raw = stats(package_ns), stats(raw_ns)
+    return {
+        "package": package,
+        "raw": raw,
+        # > 1 means the package is slower; the bars compare medians, p99 is shown for context.
+        "time_ratio": ratio(package["median_us"], raw["median_us"]),
+        "p99_ratio": ratio(package["p99_us"], raw["p99_us"]),
+        # < 1 means the package does fewer per second. From medians: a WAL checkpoint (one
+        # commit in ~150 pays a few ms) lands on either side at random and would swamp a mean.
+        "throughput_ratio": ratio(raw["median_us"], package["median_us"]),
+    }
+
+
+def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: list, warmup: int = 0
+           ) -> tuple[list[int], list[int]]:
+    """Time package(p) and raw(p) for every p, alternating which runs first; return both lists of ns.
+
+    Running the pair back to back with the same parameter, first one side then the
+    other, spreads cache warmth and machine noise evenly over both. Callers run both
+    sides on one connection: in WAL mode a write through one connection empties the
+    page cache of every other, which cost the side reading next ~70-100 µs per call
+    at small scale when each side had its own connection.
+    """
+    for p in params[:warmup]:
+        package(p)
+        raw(p)
+    package_ns, raw_ns = [], []
+    # As timeit does: a collection in the middle of one call would land on one side only.
+    collecting = gc.isenabled()
+    gc.disable()
+    for i, p in enumerate(params[warmup:]):
+        first, second = (raw, package) if i % 2 else (package, raw)
+        t0 = CLOCK()
+        first(p)
+        t1 = CLOCK()
+        second(p)
+        t2 = CLOCK()
+        (raw_ns if i % 2 else package_ns).append(t1 - t0)
+        (package_ns if i % 2 else raw_ns).append(t2 - t1)
+    if collecting:
+        gc.enable()
+    return package_ns, raw_ns
+
+
+def timeit_pair(package: Callable[[], Any], raw: Callable[[], Any], *, repeat: int = 5, number: int | None = None,
+                max_number: int | None = None, setup: Callable[[], Any] = lambda: None) -> dict[str, Any]:
+    """Time package() and raw() with timeit, `number` calls per round, rounds alternating; µs per call.
+
+    `number` defaults to a quarter of what ``Timer.autorange`` picks for the package
+    side (it fills 0.2 s), so rounds last 50 ms or more and five a side stay short;
+    it never exceeds `max_number`. `setup` runs, untimed, before every round (e.g. to
+    refill a queue of `max_number` items). The ratio compares the best rounds, as
+    timeit advises: slower rounds measure the machine's noise, not the code.
+    """
+    timers = timeit.Timer(package, setup), timeit.Timer(raw, setup)
+    if number is None:
+        number = max(1, timers[0].autorange()[0] // 4)
+    number = min(number, max_number or number)
+    rounds: tuple[list[float], list[float]] = ([], [])
+    for k in range(repeat):
+        for side in ((0, 1) if k % 2 == 0 else (1, 0)):
+            rounds[side].append(timers[side].timeit(number) / number * 1e6)
+    package_us, raw_us = min(rounds[0]), min(rounds[1])
+    return {"number": number, "repeat": repeat, "package_us": round(package_us, 2), "raw_us": round(raw_us, 2),
+            "ratio": ratio(package_us, raw_us)}
+
+
+# Counts of things that must never happen are added up over runs, never averaged away.
+_SUMMED = {"duplicates", "lock_errors", "other_errors", "errors"}
+
+
+def combine_runs(runs: list) -> Any:
+    """Return the figures of several runs as one: the median of each number, the sum of error counts."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {key: (sum(run[key] for run in runs) if key in _SUMMED else combine_runs([run[key] for run in runs]))
+                for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+            isinstance(run, (int, float)) for run in runs):
+        # A count stays a count: the lower middle value rather than the mean of two.
+        return statistics.median_low(runs) if all(isinstance(run, int) for run in runs) else statistics.median(runs)
+    return first

@@ -1,0 +1,24 @@
+"""The timed workloads, one module per family, listed in the order they run and the order they are reported.
+
+To add a workload: write a module here with ``measure(bench) -> dict`` (its figures, ready for
+JSON) and ``report(figures, md)`` (its report section, rendered from the figures alone), then
+add a line to MEASURED and to SECTIONS.
+"""
+
+from __future__ import annotations
+
+from . import catalog, claims, inserts, mixed, write_cost
+
+# (key in the figures, progress line, function). The index cost copies the database, so it runs last.
+MEASURED = (
+    ("catalog", "catalog queries", catalog.measure),
+    ("single_insert", "single-row inserts", inserts.measure_single),
+    ("bulk_insert", "bulk inserts", inserts.measure_bulk),
+    ("claim", "claim_next", claims.measure),
+    ("mixed", f"{claims.THREADS} threads, 90 % reads / 10 % writes", mixed.measure),
+    ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
+    ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
+)
+
+SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
+            claims.report, mixed.report)
