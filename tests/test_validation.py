@@ -179,8 +179,8 @@ def test_catalog_is_checked_in_catalog_order(conn):
 def test_plan_check_fails_when_an_index_is_dropped(conn, index):
     """Dropping an index makes exactly the statements that rely on it fail, each naming it."""
     conn.execute(f"DROP INDEX {index}")
-    failed = {query.id: abathur_db.check_plan(conn, query) for query in KEYED}
-    failed = {key: check for key, check in failed.items() if not check.ok}
+    checks = {query.id: abathur_db.check_plan(conn, query) for query in KEYED}
+    failed = {key: check for key, check in checks.items() if not check.ok}
     assert set(failed) == {query.id for query in KEYED if index in query.indexes}
     assert {check.id for check in abathur_db.check_catalog(conn) if not check.ok} == set(failed) & set(CATALOG_BY_ID)
     for check in failed.values():

@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 import abathur_db  # noqa: E402
 from abathur_db import catalog  # noqa: E402
-from tools.benchsuite.dataset import SCALES, Dataset, queue_summary, restore_claimed  # noqa: E402
+from tools.benchsuite.dataset import (SCALES, Dataset, check_timestamp_format, queue_summary,  # noqa: E402
+                                      restore_claimed)
 from tools.benchsuite.ops import build_ops, create_many, raw_executemany  # noqa: E402
 from tools.benchsuite.seeding import build_dataset  # noqa: E402
 from tools.benchsuite.timing import timeit_pair  # noqa: E402
@@ -91,6 +92,7 @@ def measure(conn, data: Dataset, args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Seed, time every operation on both sides, check the plans; print it all; return the exit code."""
     args = parse_args(argv)
+    check_timestamp_format()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="abathur-bench-") as workdir:
         with abathur_db.open(os.path.join(workdir, "bench.db")) as pool:
