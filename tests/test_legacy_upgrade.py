@@ -346,6 +346,8 @@ _NOT_NULL_WITHOUT_DEFAULT = Variant(
     pytest.param(Variant("CREATE TABLE sessions (id TEXT);"), "table sessions exists already", id="table-name"),
     pytest.param(Variant("CREATE INDEX idx_tasks_session_id ON tasks (created_by);"),
                  "index idx_tasks_session_id exists already", id="index-name"),
+    pytest.param(Variant("CREATE INDEX idx_audit_agent_id ON audit (agent_id, timestamp);"),
+                 "index idx_audit_agent_id exists already", id="index-name-of-a-later-file"),
 ])
 def test_what_cannot_be_carried_over_stops_the_upgrade_before_any_change(tmp_path, variant, named):
     """An object the upgrade would lose is named in a SchemaError; the file is untouched and no backup written."""
@@ -357,6 +359,88 @@ def test_what_cannot_be_carried_over_stops_the_upgrade_before_any_change(tmp_pat
     assert named in str(caught.value)
     assert _contents(path) == before
     assert _backups(path) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Version 3 to 4: memory_entries is rebuilt by the same mechanism.
+
+
+def _open_at_version_3(path) -> sqlite3.Connection:
+    """Create a database with the files up to 0003 only; return a raw connection to it."""
+    old = path.parent / "schema-v3"
+    old.mkdir()
+    for file in FILES[:3]:
+        shutil.copy(schema.schema_dir() / file.name, old / file.name)
+    abathur_db.open(path, schema_dir=old).close()
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def test_version_3_database_upgrades_to_4_keeping_every_row(tmp_path):
+    """A version-3 database with rows in every table reaches version 4 with every row as it was."""
+    path = tmp_path / "v3.db"
+    _open_at_version_3(path).close()
+    with abathur_db.open(path, schema_dir=tmp_path / "schema-v3") as pool:
+        conn = pool.connection()
+        session = abathur_db.sessions.create(conn, "app", "user")["id"]
+        first = abathur_db.tasks.create(conn, "first", session_id=session)["id"]
+        abathur_db.tasks.create(conn, "second", dependencies=[first])
+        agent = abathur_db.agents.spawn(conn, first, "w", "s", "m", session_id=session)["id"]
+        conn.execute("INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES "
+                     "('ns', 'a', '1', 'semantic'), ('ns', 'b', '2', 'episodic')")
+        abathur_db.audit.record(conn, "x", task_id=first, agent_id=agent, memory_entry_id=1,
+                                memory_operation_type="create")
+        abathur_db.checkpoints.save(conn, first, 0, {"i": 0}, session_id=session)
+        abathur_db.state.set(conn, first, "k", [1])
+        abathur_db.metrics.record(conn, "m", 1.0)
+        tables = [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+            " AND name <> 'schema_migrations'")]
+        before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+    with abathur_db.open(path) as pool:
+        assert pool.applied == [FILES[3].name] and pool.backup_path.endswith(".bak")
+        assert ".v3-" in pool.backup_path
+        conn = pool.connection()
+        assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables} == before
+        assert abathur_db.integrity_check(conn) == [] and conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_memory_entries_rebuild_keeps_the_users_column_index_and_trigger(tmp_path):
+    """0004 keeps a user's extra column, index and trigger on memory_entries; an old memory_type is reported."""
+    path = tmp_path / "v3.db"
+    raw = _open_at_version_3(path)
+    raw.executescript("""
+        INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'a', '1', 'semantic');
+        INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'b', '2', 'scratch');
+        ALTER TABLE memory_entries ADD COLUMN source TEXT;
+        UPDATE memory_entries SET source = 'import-' || key;
+        CREATE INDEX user_memory_source ON memory_entries (source);
+        CREATE TABLE memory_log (entry INTEGER);
+        CREATE TRIGGER user_memory_log AFTER INSERT ON memory_entries BEGIN INSERT INTO memory_log VALUES (NEW.id); END;
+    """)
+    raw.close()
+    pool = abathur_db.open(path)
+    conn = pool.connection()
+    assert conn.execute("SELECT key, memory_type, source FROM memory_entries ORDER BY id").fetchall() == [
+        ("a", "semantic", "import-a"), ("b", "scratch", "import-b")]
+    assert _sql(conn, "user_memory_source") == "CREATE INDEX user_memory_source ON memory_entries (source)"
+    conn.execute("INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'c', '3', 'procedural')")
+    assert conn.execute("SELECT entry FROM memory_log").fetchall() == [(3,)]
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed: memory_type"):
+        conn.execute("INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'd', '4', 'x')")
+    assert rule_violations(conn) == [{"table": "memory_entries", "row_key": "id", "row": 2, "column": "memory_type",
+                                      "value": "scratch", "rule": "CHECK memory_type"}]
+
+
+def test_version_4_indexes_serve_u4_and_agent_deletion(pool):
+    """U4's new order needs no sort, and deleting an agent looks up its audit rows in idx_audit_agent_id."""
+    conn = pool.connection()
+    plan = conn.execute("EXPLAIN QUERY PLAN SELECT id FROM audit WHERE memory_entry_id = 1 AND timestamp >= ''"
+                        " ORDER BY timestamp DESC, id DESC LIMIT 5").fetchall()
+    assert [row[-1] for row in plan] == [
+        "SEARCH audit USING COVERING INDEX idx_audit_memory_entry_id (memory_entry_id=? AND timestamp>?)"]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'idx_audit_agent_id'").fetchone()[0]
+    program = conn.execute("EXPLAIN DELETE FROM agents WHERE id = 'a'").fetchall()
+    assert any(op == "OpenRead" and p2 == root for _, op, _, p2, *_ in program)
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,6 +535,24 @@ def test_a_backup_of_other_contents_is_not_reused(tmp_path, monkeypatch):
         copy = sqlite3.connect(pool.backup_path)
         assert copy.execute("SELECT metric_name FROM metrics WHERE metric_name = 'late'").fetchall() == [("late",)]
         copy.close()
+
+
+def test_a_retried_upgrade_from_version_3_reuses_its_backup(tmp_path, monkeypatch):
+    """A version-3 database (WITHOUT ROWID table included) whose upgrade failed reuses its backup on the retry."""
+    path = tmp_path / "v3.db"
+    _open_at_version_3(path).close()
+    with abathur_db.open(path, schema_dir=tmp_path / "schema-v3") as pool:
+        conn = pool.connection()
+        first = abathur_db.tasks.create(conn, "first")["id"]
+        abathur_db.tasks.create(conn, "second", dependencies=[first])
+    with monkeypatch.context() as patch:
+        patch.setattr(pool_module, "connect", _limited_connect(0))
+        with pytest.raises(StorageFullError):
+            abathur_db.open(path)
+    (first_backup,) = _backups(path)
+    assert ".v3-" in first_backup
+    with abathur_db.open(path) as pool:
+        assert pool.backup_path == first_backup and pool.applied == [FILES[3].name]
 
 
 def test_a_file_named_like_a_backup_that_is_not_one_is_never_reused(tmp_path):
