@@ -28,10 +28,8 @@ LIST_SQL = {
     "latest": _SELECT + " WHERE timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U2
     "memory_operation_type": _SELECT + " WHERE memory_operation_type = :memory_operation_type"
     " AND timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U3
-    # idx_audit_memory_entry_id holds no timestamp: id (the rowid, which grows with
-    # each insert) gives the newest-first order without a sort.
     "memory_entry_id": _SELECT + " WHERE memory_entry_id = :memory_entry_id AND timestamp >= :since"
-    " ORDER BY id DESC LIMIT :limit",  # U4
+    " ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U4
 }
 
 _INSERT = (

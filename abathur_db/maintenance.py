@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sqlite3
 import stat
+import tempfile
 from typing import NamedTuple
 
-from .errors import ConfigurationError, DatabaseFileError, ValidationError, translate
+from .errors import (
+    AbathurDBError,
+    ConfigurationError,
+    DatabaseFileError,
+    StorageFullError,
+    ValidationError,
+    translate,
+)
 
-__all__ = ["CHECKPOINT_MODES", "CheckpointResult", "backup", "checkpoint", "integrity_check"]
+__all__ = ["CHECKPOINT_MODES", "CheckpointResult", "backup", "checkpoint", "integrity_check",
+           "structural_problems"]
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 
@@ -64,9 +75,16 @@ def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointRe
 def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     """Copy the database behind `conn` to `dest_path` with SQLite's online backup API.
 
-    The copy is checked with integrity_check and is never readable by more people
-    than the original: owner-only, and no wider than the source file's mode.
-    Returns the copy's path.
+    The copy is written under a temporary name beside `dest_path` (``<dest>.<random>.partial``)
+    and given its name only once complete and checked, so an interrupted backup
+    never leaves a file that looks like one. The check: ``integrity_check`` finds
+    the copy structurally sound, and every value in it that breaks a CHECK or NOT
+    NULL rule is one the source holds too (a database whose only problems are such
+    legacy rows backs up fine). The copy is never readable by more people than the
+    original: owner-only, and no wider than the source file's mode. Returns the copy's path.
+
+    :raises ConfigurationError: `dest_path` exists, or `conn` is inside a transaction.
+    :raises StorageFullError: the disk is full; nothing is left behind.
     """
     dest = os.fspath(dest_path)
     if conn.in_transaction:
@@ -79,26 +97,77 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     mode = 0o600
     if source:
         mode &= stat.S_IMODE(os.stat(source).st_mode)
+    if os.path.lexists(dest):
+        raise ConfigurationError(f"{dest}: backup destination already exists")
+    folder, base = os.path.split(os.path.abspath(dest))
     try:
-        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        raise ConfigurationError(f"{dest}: backup destination already exists") from None
+        handle, partial = tempfile.mkstemp(prefix=base + ".", suffix=".partial", dir=folder)  # mode 0o600
+        os.close(handle)
     except OSError as exc:
-        raise DatabaseFileError(f"{dest}: cannot create the backup: {exc.strerror}") from exc
+        raise _file_error(dest, "cannot create the backup", exc) from exc
     try:
-        target = sqlite3.connect(dest)
+        _copy_and_check(conn, partial, dest)
+        os.chmod(partial, mode)
+        try:
+            os.link(partial, dest)  # unlike rename, never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise ConfigurationError(f"{dest}: backup destination already exists") from None
+        except OSError as exc:
+            raise _file_error(dest, "cannot name the finished backup", exc) from exc
+        _sync_folder(folder)
+    finally:
+        os.unlink(partial)
+    return dest
+
+
+# How integrity_check words a row that breaks a rule of its table.
+_ROW_RULE = re.compile(r"(CHECK constraint failed in \S+|NULL value in \S+)$")
+
+
+def structural_problems(problems: list[str]) -> list[str]:
+    """Return the `integrity_check` problems that are not rows breaking a CHECK or NOT NULL rule."""
+    return [problem for problem in problems if not _ROW_RULE.match(problem)]
+
+
+def _copy_and_check(conn: sqlite3.Connection, partial: str, dest: str) -> None:
+    """Copy the database into `partial`; refuse a copy that is unsound or breaks a rule the source keeps."""
+    # validation imports schema, which imports this module.
+    from .validation import rule_violations
+
+    try:
+        target = _open_copy(partial)
         try:
             conn.backup(target)
             problems = integrity_check(target)
+            broken = structural_problems(problems)
+            if problems and not broken:
+                # integrity_check only names tables, and a read-only connection skips
+                # CHECK constraints altogether: compare the rows themselves.
+                kept = {tuple(row.items()) for row in rule_violations(conn)}
+                broken = [f"{row['table']} {row['row_key']} {row['row']!r}: {row['column']} breaks {row['rule']}"
+                          for row in rule_violations(target) if tuple(row.items()) not in kept]
         finally:
             target.close()
-        if problems:
-            raise DatabaseFileError(f"{dest}: the backup copy fails integrity_check: {problems[:3]}")
-        os.chmod(dest, mode)
     except sqlite3.Error as exc:
-        os.unlink(dest)
         raise translate(exc) from exc
-    except BaseException:
-        os.unlink(dest)
-        raise
-    return dest
+    if broken:
+        raise DatabaseFileError(f"{dest}: the backup copy fails integrity_check: {broken[:3]}")
+
+
+def _open_copy(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(path)
+
+
+def _file_error(dest: str, what: str, exc: OSError) -> AbathurDBError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"{dest}: {what}: the disk is full ({exc.strerror})")
+    return DatabaseFileError(f"{dest}: {what}: {exc.strerror}")
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the backup's new name durable (a crash could otherwise forget it)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -9,24 +9,34 @@ version.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import logging
 import os
 import re
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import _values
-from .errors import SchemaError
-from .maintenance import backup
-from .pool import connect
+from . import _ddl, _rebuild, _values
+from .errors import AbathurDBError, BusyError, SchemaError, StorageFullError, translate
+from .maintenance import backup, integrity_check, structural_problems
+from .pool import PRAGMAS, connect
 from .transaction import transaction
 
-__all__ = ["SchemaFile", "SchemaStatus", "load_files", "migrate", "schema_dir", "statements", "status"]
+__all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "load_files", "migrate", "schema_dir",
+           "statements", "status"]
 
 log = logging.getLogger("abathur_db")
+
+# How long opening a database waits for another connection's write lock before
+# applying pending files itself: long enough for another process to upgrade a
+# file of a million tasks (100,000 take under 2 s; see the README).
+UPGRADE_WAIT_SECONDS = 600
+_BUSY_TIMEOUT_MS = dict(PRAGMAS)["busy_timeout"]
 
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -145,38 +155,102 @@ def status(conn: sqlite3.Connection, files: list[SchemaFile]) -> SchemaStatus:
 def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> tuple[list[str], str | None]:
     """Apply the pending schema files to `conn`; return their names and the backup's path.
 
-    Pending files are computed again once the write lock is held, so two processes
-    opening a new database at once apply each file exactly once. Before the first
-    change to a database that already has tables, a copy is written next to it.
+    All pending files, each with its ledger row, are applied in one write
+    transaction: an upgrade is done whole or not at all. Pending files are
+    computed once the write lock is held, so two processes opening a new database
+    at once apply each file exactly once; one that finds another connection
+    writing (upgrading a large file, say) waits for it up to UPGRADE_WAIT_SECONDS.
+    Each file runs with what its table rebuilds must keep of the user's (see
+    ``_rebuild``); what cannot be kept stops the upgrade before any change. Before
+    changing a database that already has tables, a copy is written next to it, or
+    a complete copy of the same contents is reused.
+
+    :raises SchemaError: a file cannot be applied, or the database is not Abathur's.
+    :raises StorageFullError: the disk filled up; the database was not changed.
     """
     current = status(conn, files)
     if current.problems:
         raise SchemaError(f"{db_path}: " + "; ".join(current.problems))
     if not current.pending:
         return [], None
-    applied: list[str] = []
+    started = time.monotonic()
     backup_path = None
-    # Table rebuilds need foreign keys off, and the PRAGMA is a no-op inside a transaction.
+    # Table rebuilds need foreign keys off, and the PRAGMA is a no-op inside a
+    # transaction. With both off, ALTER TABLE RENAME leaves views, triggers and
+    # foreign keys that name the table as they were written (SQLite's ALTER TABLE
+    # compatibility note), so the user's keep naming the rebuilt table.
     conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA legacy_alter_table = ON")
     try:
-        while True:
-            with transaction(conn):
-                current = status(conn, files)
-                if current.problems:
-                    raise SchemaError(f"{db_path}: " + "; ".join(current.problems))
-                if not current.pending:
-                    break
-                file = current.pending[0]
-                if not applied:
-                    backup_path = _prepare_first_change(conn, db_path, current)
-                _apply(conn, db_path, file)
-            applied.append(file.name)
+        with _write_transaction(conn, db_path):
+            current = status(conn, files)
+            if current.problems:
+                raise SchemaError(f"{db_path}: " + "; ".join(current.problems))
+            pending = [(file, list(statements(file.sql))) for file in current.pending]
+            if not pending:
+                return [], None
+            log.info("abathur_db: %s: upgrading from schema version %d: %s pending", db_path,
+                     current.user_version, ", ".join(file.name for file, _ in pending))
+            has_tables = _refuse_foreign(conn, db_path, current)
+            problems, owned = _rebuild.preflight(conn, [file_statements for _, file_statements in pending])
+            _refuse_losses(db_path, problems)
+            if has_tables:
+                backup_path = _backup(db_path, current.user_version)
+            for (file, file_statements), package_tables in zip(pending, owned):
+                plan = _rebuild.plan(conn, file_statements, package_tables)
+                _refuse_losses(db_path, plan.problems)
+                if plan.tables:
+                    log.info("abathur_db: %s: %s %s", db_path, file.name, plan.summary())
+                _apply(conn, db_path, file, plan)
     finally:
         conn.execute("PRAGMA ignore_check_constraints = OFF")
+        conn.execute("PRAGMA legacy_alter_table = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
         if conn.execute("PRAGMA foreign_keys").fetchone()[0] != 1:  # pragma: no cover - defensive
             raise SchemaError(f"{db_path}: foreign keys could not be switched back on")
-    return applied, backup_path
+    log.info("abathur_db: %s: at schema version %d after %.1f s", db_path, files[-1].version,
+             time.monotonic() - started)
+    return [file.name for file, _ in pending], backup_path
+
+
+def _refuse_losses(db_path: str, problems: list[str]) -> None:
+    if problems:
+        raise SchemaError(f"{db_path}: the upgrade would lose what it does not own, so nothing was changed: "
+                          + "; ".join(problems))
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection, db_path: str) -> Iterator[None]:
+    """Run the block in a write transaction; wait up to UPGRADE_WAIT_SECONDS for another writer."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.push(_entered(conn, 0))
+        except BusyError:
+            log.info("abathur_db: %s: another connection is writing (upgrading the schema?); waiting up to %s s",
+                     db_path, UPGRADE_WAIT_SECONDS)
+            try:
+                stack.push(_entered(conn, UPGRADE_WAIT_SECONDS * 1000))
+            except BusyError as exc:
+                raise BusyError(f"{db_path}: another connection held the write lock for over "
+                                f"{UPGRADE_WAIT_SECONDS} s while this one waited to upgrade the schema") from exc
+        yield
+
+
+def _entered(conn: sqlite3.Connection, wait_ms: float) -> transaction:
+    """Return a write transaction entered on `conn`, having waited up to `wait_ms` for the write lock."""
+    # busy_timeout also bounds transaction()'s wait for this process's own write lock.
+    _set_busy_timeout(conn, wait_ms)
+    try:
+        block = transaction(conn)
+        block.__enter__()
+        return block
+    finally:
+        _set_busy_timeout(conn, _BUSY_TIMEOUT_MS)
+
+
+def _set_busy_timeout(conn: sqlite3.Connection, milliseconds: int) -> None:
+    # An integer of our own: PRAGMA takes no bound parameters.
+    conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
 
 
 def _user_tables(conn: sqlite3.Connection) -> list[str]:
@@ -187,39 +261,85 @@ def _user_tables(conn: sqlite3.Connection) -> list[str]:
     return [name for (name,) in rows]
 
 
-def _prepare_first_change(conn: sqlite3.Connection, db_path: str, current: SchemaStatus) -> str | None:
-    """Refuse a database that is not Abathur's; back up one that already has tables."""
+def _refuse_foreign(conn: sqlite3.Connection, db_path: str, current: SchemaStatus) -> bool:
+    """Refuse a database that is not Abathur's; return whether it has tables (and so needs a backup)."""
     tables = _user_tables(conn)
-    if not tables:
-        return None
-    if not current.applied and "tasks" not in tables:
+    if tables and not current.applied and "tasks" not in tables:
         raise SchemaError(
             f"{db_path}: not an Abathur database (no schema ledger and no tasks table; "
             f"it holds {', '.join(tables)})"
         )
-    stamp = _values.now().replace("-", "").replace(":", "").replace(".", "")
-    destination = f"{db_path}.v{current.user_version}-{stamp}.bak"
+    return bool(tables)
+
+
+def _backup(db_path: str, version: int) -> str:
+    """Return the path of a complete copy of the database, reusing one of the same contents if there is one."""
     # Our own connection holds the write lock; a second one still reads the last
     # committed state, which is exactly what the upgrade is about to change.
     reader = connect(db_path, readonly=True)
     try:
+        for candidate in sorted(glob.glob(glob.escape(db_path) + f".v{version}-*.bak"), reverse=True):
+            if _holds_the_same(reader, candidate):
+                log.info("abathur_db: %s: reusing the complete backup %s", db_path, candidate)
+                return candidate
+        # Only this process writes these (it holds the write lock): any left are a killed backup's.
+        for partial in glob.glob(glob.escape(db_path) + ".v*-*.bak.*.partial*"):
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+        stamp = _values.now().replace("-", "").replace(":", "").replace(".", "")
+        destination = f"{db_path}.v{version}-{stamp}.bak"
+        started = time.monotonic()
         backup(reader, destination)
     finally:
         reader.close()
-    log.warning("abathur_db: copied %s to %s before upgrading its schema", db_path, destination)
+    log.info("abathur_db: %s: backup written to %s (%d bytes in %.1f s)", db_path, destination,
+             os.path.getsize(destination), time.monotonic() - started)
     return destination
 
 
-def _apply(conn: sqlite3.Connection, db_path: str, file: SchemaFile) -> None:
-    for statement in statements(file.sql):
-        try:
-            conn.execute(statement).fetchall()
-        except sqlite3.Error as exc:
-            code = [line for line in statement.splitlines() if not line.lstrip().startswith("--")]
-            raise SchemaError(f"{db_path}: {file.name} failed at {code[0]!r}: {exc}") from exc
-    conn.execute(
-        "INSERT INTO schema_migrations (version, name, sha256, applied_at) VALUES (?, ?, ?, ?)",
-        (file.version, file.name, file.sha256, _values.now()),
+def _holds_the_same(source: sqlite3.Connection, path: str) -> bool:
+    """Tell whether the backup at `path` is sound and holds the same schema, row counts and highest rowids."""
+    try:
+        # immutable: the copy is read as a plain file, and no -wal or -shm is created beside it.
+        copy = sqlite3.connect(Path(path).absolute().as_uri() + "?immutable=1", uri=True)
+    except sqlite3.Error:  # pragma: no cover - a path the glob just found
+        return False
+    try:
+        sound = not structural_problems(integrity_check(copy, quick=True))
+        return sound and _contents(copy) == _contents(source)
+    except (sqlite3.Error, AbathurDBError):
+        return False
+    finally:
+        copy.close()
+
+
+def _contents(conn: sqlite3.Connection) -> tuple:
+    """Return the schema version, the schema, and every table's row count and highest rowid."""
+    schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    rows = []
+    for kind, name, _, sql in schema:
+        if kind == "table" and not sql.upper().startswith("CREATE VIRTUAL"):
+            # Names come from the file's own schema.
+            rowid = "NULL" if _ddl.without_rowid(sql) else "max(rowid)"
+            rows.append(conn.execute(f"SELECT count(*), {rowid} FROM {_ddl.quote(name)}").fetchone())
+    return conn.execute("PRAGMA user_version").fetchone()[0], schema, rows
+
+
+def _apply(conn: sqlite3.Connection, db_path: str, file: SchemaFile, plan: _rebuild.Plan) -> None:
+    ledger = (
+        ("INSERT INTO schema_migrations (version, name, sha256, applied_at) VALUES (?, ?, ?, ?)",
+         (file.version, file.name, file.sha256, _values.now())),
+        # user_version is an integer from our own file name; PRAGMA takes no parameters.
+        (f"PRAGMA user_version = {int(file.version)}", ()),
     )
-    # user_version is an integer from our own file name; PRAGMA takes no parameters.
-    conn.execute(f"PRAGMA user_version = {int(file.version)}")
+    started = time.monotonic()
+    for sql, params in (*plan.script, *ledger):
+        try:
+            conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            code = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+            if isinstance(translate(exc), StorageFullError):
+                raise StorageFullError(f"{db_path}: the disk is full: the upgrade stopped in {file.name} and the "
+                                       f"database was not changed (at {code[0]!r}: {exc})") from exc
+            raise SchemaError(f"{db_path}: {file.name} failed at {code[0]!r}: {exc}") from exc
+    log.info("abathur_db: %s: ran %s in %.1f s", db_path, file.name, time.monotonic() - started)

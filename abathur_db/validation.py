@@ -6,11 +6,13 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 
+from . import _ddl
 from .catalog import CATALOG, CatalogQuery
 from .errors import AbathurDBError, ValidationError, translate
 from .schema import statements
 
-__all__ = ["PlanCheck", "check_catalog", "check_plan", "explain_query_plan", "validate_foreign_keys"]
+__all__ = ["PlanCheck", "check_catalog", "check_plan", "explain_query_plan", "rule_violations",
+           "validate_foreign_keys"]
 
 # Statements that EXPLAIN QUERY PLAN can describe without side effects. Others are
 # refused: a PRAGMA setting a flag (foreign_keys, ignore_check_constraints, ...)
@@ -133,3 +135,51 @@ def _plan_problems(plan: list[str], query: CatalogQuery, missing: list[str]) -> 
     problems.extend(f"does not use {name}" + (" (no such index)" if name in missing else "")
                     for name in query.indexes if name not in used)
     return problems
+
+
+def rule_violations(conn: sqlite3.Connection) -> list[dict]:
+    """Return one dict per value that breaks a CHECK or NOT NULL rule of its table.
+
+    Each names the ``table``, the row (``row_key`` is its one-column primary key,
+    else ``rowid``; ``row`` is that key's value), the ``column``, its ``value`` and
+    the ``rule``. Legacy rows that an upgrade kept as they were show up here;
+    ``integrity_check`` only counts them per table.
+    """
+    try:
+        tables = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+            " AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name").fetchall()
+        return [found for table, sql in tables for found in _table_violations(conn, table, sql)]
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+
+
+def _table_violations(conn: sqlite3.Connection, table: str, sql: str) -> list[dict]:
+    quote = _ddl.quote
+    # Names and CHECK expressions come from the database's own schema, never from the caller.
+    columns = conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
+    # SQLite folds "x IS NULL" to false when x is declared NOT NULL; typeof() looks at the stored value.
+    rules = [(column, "NOT NULL", f"typeof({quote(column)}) = 'null'") for _, column, _, notnull, _, _ in columns
+             if notnull]
+    for part in _ddl.parts(sql):
+        for name, expression in _ddl.checks(part, sql):
+            rules.append((part.column or name, f"CHECK {name}" if name else "CHECK", f"NOT ({expression})"))
+    if not rules:
+        return []
+    names = {column for _, column, *_ in columns}
+    keys = [column for *_, column in sorted((pk, column) for _, column, _, _, _, pk in columns if pk)]
+    without_rowid = _ddl.without_rowid(sql)
+    row_key = keys[0] if len(keys) == 1 else ", ".join(keys) if without_rowid else "rowid"
+    key_sql = quote(keys[0]) if len(keys) == 1 else f"json_array({', '.join(map(quote, keys))})" if without_rowid \
+        else "rowid"
+    # CASE WHEN evaluates a rule as a CHECK does: json_type() on text that is not JSON is never reached.
+    flags = ", ".join(f"CASE WHEN {broken} THEN 1 ELSE 0 END" for _, _, broken in rules)
+    values = ", ".join(quote(column) if column in names else "NULL" for column, _, _ in rules)
+    where = " OR ".join(broken for _, _, broken in rules)
+    found = []
+    for key, *rest in conn.execute(f"SELECT {key_sql}, {flags}, {values} FROM {quote(table)} WHERE {where}"):
+        for (column, rule, _), flag, value in zip(rules, rest, rest[len(rules):]):
+            if flag:
+                found.append({"table": table, "row_key": row_key, "row": key, "column": column,
+                              "value": value, "rule": rule})
+    return found

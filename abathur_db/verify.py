@@ -30,10 +30,10 @@ import sys
 
 import abathur_db
 from abathur_db import schema
-from abathur_db.errors import AbathurDBError, DatabaseFileError
+from abathur_db.errors import AbathurDBError, DatabaseFileError, short_repr
 from abathur_db.maintenance import integrity_check
 from abathur_db.pool import PRAGMAS, Pool, connect
-from abathur_db.validation import check_catalog, validate_foreign_keys
+from abathur_db.validation import check_catalog, rule_violations, validate_foreign_keys
 
 __all__ = ["CORE_INDEXES", "EXPECTED_TABLES", "gather", "main", "render_text"]
 
@@ -184,8 +184,19 @@ def _core_indexes(conn: sqlite3.Connection) -> dict:
 
 def _integrity(conn: sqlite3.Connection) -> dict:
     problems = integrity_check(conn)
-    summary = "ok" if not problems else f"{len(problems)} problem(s)"
-    return {"ok": not problems, "summary": summary, "problems": problems}
+    # integrity_check counts rule breakers per table only, and a read-only
+    # connection (--check-only) skips CHECK constraints: list the rows themselves.
+    rows = [{**row, "value": _plain(row["value"])} for row in rule_violations(conn)]
+    found = ([f"{len(problems)} problem(s)"] if problems else []) + (
+        [f"{len(rows)} value(s) break a CHECK or NOT NULL rule"] if rows else [])
+    return {"ok": not found, "summary": "; ".join(found) or "ok", "problems": problems, "rule_violations": rows}
+
+
+def _plain(value: object) -> object:
+    """Return `value` as JSON can hold it: numbers and short text as they are, the rest shortened."""
+    if value is None or isinstance(value, (int, float)) or (isinstance(value, str) and len(value) <= 200):
+        return value
+    return short_repr(value, 200)
 
 
 def _foreign_keys(conn: sqlite3.Connection) -> dict:
@@ -245,7 +256,13 @@ def _detail_lines(name: str, check: dict) -> list[str]:
     if name == "schema":
         return [f"{row['name']:<40} sha256 {row['sha256'][:12]}  {row['file']}" for row in check["ledger"]]
     if name == "integrity_check":
-        return check["problems"][:_SHOWN_VIOLATIONS]
+        rows = check["rule_violations"]
+        lines = check["problems"][:_SHOWN_VIOLATIONS] + [
+            f"{v['table']} {v['row_key']} {v['row']!r}: {v['column']} = {short_repr(v['value'])} breaks {v['rule']}"
+            for v in rows[:_SHOWN_VIOLATIONS]]
+        hidden = len(rows) - _SHOWN_VIOLATIONS
+        lines += [f"... and {hidden} more (--json lists every one)"] if hidden > 0 else []
+        return lines + (["fix or delete these rows: an upgrade keeps such values as they were"] if rows else [])
     if name == "foreign_key_check":
         lines = [f"{v['table']} rowid {v['rowid']}: {', '.join(v['columns'])} -> no such {v['parent']} row"
                  for v in check["violations"][:_SHOWN_VIOLATIONS]]

@@ -392,7 +392,7 @@ def build_world(conn: sqlite3.Connection) -> None:
     sessions.create(conn, "app", "user", session_id=SESSION)
     tasks.create(conn, "pending", task_id=TASK, priority=0, session_id=SESSION)
     agents.spawn(conn, TASK, "worker", "coder", "model", agent_id=AGENT, session_id=SESSION)
-    conn.execute("INSERT INTO memory_entries (id, namespace, key, value, memory_type) VALUES (1, 'ns', 'k', '1', 't')")
+    conn.execute("INSERT INTO memory_entries (id, namespace, key, value, memory_type) VALUES (1, 'ns', 'k', '1', 'semantic')")
     audit.record(conn, "spawned", task_id=TASK, agent_id=AGENT, memory_entry_id=1, memory_operation_type="create")
     checkpoints.save(conn, TASK, 0, {"step": 0}, session_id=SESSION)
     state.set(conn, TASK, "k", 1)

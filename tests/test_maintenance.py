@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from abathur_db import agents, audit, checkpoints, integrity_check, metrics, sessions, state, transaction
-from abathur_db.errors import ConfigurationError, DatabaseFileError
+import abathur_db
+from abathur_db import agents, audit, checkpoints, integrity_check, maintenance, metrics, sessions, state, transaction
+from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
+from abathur_db.pool import connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
 
 @pytest.fixture
@@ -25,7 +33,7 @@ def filled(conn, make_task):
     state.set(conn, task, "k", [1, 2])
     metrics.record(conn, "m", 1.5, labels={"a": "b"})
     conn.execute(
-        "INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'k', '1', 't')"
+        "INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES ('ns', 'k', '1', 'semantic')"
     )
     return conn
 
@@ -112,13 +120,158 @@ def test_backup_into_a_missing_directory(conn, tmp_path):
     assert str(dest) in str(caught.value)
 
 
-def test_backup_of_a_database_breaking_a_check_is_refused_and_removed(conn, tmp_path):
-    """A copy that fails integrity_check raises DatabaseFileError and leaves no file behind."""
+def _no_partial_copies(folder) -> bool:
+    return not [name for name in os.listdir(folder) if ".partial" in name]
+
+
+def test_backup_of_a_database_whose_only_problems_are_rows_breaking_a_rule(conn, tmp_path):
+    """A source holding rows that break a CHECK backs up fine: the copy has those problems and no other."""
     break_a_check(conn)
+    dest = backup(conn, tmp_path / "copy.db")
+    copy = sqlite3.connect(dest)
+    try:
+        assert integrity_check(copy) == integrity_check(conn) == ["CHECK constraint failed in metrics"]
+        assert copy.execute("SELECT metric_value FROM metrics").fetchall() == [(-1.0,)]
+    finally:
+        copy.close()
+    assert _no_partial_copies(tmp_path)
+
+
+def test_backup_through_a_read_only_connection_of_such_a_database(db_path, conn, tmp_path):
+    """A read-only source connection, which skips CHECK constraints in integrity_check, backs up such a database too."""
+    break_a_check(conn)
+    reader = connect(db_path, readonly=True)
+    try:
+        assert integrity_check(reader) == []  # SQLite does not parse CHECKs of a read-only database
+        dest = backup(reader, tmp_path / "copy.db")
+    finally:
+        reader.close()
+    assert os.path.exists(dest)
+
+
+class _Tampered(sqlite3.Connection):
+    """A copy whose rows change after the backup API wrote them, as a failing disk could change them."""
+
+    tampered = False
+
+    def execute(self, sql, *args):
+        if sql.startswith("PRAGMA integrity_check") and not self.tampered:
+            self.tampered = True
+            super().execute("PRAGMA ignore_check_constraints = ON")
+            super().execute("UPDATE metrics SET metric_value = -5")
+            super().execute("PRAGMA ignore_check_constraints = OFF")
+        return super().execute(sql, *args)
+
+
+def test_copy_with_a_rule_breaker_the_source_lacks_is_refused(filled, tmp_path, monkeypatch):
+    """A copy that breaks a rule where the source does not raises DatabaseFileError; nothing is left."""
+    monkeypatch.setattr(maintenance, "_open_copy", lambda path: sqlite3.connect(path, factory=_Tampered))
     dest = tmp_path / "copy.db"
-    with pytest.raises(DatabaseFileError, match="integrity_check"):
+    with pytest.raises(DatabaseFileError, match=r"metrics id 1: metric_value breaks CHECK metric_value"):
+        backup(filled, dest)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
+
+
+def test_copy_of_a_structurally_broken_database_is_refused(conn, make_task, tmp_path):
+    """An index that disagrees with its table is a structural problem: refused even though the source has it."""
+    for i in range(5):
+        make_task(f"t{i}", priority=i)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'submitted_at)', 'prompt)')"
+                 " WHERE name = 'idx_tasks_submitted_at'")
+    conn.execute("PRAGMA writable_schema = OFF")
+    dest = tmp_path / "copy.db"
+    with pytest.raises(DatabaseFileError, match="idx_tasks_submitted_at"):
+        backup(conn, dest)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
+
+
+def test_full_disk_while_copying_raises_storage_full_and_leaves_nothing(filled, tmp_path, monkeypatch):
+    """A copy that runs out of room raises StorageFullError; neither the copy nor its partial file stays."""
+    def tiny(path):
+        target = sqlite3.connect(path)
+        target.execute("PRAGMA max_page_count = 2").fetchall()
+        return target
+
+    monkeypatch.setattr(maintenance, "_open_copy", tiny)
+    dest = tmp_path / "copy.db"
+    with pytest.raises(StorageFullError, match="full"):
+        backup(filled, dest)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
+
+
+@pytest.mark.parametrize("error, raised", [(errno.ENOSPC, StorageFullError), (errno.EACCES, DatabaseFileError)])
+def test_a_partial_file_that_cannot_be_created(conn, tmp_path, monkeypatch, error, raised):
+    """No room for the partial file raises StorageFullError; another OS refusal DatabaseFileError, naming the copy."""
+    def refuse(**kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(maintenance.tempfile, "mkstemp", refuse)
+    dest = tmp_path / "copy.db"
+    with pytest.raises(raised, match="cannot create the backup"):
         backup(conn, dest)
     assert not dest.exists()
+
+
+def test_destination_that_appears_during_the_copy_is_never_replaced(conn, tmp_path, monkeypatch):
+    """A file created at the destination while the copy runs is kept; the backup raises ConfigurationError."""
+    dest = tmp_path / "copy.db"
+
+    def racing(path):
+        dest.write_bytes(b"someone else's")
+        return sqlite3.connect(path)
+
+    monkeypatch.setattr(maintenance, "_open_copy", racing)
+    with pytest.raises(ConfigurationError, match="exists"):
+        backup(conn, dest)
+    assert dest.read_bytes() == b"someone else's" and _no_partial_copies(tmp_path)
+
+
+def test_a_name_that_cannot_be_given_is_a_database_file_error(conn, tmp_path, monkeypatch):
+    """When the finished copy cannot be linked to its name, DatabaseFileError names it and nothing stays."""
+    def no_links(source, target):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(maintenance.os, "link", no_links)
+    dest = tmp_path / "copy.db"
+    with pytest.raises(DatabaseFileError, match="cannot name the finished backup"):
+        backup(conn, dest)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
+
+
+_KILLED_BACKUP = """
+    import sys, time
+    import abathur_db
+    from abathur_db import maintenance
+
+    real = maintenance._copy_and_check
+
+    def copy_then_stall(*args):
+        real(*args)
+        print("copied", flush=True)
+        time.sleep(60)
+
+    maintenance._copy_and_check = copy_then_stall
+    with abathur_db.open(sys.argv[1]) as pool:
+        abathur_db.backup(pool.connection(), sys.argv[2])
+"""
+
+
+def test_a_backup_killed_before_it_is_named_leaves_nothing_that_looks_like_one(filled, db_path, tmp_path):
+    """SIGKILL after the whole copy is written but before it is named leaves no file at the destination."""
+    dest = tmp_path / "copy.bak"
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_BACKUP), str(db_path), str(dest)],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "copied\n"
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+    assert not dest.exists()
+    (partial,) = [name for name in os.listdir(tmp_path) if name.startswith("copy.bak.")]
+    assert partial.endswith(".partial")
 
 
 @pytest.mark.parametrize("quick", [False, True])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -10,16 +11,19 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import abathur_db
+from abathur_db import pool as pool_module
 from abathur_db import schema
 from abathur_db.errors import SchemaError
 
 SCHEMA_DIR = schema.schema_dir()
 FILES = schema.load_files()
+NEXT = FILES[-1].version + 1  # the version of a file a test adds
 
 
 def _ledger(path) -> list[tuple]:
@@ -101,9 +105,9 @@ def test_pending_file_is_applied_after_a_backup(db_path, schema_copy):
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('kept', 1)")
     conn.close()
-    (schema_copy / "0004_extra.sql").write_text("CREATE TABLE extra (x INTEGER);\n")
+    (schema_copy / f"{NEXT:04d}_extra.sql").write_text("CREATE TABLE extra (x INTEGER);\n")
     with abathur_db.open(db_path, schema_dir=schema_copy) as pool:
-        assert pool.applied == ["0004_extra.sql"]
+        assert pool.applied == [f"{NEXT:04d}_extra.sql"]
         backup = Path(pool.backup_path)
     assert backup.parent == db_path.parent
     assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
@@ -112,16 +116,16 @@ def test_pending_file_is_applied_after_a_backup(db_path, schema_copy):
     assert copy.execute("SELECT metric_name FROM metrics").fetchall() == [("kept",)]
     assert copy.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
     copy.close()
-    assert _user_version(db_path) == 4
+    assert _user_version(db_path) == NEXT
 
 
 def test_failing_file_leaves_no_trace(db_path, schema_copy):
     """A file that fails half way is rolled back whole: no table, no ledger row, same version."""
     abathur_db.open(db_path, schema_dir=schema_copy).close()
-    (schema_copy / "0004_broken.sql").write_text(
+    (schema_copy / f"{NEXT:04d}_broken.sql").write_text(
         "CREATE TABLE half (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
     )
-    with pytest.raises(SchemaError, match="0004_broken.sql failed at 'INSERT INTO no_such_table"):
+    with pytest.raises(SchemaError, match=f"{NEXT:04d}_broken.sql failed at 'INSERT INTO no_such_table"):
         abathur_db.open(db_path, schema_dir=schema_copy)
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
@@ -263,3 +267,127 @@ def test_the_same_values_through_the_package_raise_its_validation_error(conn, ca
     with pytest.raises(abathur_db.ValidationError, match=message):
         call(conn)
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_a_new_database_with_every_pending_file_in_one_transaction(db_path, monkeypatch):
+    """Creating a database sends one BEGIN IMMEDIATE ... COMMIT for all files and their ledger rows."""
+    sent: list[str] = []
+    connect = pool_module.connect
+
+    def traced(path, **kwargs):
+        conn = connect(path, **kwargs)
+        conn.set_trace_callback(sent.append)
+        return conn
+
+    monkeypatch.setattr(pool_module, "connect", traced)
+    abathur_db.open(db_path).close()
+    control = [s for s in sent if s.split()[0] in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")]
+    assert control == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert sum(s.startswith("INSERT INTO schema_migrations") for s in sent) == len(FILES)
+
+
+def test_a_failure_in_a_later_file_undoes_the_earlier_ones(db_path, schema_copy):
+    """When the last pending file fails, the files before it in the same upgrade are not applied either."""
+    (schema_copy / f"{NEXT:04d}_broken.sql").write_text("INSERT INTO no_such_table VALUES (1);\n")
+    with pytest.raises(SchemaError, match="no such table"):
+        abathur_db.open(db_path, schema_dir=schema_copy)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    conn.close()
+
+
+def _hold_write_lock(path, held: threading.Event, release: threading.Event, sql: str = "") -> None:
+    """Hold the write lock on `path` until `release` is set, then run `sql` and commit."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    held.set()
+    release.wait(timeout=60)
+    for statement in schema.statements(sql):
+        holder.execute(statement)
+    holder.execute("COMMIT")
+    holder.close()
+
+
+class _SetWhenWaiting(logging.Handler):
+    """Set an event once the package logs that it waits for another connection."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if f"another connection is writing (upgrading the schema?); waiting up to {schema.UPGRADE_WAIT_SECONDS} s" \
+                in record.getMessage():
+            self.event.set()
+
+
+def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None):
+    """Open `db_path` while a raw connection holds the write lock; it runs `sql` and commits once the opener waits."""
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db_path, held, release, sql))
+    handler = _SetWhenWaiting(release)
+    logger = logging.getLogger("abathur_db")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    holder.start()
+    try:
+        assert held.wait(timeout=60)
+        with abathur_db.open(db_path, schema_dir=schema_dir) as pool:
+            assert release.is_set()  # the opener said it waited; only then did the writer commit
+            return pool.applied
+    finally:
+        release.set()
+        holder.join(timeout=60)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def one_file_behind(db_path, tmp_path):
+    """Return a schema folder holding one file more than the database at `db_path` has applied."""
+    abathur_db.open(db_path).close()
+    folder = tmp_path / "newer-schema"
+    shutil.copytree(SCHEMA_DIR, folder)
+    (folder / f"{NEXT:04d}_extra.sql").write_text("CREATE TABLE extra (x INTEGER);\n")
+    return folder
+
+
+def test_an_opener_that_finds_the_file_locked_waits_then_applies(db_path, one_file_behind):
+    """An opener with a file to apply waits for the writer (logging that it does), then applies the file."""
+    assert _open_while_another_connection_writes(db_path, "", one_file_behind) == [f"{NEXT:04d}_extra.sql"]
+    assert _user_version(db_path) == NEXT
+
+
+def test_an_opener_works_out_pending_files_again_once_it_has_waited(db_path, one_file_behind):
+    """When the writer it waited for applied the pending file, the opener applies nothing itself."""
+    file = schema.load_files(one_file_behind)[-1]
+    applied_by_the_writer = (
+        f"{file.sql}\nINSERT INTO schema_migrations VALUES ({NEXT}, '{file.name}', '{file.sha256}', 'x');\n"
+        f"PRAGMA user_version = {NEXT};")
+    assert _open_while_another_connection_writes(db_path, applied_by_the_writer, one_file_behind) == []
+    assert [v for v, _, _ in _ledger(db_path)] == list(range(1, NEXT + 1))
+
+
+def test_an_opener_refuses_what_the_writer_it_waited_for_left(db_path, one_file_behind):
+    """When the writer it waited for made the database newer than the code, the opener refuses it."""
+    with pytest.raises(SchemaError, match="version 99 is newer"):
+        _open_while_another_connection_writes(db_path, "PRAGMA user_version = 99;", one_file_behind)
+
+
+def test_an_opener_gives_up_after_the_upgrade_wait(db_path, monkeypatch):
+    """An opener still locked out after UPGRADE_WAIT_SECONDS raises BusyError saying how long it waited."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    monkeypatch.setattr(schema, "UPGRADE_WAIT_SECONDS", 0.2)
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db_path, held, release))
+    holder.start()
+    try:
+        assert held.wait(timeout=60)
+        with pytest.raises(abathur_db.BusyError, match="for over 0.2 s while this one waited"):
+            abathur_db.open(db_path)
+    finally:
+        release.set()
+        holder.join(timeout=60)

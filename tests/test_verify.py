@@ -16,10 +16,14 @@ import abathur_db
 from abathur_db import verify
 from abathur_db.catalog import CATALOG
 from abathur_db.pool import PRAGMAS
-from test_legacy_upgrade import TABLE_ROWS, _build_legacy
+from abathur_db.errors import DatabaseFileError
+from abathur_db.schema import load_files
+from abathur_db.validation import rule_violations
+from legacy import NON_JSON, OUT_OF_ENUM, TABLE_ROWS, build_legacy
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKS = ["schema", "pragmas", "tables", "core_indexes", "integrity_check", "foreign_key_check", "query_plans"]
+FILE_NAMES = [file.name for file in load_files()]
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -68,14 +72,13 @@ def test_fresh_database_passes_every_check(db_path, capsys):
     assert code == 0, out
     assert err == ""
     assert db_path.exists()
-    assert ("upgrade: applied 0001_schema_ledger.sql, 0002_legacy_tables.sql, "
-            "0003_sessions_and_core_indexes.sql; no backup (the database was new)") in out
+    assert f"upgrade: applied {', '.join(FILE_NAMES)}; no backup (the database was new)" in out
     for name in CHECKS:
         assert _check_line(out, name).split()[1] == "PASS", name
     assert "core_indexes       PASS    15 of 15 present" in out
     assert f"query_plans        PASS    {len(CATALOG)} of {len(CATALOG)} use their index" in out
     assert f"abathur_db {abathur_db.__version__}, SQLite {sqlite3.sqlite_version}" in out
-    assert out.count(" match\n") == 3
+    assert out.count(" match\n") == len(FILE_NAMES)
     assert out.rstrip().endswith("result: PASS, every check passed")
 
 
@@ -221,8 +224,8 @@ def test_edited_schema_file_is_a_one_line_error_without_check_only(db_path, caps
 
 @pytest.mark.parametrize("sql, shown", [
     ("UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2", "0002_legacy_tables.sql"),
-    ("INSERT INTO schema_migrations VALUES (4, '0004_from_the_future.sql', 'def', '2030-01-01T00:00:00.000Z')",
-     "0004_from_the_future.sql"),
+    ("INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 'def', '2030-01-01T00:00:00.000Z')",
+     "0099_from_the_future.sql"),
 ])
 def test_check_only_reports_ledger_rows_against_the_files(db_path, capsys, sql, shown):
     """--check-only shows each ledger row as match, changed or missing file, and fails on a mismatch."""
@@ -258,7 +261,7 @@ def test_check_only_leaves_the_file_byte_identical(db_path, capsys):
 def test_check_only_reports_a_legacy_database_without_upgrading_it(tmp_path, capsys):
     """A database that needs an upgrade fails --check-only, and is left as it was, with no backup."""
     path = tmp_path / "legacy.db"
-    _build_legacy(path)
+    build_legacy(path)
     before = _fingerprint(path)
     code, out, _ = _run(capsys, path, "--check-only")
     assert code == 1
@@ -275,7 +278,7 @@ def test_check_only_reports_a_legacy_database_without_upgrading_it(tmp_path, cap
 def test_upgraded_legacy_database_without_orphans_passes(tmp_path, capsys):
     """A legacy database without orphans is upgraded (backup written, said so) and passes every check."""
     path = tmp_path / "legacy.db"
-    _build_legacy(path)
+    build_legacy(path)
     conn = _raw(path)
     conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
     conn.close()
@@ -291,7 +294,7 @@ def test_upgraded_legacy_database_without_orphans_passes(tmp_path, capsys):
 def test_upgraded_legacy_database_with_an_orphan_fails_and_lists_it(tmp_path, capsys):
     """The legacy orphan agent survives the upgrade and verify lists it (exit 1)."""
     path = tmp_path / "legacy.db"
-    _build_legacy(path)
+    build_legacy(path)
     code, out, _ = _run(capsys, path)
     assert code == 1
     assert "    agents rowid 2: task_id -> no such tasks row" in out
@@ -301,15 +304,75 @@ def test_upgraded_legacy_database_with_an_orphan_fails_and_lists_it(tmp_path, ca
 def test_legacy_value_breaking_a_check_fails_integrity_check(tmp_path, capsys):
     """A legacy row kept despite a CHECK it breaks is reported by integrity_check (exit 1)."""
     path = tmp_path / "legacy.db"
-    _build_legacy(path)
+    build_legacy(path)
     conn = _raw(path)
     conn.execute("UPDATE metrics SET timestamp = 'yesterday-ish' WHERE id = 2")
     conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
     conn.close()
     code, out, _ = _run(capsys, path)
     assert code == 1
-    assert "integrity_check    FAIL    1 problem(s)" in out
+    assert "integrity_check    FAIL    1 problem(s); 1 value(s) break a CHECK or NOT NULL rule" in out
     assert "    CHECK constraint failed in metrics" in out
+    assert "    metrics id 2: timestamp = 'yesterday-ish' breaks CHECK timestamp" in out
+
+
+def _legacy_with_rule_breakers(tmp_path) -> Path:
+    """Return an upgraded legacy database whose only problems are kept legacy values that break a rule."""
+    path = tmp_path / "legacy.db"
+    build_legacy(path, "non_json", "out_of_enum")
+    conn = _raw(path)
+    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
+    conn.close()
+    _create(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", [[], ["--check-only"]])
+def test_kept_legacy_values_are_listed_by_row_column_and_value(tmp_path, capsys, mode):
+    """Every kept legacy value that breaks a rule is listed with table, row, column and value, read-only too."""
+    path = _legacy_with_rule_breakers(tmp_path)
+    code, out, _ = _run(capsys, path, *mode)
+    assert code == 1
+    expected = {**NON_JSON, **OUT_OF_ENUM}
+    assert f"{len(expected)} value(s) break a CHECK or NOT NULL rule" in _check_line(out, "integrity_check")
+    assert "    tasks id 't-json': input_data = '{not json' breaks CHECK input_data" in out
+    assert "    checkpoints rowid 3: state = '{{' breaks CHECK state" in out
+    assert "    agents id 'a-dirty': state = '--dirty' breaks CHECK state" in out
+    assert "    fix or delete these rows: an upgrade keeps such values as they were" in out
+    assert out.rstrip().endswith("result: FAIL: integrity_check")
+    code, out, _ = _run(capsys, path, "--json", *mode)
+    rows = json.loads(out)["checks"]["integrity_check"]["rule_violations"]
+    assert {(r["table"], r["row_key"], r["row"], r["column"]): r["value"] for r in rows} == expected
+    assert {r["rule"] for r in rows} >= {"CHECK input_data", "CHECK status", "CHECK state"}
+
+
+def test_many_rule_breakers_are_cut_short_in_text_but_not_in_json(db_path, capsys):
+    """The text lists the first 20 rule breakers and counts the rest; --json lists every one."""
+    _create(db_path)
+    conn = _raw(db_path)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    conn.executemany("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', ?)", [(-i,) for i in range(1, 26)])
+    conn.close()
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert out.count("breaks CHECK metric_value") == 20
+    assert "    ... and 5 more (--json lists every one)" in out
+    code, out, _ = _run(capsys, db_path, "--json")
+    assert len(json.loads(out)["checks"]["integrity_check"]["rule_violations"]) == 25
+
+
+def test_long_and_binary_values_are_shortened_in_json(db_path, capsys):
+    """A kept value too long, or not text, is shown shortened in --json rather than whole."""
+    _create(db_path)
+    conn = _raw(db_path)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    conn.execute("INSERT INTO tasks (id, prompt, input_data) VALUES ('long', 'p', ?)", ("x" * 1000,))
+    conn.execute("INSERT INTO tasks (id, prompt, input_data) VALUES ('blob', 'p', ?)", (b"\x00\x01",))
+    conn.close()
+    code, out, _ = _run(capsys, db_path, "--json")
+    rows = {r["row"]: r["value"] for r in json.loads(out)["checks"]["integrity_check"]["rule_violations"]}
+    assert rows["long"].startswith("'xxx") and rows["long"].endswith("(1002 characters)")
+    assert rows["blob"] == "b'\\x00\\x01'"
 
 
 def test_extra_tables_are_shown_but_do_not_fail(db_path, capsys):
@@ -331,14 +394,13 @@ def test_json_report_is_one_document_checked_key_by_key(db_path, capsys):
     assert set(report) == {"path", "ok", "check_only", "versions", "upgrade", "checks", "wal_bytes"}
     assert report["path"] == str(db_path) and report["ok"] is True and report["check_only"] is False
     assert report["versions"] == {"sqlite": sqlite3.sqlite_version, "abathur_db": abathur_db.__version__}
-    assert report["upgrade"] == {"applied": ["0001_schema_ledger.sql", "0002_legacy_tables.sql",
-                                             "0003_sessions_and_core_indexes.sql"], "backup_path": None}
+    assert report["upgrade"] == {"applied": FILE_NAMES, "backup_path": None}
     checks = report["checks"]
     assert list(checks) == CHECKS
     assert all(check["ok"] is True and isinstance(check["summary"], str) for check in checks.values())
     schema = checks["schema"]
-    assert schema["user_version"] == schema["latest_version"] == 3 and schema["pending"] == []
-    assert [row["file"] for row in schema["ledger"]] == ["match"] * 3
+    assert schema["user_version"] == schema["latest_version"] == len(FILE_NAMES) and schema["pending"] == []
+    assert [row["file"] for row in schema["ledger"]] == ["match"] * len(FILE_NAMES)
     assert all(len(row["sha256"]) == 64 for row in schema["ledger"])
     assert checks["pragmas"]["found"] == dict(PRAGMAS) == checks["pragmas"]["expected"]
     assert checks["pragmas"]["wrong"] == []
@@ -346,7 +408,7 @@ def test_json_report_is_one_document_checked_key_by_key(db_path, capsys):
     assert tables["missing"] == [] and tables["extra"] == []
     assert sorted(tables["expected"]) == tables["found"]
     assert checks["core_indexes"]["missing"] == []
-    assert checks["integrity_check"]["problems"] == []
+    assert checks["integrity_check"]["problems"] == [] and checks["integrity_check"]["rule_violations"] == []
     assert checks["foreign_key_check"]["violations"] == []
     plans = checks["query_plans"]
     assert plans["failed"] == []
@@ -413,3 +475,48 @@ def test_command_line_runs_as_the_readme_shows(db_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "result: PASS, every check passed" in done.stdout
     assert done.stderr == ""
+
+
+# rule_violations(): the rows behind the report's lines.
+
+
+def test_rule_violations_names_each_rows_key_and_each_rule(tmp_path):
+    """Composite keys of WITHOUT ROWID tables, table CHECKs (named or not) and NOT NULL are all reported."""
+    path = tmp_path / "rules.db"
+    conn = _raw(path)
+    conn.executescript("""
+        CREATE TABLE pairs (a TEXT, b TEXT, n INTEGER CHECK (n > 0), PRIMARY KEY (a, b)) WITHOUT ROWID;
+        CREATE TABLE spans (lo INTEGER, hi INTEGER, CONSTRAINT ordered CHECK (lo <= hi), CHECK (hi < 100));
+        CREATE TABLE names (label TEXT NOT NULL);
+        PRAGMA ignore_check_constraints = ON;
+        INSERT INTO pairs VALUES ('x', 'y', 0), ('x', 'z', 1);
+        INSERT INTO spans VALUES (5, 1), (1, 500);
+        INSERT INTO names VALUES ('kept');
+        PRAGMA writable_schema = ON;
+        UPDATE sqlite_master SET sql = 'CREATE TABLE names (label TEXT NOT NULL, extra TEXT NOT NULL)'
+        WHERE name = 'names';
+    """)
+    conn.close()
+    conn = _raw(path)
+    try:
+        assert rule_violations(conn) == [
+            {"table": "names", "row_key": "rowid", "row": 1, "column": "extra", "value": None, "rule": "NOT NULL"},
+            {"table": "pairs", "row_key": "a, b", "row": '["x","y"]', "column": "n", "value": 0, "rule": "CHECK"},
+            {"table": "spans", "row_key": "rowid", "row": 1, "column": "ordered", "value": None,
+             "rule": "CHECK ordered"},
+            {"table": "spans", "row_key": "rowid", "row": 2, "column": None, "value": None, "rule": "CHECK"},
+        ]
+    finally:
+        conn.close()
+
+
+def test_rule_violations_of_a_file_that_is_not_a_database(tmp_path):
+    """A file that is not SQLite raises the package's DatabaseFileError, not a bare sqlite3 error."""
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"not a database " * 100)
+    conn = _raw(path)
+    try:
+        with pytest.raises(DatabaseFileError, match="not a database"):
+            rule_violations(conn)
+    finally:
+        conn.close()
