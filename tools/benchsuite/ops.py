@@ -267,9 +267,9 @@ def _write_ops(data: Dataset) -> list[Op]:
 TASK_INSERT_RETURNING = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
 
 
-def raw_task_params(p: tuple) -> dict:
+def raw_task_params(p: tuple, now: str | None = None) -> dict:
     """Return the INSERT parameters of one sampled task (prompt, priority, input, session), as raw code would."""
-    now = _values.now()
+    now = now or _values.now()
     # The raw side makes ids and timestamps with the package's helpers, so the
     # ratio isolates the package's own layers (checks, parameter dicts, transactions).
     return {"id": _values.new_id(), "prompt": p[0], "agent_type": "general", "priority": p[1],
@@ -285,7 +285,8 @@ def create_many(conn: sqlite3.Connection, batch: list[tuple]) -> None:
 
 
 def raw_executemany(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    """Insert the same sampled tasks with one raw executemany, in one transaction."""
+    """Insert the same sampled tasks with one raw executemany, in one transaction, one timestamp for all."""
+    now = _values.now()  # as create_many: one clock reading per call, not one per row
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(tasks.INSERT_SQL, (raw_task_params(p) for p in batch))  # no RETURNING: no rows to read
+    conn.executemany(tasks.INSERT_SQL, (raw_task_params(p, now) for p in batch))  # no RETURNING: no rows to read
     conn.execute("COMMIT")
