@@ -172,9 +172,12 @@ def _threads(queue, count: int, barrier) -> list[dict]:
     results: list[dict] = [{} for _ in range(count)]
 
     def worker(k: int) -> None:
-        conn = queue.connection()
-        barrier.wait(TIMEOUT)
-        results[k] = _work(queue, conn)
+        try:
+            conn = queue.connection()
+            barrier.wait(TIMEOUT)
+            results[k] = _work(queue, conn)
+        except BaseException as exc:  # counted in the figures rather than lost in a thread's traceback
+            results[k] = _failed(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(count)]
     for thread in threads:
@@ -192,8 +195,13 @@ def _child(side: str, path: str, tuning: Tuning, count: int, barrier, out) -> No
         out.put(_threads(queue, count, barrier))
         queue.close()
     except BaseException as exc:  # reported to the parent rather than lost in a child's stderr
-        out.put([{"ids": [], "times": [], "locked": 0, "errors": [repr(exc)], "ended": CLOCK()}])
+        out.put([_failed(exc)])
         raise
+
+
+def _failed(exc: BaseException) -> dict:
+    """Return the results of a worker that failed before or outside its loop."""
+    return {"ids": [], "times": [], "locked": 0, "errors": [repr(exc)], "ended": CLOCK()}
 
 
 def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str) -> dict:
