@@ -10,7 +10,8 @@ workload (``workloads/``, one module per family) and saves every figure as JSON;
 the second renders the Markdown report from that JSON alone.
 
 Modules: ``dataset`` and ``seeding`` (the data), ``raw`` (the raw sqlite3 side),
-``ops`` (each operation, package and raw), ``timing`` (clocks and statistics),
+``ops`` (each operation, package and raw), ``queues`` (the three queues the queue
+workloads compare), ``timing`` (clocks, statistics, latency histograms pooled over runs),
 ``checks`` (plans, integrity, sizes), ``verdicts`` (the SPEC §6 bars),
 ``environment`` (machine, commit, coverage), ``render`` and ``markdown`` (the report).
 """

@@ -34,19 +34,25 @@ class Scale:
     claims: int  # per side, claim_next from one thread
     claims_per_worker: int  # each of 10 threads, then each of 4 processes
     mixed_ops: int  # per thread and round of the 90/10 mix (2 rounds per side)
+    queue_items: tuple[int, ...]  # N of the queue workloads, each on fresh files
+    typed_backlog: int  # claimable tasks of other types ahead of claim_next(agent_type=…)
+    typed_claims: int  # per side
 
 
 SCALES = {
     "tiny": Scale("tiny", 20, 2_000, 2_000, 10_000, 1_000, 100,
                   samples=40, bulk_rows=100, bulk_batches=3, write_rows=50, write_rounds=3,
-                  claims=40, claims_per_worker=10, mixed_ops=40),
+                  claims=40, claims_per_worker=10, mixed_ops=40,
+                  queue_items=(240,), typed_backlog=2_000, typed_claims=40),
     "small": Scale("small", 100, 20_000, 20_000, 100_000, 10_000, 1_000,
                    samples=1_000, bulk_rows=1_000, bulk_batches=6, write_rows=200, write_rounds=10,
-                   claims=1_000, claims_per_worker=100, mixed_ops=500),
+                   claims=1_000, claims_per_worker=100, mixed_ops=500,
+                   queue_items=(5_000,), typed_backlog=100_000, typed_claims=100),
     # SPEC §6 sizes: 200,000 tasks, 200,000 agents, 1,000,000 audit rows, 1,000 sessions.
     "large": Scale("large", 1_000, 200_000, 200_000, 1_000_000, 100_000, 10_000,
                    samples=2_000, bulk_rows=1_000, bulk_batches=10, write_rows=200, write_rounds=20,
-                   claims=2_000, claims_per_worker=200, mixed_ops=1_500),
+                   claims=2_000, claims_per_worker=200, mixed_ops=1_500,
+                   queue_items=(5_000, 50_000), typed_backlog=100_000, typed_claims=200),
 }
 
 WORDS = (

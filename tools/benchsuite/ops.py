@@ -7,7 +7,7 @@ import json
 import random
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import abathur_db
 from abathur_db import _values, agents, audit, catalog, checkpoints, metrics, sessions, state, tasks
@@ -26,6 +26,48 @@ class Op:
     sample: Callable[[random.Random], Any]  # draws one realistic parameter from the data set
     package: Callable[[sqlite3.Connection, Any], Any]
     raw: Callable[[sqlite3.Connection, Any], Any]
+    prepare: StaleTasks | None = None  # untimed, before each timed call of either side
+
+
+class StaleTasks:
+    """Before each timed requeue, turn a few pending tasks into stale running ones; put the last ones back.
+
+    A requeue timed on a queue with nothing stale would time a search that finds
+    nothing. Each call restores exactly the rows the previous requeue changed.
+    """
+
+    RESTORE = ("UPDATE tasks SET status = 'pending', retry_count = :retry_count, started_at = :started_at,"
+               " completed_at = :completed_at, error_message = :error_message,"
+               " last_updated_at = :last_updated_at WHERE id = :id")
+
+    def __init__(self, data: Dataset, count: int) -> None:
+        self.count, self.long_ago = count, ts(data.start_ms)
+        self.ids: Iterator[str] | None = None
+        self.saved: list[dict] = []
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        """Restore the previous call's tasks, then make `count` other pending tasks stale running ones."""
+        with abathur_db.transaction(conn):
+            self.restore(conn)
+            if self.ids is None:  # pending claimable tasks, read once: a cycle of 50 calls' worth
+                self.ids = itertools.cycle([i for (i,) in conn.execute(
+                    "SELECT id FROM tasks INDEXED BY idx_tasks_claimable WHERE status = 'pending'"
+                    " AND unmet_dependencies = 0 ORDER BY priority DESC, submitted_at LIMIT ?",
+                    (50 * self.count,))])
+            chosen = {"id" + str(k): next(self.ids) for k in range(self.count)}
+            where = " WHERE id IN (" + ", ".join(":" + k for k in chosen) + ")"
+            self.saved = [dict(zip(("id", "retry_count", "started_at", "completed_at", "error_message",
+                                    "last_updated_at"), row)) for row in conn.execute(
+                "SELECT id, retry_count, started_at, completed_at, error_message, last_updated_at FROM tasks"
+                + where, chosen)]
+            conn.execute("UPDATE tasks SET status = 'running', started_at = :t, last_updated_at = :t" + where,
+                         {**chosen, "t": self.long_ago})
+
+    def restore(self, conn: sqlite3.Connection) -> None:
+        """Put back the tasks the last requeue changed, as they were before they were made stale."""
+        with abathur_db.transaction(conn):
+            conn.executemany(self.RESTORE, self.saved)
+            self.saved = []
 
 
 @dataclass
@@ -44,6 +86,7 @@ class Bench:
     seed: int
 
 
+STALE_PER_REQUEUE = 5  # tasks each timed requeue_stale finds stale and requeues
 CHECKPOINT_ITERATIONS = itertools.count(1_000_000)  # iterations no seeded checkpoint uses
 _STATE_KEYS = itertools.count()
 
@@ -55,7 +98,7 @@ def build_ops(data: Dataset, limit: int = 100) -> dict[str, Op]:
     otherwise); time ranges are drawn to hold about that many rows.
     """
     sql = {entry.id: entry.sql for entry in catalog.CATALOG}
-    now = ts(data.now_ms)  # requeue_stale "now": nothing seeded is stale after the first call
+    now = ts(data.now_ms)  # requeue_stale "now": what T7's StaleTasks makes stale, and the seeded stale tasks
     ops: list[Op] = []
 
     def read(cid, title, sample, package, sql_params, columns, json_columns, one=False):
@@ -94,9 +137,10 @@ def build_ops(data: Dataset, limit: int = 100) -> dict[str, Op]:
     read("T6", "children of a parent task", lambda r: r.choice(data.parent_ids),
          lambda c, p: tasks.list(c, parent_task_id=p, limit=limit),
          lambda p: {"parent_task_id": p, "limit": limit}, tc, tj)
-    ops.append(Op("T7", "stale running tasks (requeue_stale)", "write", lambda r: None,
-                  lambda c, p: tasks.requeue_stale(c, now=now),
-                  lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T7"], {"now": now})]))
+    ops.append(Op("T7", f"requeue of {STALE_PER_REQUEUE} stale running tasks (requeue_stale)", "write",
+                  lambda r: None, lambda c, p: tasks.requeue_stale(c, now=now),
+                  lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T7"], {"now": now})],
+                  StaleTasks(data, STALE_PER_REQUEUE)))
 
     def raw_t8(conn, p):
         row = conn.execute(sql["T8"], {"id": p}).fetchone()
@@ -223,9 +267,9 @@ def _write_ops(data: Dataset) -> list[Op]:
 TASK_INSERT_RETURNING = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
 
 
-def raw_task_params(p: tuple) -> dict:
+def raw_task_params(p: tuple, now: str | None = None) -> dict:
     """Return the INSERT parameters of one sampled task (prompt, priority, input, session), as raw code would."""
-    now = _values.now()
+    now = now or _values.now()
     # The raw side makes ids and timestamps with the package's helpers, so the
     # ratio isolates the package's own layers (checks, parameter dicts, transactions).
     return {"id": _values.new_id(), "prompt": p[0], "agent_type": "general", "priority": p[1],
@@ -241,7 +285,8 @@ def create_many(conn: sqlite3.Connection, batch: list[tuple]) -> None:
 
 
 def raw_executemany(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    """Insert the same sampled tasks with one raw executemany, in one transaction."""
+    """Insert the same sampled tasks with one raw executemany, in one transaction, one timestamp for all."""
+    now = _values.now()  # as create_many: one clock reading per call, not one per row
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(tasks.INSERT_SQL, (raw_task_params(p) for p in batch))  # no RETURNING: no rows to read
+    conn.executemany(tasks.INSERT_SQL, (raw_task_params(p, now) for p in batch))  # no RETURNING: no rows to read
     conn.execute("COMMIT")

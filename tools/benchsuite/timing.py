@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import gc
+import math
 import statistics
 import sys
 import time
@@ -42,6 +44,44 @@ def stats(samples_ns: list[int]) -> dict[str, Any]:
     }
 
 
+# Latency histograms: bucket k holds durations within 1 % of BUCKET_BASE ** k ns. Runs pool by
+# adding their histograms, so a p99 over several runs is the p99 of all their samples (to 1 %),
+# never a median of each run's p99.
+BUCKET_BASE = 1.01
+_LOG_BASE = math.log(BUCKET_BASE)
+
+
+def latency(samples_ns: list[int]) -> dict[str, Any]:
+    """Return stats() of per-task durations plus their histogram, which combine_runs pools over runs."""
+    buckets = collections.Counter(round(math.log(max(ns, 1)) / _LOG_BASE) for ns in samples_ns)
+    return {**stats(samples_ns), "histogram": {str(k): n for k, n in sorted(buckets.items())}}
+
+
+def _pooled(runs: list[dict]) -> dict[str, Any]:
+    """Return one latency() dict for several runs' latency() dicts: percentiles of every sample pooled."""
+    total: collections.Counter = collections.Counter()
+    for run in runs:
+        total.update({int(k): n for k, n in run["histogram"].items()})
+    n = sum(total.values())
+    if not n:
+        return runs[0]
+    ordered = sorted(total.items())
+
+    def percentile(fraction: float) -> float:
+        rank, seen = fraction * (n - 1), 0
+        for bucket, count in ordered:
+            seen += count
+            if seen > rank:
+                return round(BUCKET_BASE ** bucket / 1000, 2)
+        return round(BUCKET_BASE ** ordered[-1][0] / 1000, 2)
+
+    pooled = combine_runs([{k: v for k, v in run.items() if k != "histogram"} for run in runs])
+    pooled.update(n=n, median_us=percentile(0.5), p95_us=percentile(0.95), p99_us=percentile(0.99),
+                  min_us=min(run["min_us"] for run in runs), max_us=max(run["max_us"] for run in runs),
+                  pooled_runs=len(runs), histogram={str(k): c for k, c in ordered})
+    return pooled
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """Return numerator / denominator rounded to 3 places, or None when either is missing."""
     if numerator is None or not denominator:
@@ -64,18 +104,22 @@ def compare(package_ns: list[int], raw_ns: list[int]) -> dict[str, Any]:
     }
 
 
-def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: list, warmup: int = 0
-           ) -> tuple[list[int], list[int]]:
+def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: list, warmup: int = 0,
+           prepare: Callable[[], Any] | None = None) -> tuple[list[int], list[int]]:
     """Time package(p) and raw(p) for every p, alternating which runs first; return both lists of ns.
 
     Running the pair back to back with the same parameter, first one side then the
     other, spreads cache warmth and machine noise evenly over both. Callers run both
     sides on one connection: in WAL mode a write through one connection empties the
     page cache of every other, which cost the side reading next ~70-100 µs per call
-    at small scale when each side had its own connection.
+    at small scale when each side had its own connection. `prepare`, when given, runs
+    untimed before every call of either side.
     """
+    prepare = prepare or (lambda: None)
     for p in params[:warmup]:
+        prepare()
         package(p)
+        prepare()
         raw(p)
     package_ns, raw_ns = [], []
     # As timeit does: a collection in the middle of one call would land on one side only.
@@ -83,13 +127,16 @@ def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: lis
     gc.disable()
     for i, p in enumerate(params[warmup:]):
         first, second = (raw, package) if i % 2 else (package, raw)
+        prepare()
         t0 = CLOCK()
         first(p)
         t1 = CLOCK()
-        second(p)
+        prepare()
         t2 = CLOCK()
+        second(p)
+        t3 = CLOCK()
         (raw_ns if i % 2 else package_ns).append(t1 - t0)
-        (package_ns if i % 2 else raw_ns).append(t2 - t1)
+        (package_ns if i % 2 else raw_ns).append(t3 - t2)
     if collecting:
         gc.enable()
     return package_ns, raw_ns
@@ -123,8 +170,14 @@ _SUMMED = {"duplicates", "lock_errors", "other_errors", "errors"}
 
 
 def combine_runs(runs: list) -> Any:
-    """Return the figures of several runs as one: the median of each number, the sum of error counts."""
+    """Return the figures of several runs as one: the median of each number, the sum of error counts.
+
+    Latency dicts (those with a histogram, see latency()) pool their samples instead: their
+    percentiles are those of every sample of every run.
+    """
     first = runs[0]
+    if isinstance(first, dict) and "histogram" in first and len(runs) > 1:
+        return _pooled(runs)
     if isinstance(first, dict):
         return {key: (sum(run[key] for run in runs) if key in _SUMMED else combine_runs([run[key] for run in runs]))
                 for key in first}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .markdown import per_s
+from .workloads import BARS
 
 
 def evaluate(figures: dict) -> list[dict]:
@@ -26,7 +27,7 @@ def evaluate(figures: dict) -> list[dict]:
     def bar(key, what, target, value, met, detail=""):
         return {"id": key, "what": what, "target": target, "value": value, "met": bool(met), "detail": detail}
 
-    return [
+    return [*[
         bar("catalog_p99", "each §5 query, one thread", "p99 < 1 ms",
             f"worst {worst_p99} p99 {p99[worst_p99] / 1000:.3f} ms" if worst_p99 else "n/a",
             not slow and worst_p99, "over 1 ms: " + ", ".join(slow) if slow else "all under 1 ms"),
@@ -71,7 +72,7 @@ def evaluate(figures: dict) -> list[dict]:
         bar("seed_query_p99_10_connections", f"seed: every §5 query with {mx['threads']} simultaneous connections",
             "p99 < 50 ms", f"worst {worst_mixed} {per_op_p99[worst_mixed] / 1000:.1f} ms" if worst_mixed else "n/a",
             worst_mixed and per_op_p99[worst_mixed] < 50_000),
-    ]
+    ], *(judged for judge in BARS for judged in judge(figures))]
 
 
 def _write_ratios(figures: dict) -> dict[str, float]:

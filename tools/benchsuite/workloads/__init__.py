@@ -2,12 +2,13 @@
 
 To add a workload: write a module here with ``measure(bench) -> dict`` (its figures, ready for
 JSON) and ``report(figures, md)`` (its report section, rendered from the figures alone), then
-add a line to MEASURED and to SECTIONS.
+add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar: ``bars(figures)
+-> list[dict]``).
 """
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, write_cost
+from . import catalog, claims, inserts, mixed, queue, typed_claim, write_cost
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -16,9 +17,14 @@ MEASURED = (
     ("bulk_insert", "bulk inserts", inserts.measure_bulk),
     ("claim", "claim_next", claims.measure),
     ("mixed", f"{claims.THREADS} threads, 90 % reads / 10 % writes", mixed.measure),
+    ("queue", "queue workloads against the minimal raw queue", queue.measure),
+    ("typed_claim", "claim_next(agent_type=…) behind a backlog of other types", typed_claim.measure),
     ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
     ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report)
+            claims.report, mixed.report, queue.report, typed_claim.report)
+
+# Bars judged by the workloads' own modules, after those of verdicts.evaluate.
+BARS = (queue.bars, typed_claim.bars)

@@ -25,14 +25,25 @@ def measure(bench: Bench) -> dict:
             results[entry.id] = {"title": entry.title, "kind": None, "measured": False}
             continue
         params = [op.sample(bench.rng) for _ in range(bench.scale.samples + WARMUP)]
-        rows = statistics.median_low(_row_count(op.raw(conn, p)) for p in params[:WARMUP])
+        rows = statistics.median_low(_row_count(_prepared(op, conn, p)) for p in params[:WARMUP])
         gc.collect()
-        package_ns, raw_ns = paired(lambda p: op.package(conn, p), lambda p: op.raw(conn, p), params, WARMUP)
+        prepare = (lambda: op.prepare(conn)) if op.prepare else None
+        package_ns, raw_ns = paired(lambda p: op.package(conn, p), lambda p: op.raw(conn, p), params, WARMUP,
+                                    prepare)
+        if op.prepare:
+            op.prepare.restore(conn)
         results[entry.id] = {"title": entry.title, "kind": op.kind, "measured": True, "rows": rows,
                              **compare(package_ns, raw_ns)}
         if op.kind == "write":
             restore_claimed(conn, bench.data)
     return results
+
+
+def _prepared(op, conn, p):
+    """Run the raw side once, after the operation's preparation if it has one; return its result."""
+    if op.prepare:
+        op.prepare(conn)
+    return op.raw(conn, p)
 
 
 def _row_count(result) -> int:

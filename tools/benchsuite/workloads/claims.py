@@ -14,7 +14,7 @@ from ..dataset import restore_claimed
 from ..markdown import Markdown, per_s, us, x
 from ..ops import Bench
 from ..raw import Tuning
-from ..timing import CLOCK, compare, progress, stats
+from ..timing import CLOCK, compare, latency, progress
 
 TIMEOUT = 600  # seconds; only reached if a worker hangs
 THREADS = 10
@@ -93,7 +93,7 @@ def _summary(results: list[dict], wall_ns: int, workers: int) -> dict:
         "other_errors": sum(len(r["errors"]) for r in results),
         "empty_claims": sum(r["empty"] for r in results),
         "claims_per_s": round(len(ids) / (wall_ns / 1e9), 1) if wall_ns else None,
-        "latency": stats(latencies),
+        "latency": latency(latencies),  # pooled over runs, see timing.latency
     }
 
 

@@ -1,0 +1,195 @@
+"""The three queues the queue workloads compare, each behind the same four calls.
+
+- ``minimal``: raw sqlite3 on the smallest queue that does the job (one table, one
+  partial index for the claim): the physical anchor the SPEC §6 queue bars are ratios to.
+- ``raw_schema``: raw sqlite3 on the package's own schema, sending the package's own
+  statements: the package minus its Python layers, so schema cost and wrapper cost split.
+- ``package``: abathur_db itself.
+
+Every side runs each write in its own ``BEGIN IMMEDIATE … COMMIT``, as the package does.
+The worker's calls of each side sit in one ``work_one`` method: when the package's API
+changes (e.g. ``claim_next`` returning a lease that ``complete`` must carry), change
+``PackageQueue.work_one`` and ``SchemaQueue.work_one``, nothing else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+import abathur_db
+from abathur_db import _values, tasks
+
+from .raw import Tuning, decode, dumps, raw_connect, raw_write
+
+RESULT = {"ok": True}  # what every worker stores on completion
+ITEM_BYTES = 90
+PRIORITIES = 10
+
+MINIMAL_SCHEMA = """
+CREATE TABLE queue (
+    id       INTEGER PRIMARY KEY,
+    data     TEXT    NOT NULL,
+    priority INTEGER NOT NULL,
+    status   INTEGER NOT NULL DEFAULT 0,
+    result   TEXT
+);
+CREATE INDEX queue_pending ON queue (priority DESC, id) WHERE status = 0;
+"""
+MINIMAL_PUT = "INSERT INTO queue (data, priority) VALUES (?, ?)"
+MINIMAL_CLAIM = """
+UPDATE queue SET status = 1
+ WHERE id = (SELECT id FROM queue WHERE status = 0 ORDER BY priority DESC, id LIMIT 1)
+RETURNING id, data, priority
+""".strip()
+MINIMAL_COMPLETE = "UPDATE queue SET status = 2, result = ? WHERE id = ? AND status = 1"
+
+# The package's own statements, so this side differs from the package only in the Python around them.
+SCHEMA_PUT = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
+SCHEMA_CLAIM = tasks.CLAIM_SQL
+SCHEMA_COMPLETE = tasks._COMPLETE[0]  # noqa: SLF001 - the exact statement complete() sends
+
+
+def items(count: int) -> list[tuple[str, int]]:
+    """Return `count` queue items: ~90 bytes of text each, priority i % 10."""
+    filler = "summarise the report and list the open questions " * 2
+    return [((f"item {i:07d} " + filler)[:ITEM_BYTES], i % PRIORITIES) for i in range(count)]
+
+
+class _RawQueue:
+    """Raw sqlite3 connections to one file, one per thread, all closed at once."""
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        self.path, self.tuning = path, tuning
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = raw_connect(self.path, self.tuning)
+            with self._guard:
+                self._opened.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection opened through this queue."""
+        with self._guard:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+
+
+class MinimalQueue(_RawQueue):
+    """The physical anchor: one small table, one partial index, raw sqlite3."""
+
+    @staticmethod
+    def create(path: str) -> None:
+        """Create the database file with the minimal queue's table."""
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = wal").fetchall()
+        conn.executescript(MINIMAL_SCHEMA)
+        conn.close()
+
+    def put(self, conn: sqlite3.Connection, item: tuple[str, int]) -> None:
+        """Insert one item in its own transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(MINIMAL_PUT, item)
+        conn.execute("COMMIT")
+
+    def bulk(self, conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+        """Insert every item with one executemany in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(MINIMAL_PUT, batch)
+        conn.execute("COMMIT")
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Claim the most urgent item and complete it, a transaction each; return its id, None when empty."""
+        rows = raw_write(conn, MINIMAL_CLAIM, ())
+        if not rows:
+            return None
+        task_id = rows[0][0]
+        raw_write(conn, MINIMAL_COMPLETE, (dumps(RESULT), task_id))
+        return str(task_id)
+
+
+def _task_params(item: tuple[str, int], now: str) -> dict[str, Any]:
+    """Return the INSERT parameters tasks.create() would build for one item."""
+    return {"id": _values.new_id(), "prompt": item[0], "agent_type": "general", "priority": item[1],
+            "input_data": "{}", "max_retries": 3, "max_execution_timeout_seconds": 3600, "submitted_at": now,
+            "now": now, "created_by": None, "parent_task_id": None, "dependencies": "[]", "session_id": None}
+
+
+def _decode_task(row: tuple) -> dict:
+    return decode(row, tasks.COLUMNS, tasks.JSON_COLUMNS)
+
+
+class SchemaQueue(_RawQueue):
+    """Raw sqlite3 sending the package's statements to the package's schema, decoding rows as it does."""
+
+    @staticmethod
+    def create(path: str) -> None:
+        """Create the database file with the package's schema."""
+        abathur_db.open(path).close()
+
+    def put(self, conn: sqlite3.Connection, item: tuple[str, int]) -> dict:
+        """Insert one task in its own transaction and return it, as tasks.create does."""
+        return _decode_task(raw_write(conn, SCHEMA_PUT, _task_params(item, _values.now()))[0])
+
+    def bulk(self, conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+        """Insert every task with one executemany in one transaction, one timestamp for all, as create_many."""
+        now = _values.now()
+        params = [_task_params(item, now) for item in batch]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(tasks.INSERT_SQL, params)
+        conn.execute("COMMIT")
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Claim the next task and complete it with the package's two statements; return its id."""
+        rows = raw_write(conn, SCHEMA_CLAIM, {"now": _values.now()})
+        if not rows:
+            return None
+        task = _decode_task(rows[0])
+        params = {"id": task["id"], "result_data": dumps(RESULT), "now": _values.now()}
+        _decode_task(raw_write(conn, SCHEMA_COMPLETE, params)[0])
+        return task["id"]
+
+
+class PackageQueue:
+    """abathur_db: a pool on the file, its functions for every call."""
+
+    create = SchemaQueue.create
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        self.pool, self.tuning = abathur_db.open(path), tuning
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection from the pool."""
+        return self.tuning.apply(self.pool.connection())
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+    def put(self, conn: sqlite3.Connection, item: tuple[str, int]) -> dict:
+        """Insert one task with tasks.create."""
+        return tasks.create(conn, item[0], priority=item[1])
+
+    def bulk(self, conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+        """Insert every task with one tasks.create_many."""
+        tasks.create_many(conn, [{"prompt": text, "priority": priority} for text, priority in batch])
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Claim the next task and complete it: the only place the workloads call the worker API."""
+        task = tasks.claim_next(conn)
+        if task is None:
+            return None
+        tasks.complete(conn, task["id"], RESULT)
+        return task["id"]
+
+
+SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
+TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db"}

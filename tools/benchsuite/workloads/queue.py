@@ -1,0 +1,330 @@
+"""The queue workloads of SPEC §6 against the physical anchor: put, bulk, claim + complete (1 thread,
+10 threads, 3 processes × 4 threads), each on the minimal raw queue, raw SQL on the package's schema
+and the package (see queues.py), N items per workload, every side on a fresh file of its own."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import threading
+
+from abathur_db.errors import AbathurDBError, BusyError
+
+from ..markdown import Markdown, us, x
+from ..ops import Bench
+from ..queues import SIDES, TITLES, items
+from ..raw import Tuning, raw_connect
+from ..timing import CLOCK, latency, progress, ratio
+
+THREADS = 10
+PROCESSES, PROCESS_THREADS = 3, 4
+BLOCK = 100  # single-thread workloads: items per side before the next side's turn
+BULK_REPEATS = 3  # per side and run, each on a fresh file; the median counts
+MAX_ERRORS = 100  # a worker gives up after this many failed calls
+TIMEOUT = 900  # seconds; only reached if a worker hangs
+SIDE_NAMES = tuple(SIDES)
+# (key, title, bar on the ratio to the minimal queue, bar on the per-task p99 in ms or None)
+WORKLOADS = (
+    ("put", "put: one task per commit", 0.5, None),
+    ("bulk", "bulk: N tasks in one call", 0.25, None),
+    ("claim_1", "claim + complete, 1 thread", 0.6, None),
+    ("threads", f"claim + complete, {THREADS} threads", 0.5, 15),
+    ("processes", f"claim + complete, {PROCESSES} processes × {PROCESS_THREADS} threads", 0.5, 20),
+)
+WRAPPER_BAR = 0.9  # package / raw SQL on the same schema, every workload
+
+
+def measure(bench: Bench) -> dict:
+    """Run the five workloads on the three sides for each N of the scale; return figures by N."""
+    result = {}
+    for n in bench.scale.queue_items:
+        root = tempfile.mkdtemp(prefix="queue-", dir=bench.workdir)
+        try:
+            figures = {}
+            for key, title, _, _ in WORKLOADS:
+                progress(f"  {title}, N = {n:,}")
+                figures[key] = _with_ratios(_WORKLOAD_FUNCTIONS[key](bench, n, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        result[str(n)] = figures
+    return result
+
+
+def _with_ratios(sides: dict) -> dict:
+    """Add each side's throughput ratio to the minimal queue, and the package's to raw SQL on its schema."""
+    anchor = sides["minimal"]["ops_per_s"]
+    for side in sides.values():
+        side["ratio_to_minimal"] = ratio(side["ops_per_s"], anchor)
+    sides["package_vs_raw_schema"] = ratio(sides["package"]["ops_per_s"], sides["raw_schema"]["ops_per_s"])
+    return sides
+
+
+def _open(bench: Bench, root: str, side: str, label: str, fill: int = 0):
+    """Create a fresh file for `side`, fill it with `fill` items (untimed); return the side's queue and path."""
+    path = os.path.join(root, f"{label}-{side}.db")
+    SIDES[side].create(path)
+    queue = SIDES[side](path, bench.tuning)
+    # A new connection reads the schema at its first statement: untimed here, on every side alike.
+    queue.connection().execute("SELECT count(*) FROM sqlite_master").fetchall()
+    if fill:
+        queue.bulk(queue.connection(), items(fill))
+        queue.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return queue, path
+
+
+def _order(turn: int) -> tuple[str, ...]:
+    """Return the sides in the order of this turn: each leads as often as the others."""
+    k = turn % len(SIDE_NAMES)
+    return SIDE_NAMES[k:] + SIDE_NAMES[:k]
+
+
+def _one_thread(bench: Bench, n: int, root: str, label: str, step, fill: int = 0) -> dict[str, dict]:
+    """Call step(queue, conn, i) for i < N on each side, one thread, sides alternating every BLOCK calls.
+
+    Return per side its items/s (over the time spent in the calls), per-call latency and what the calls returned.
+    """
+    queues = {side: _open(bench, root, side, label, fill)[0] for side in SIDE_NAMES}
+    conns = {side: queue.connection() for side, queue in queues.items()}
+    samples: dict[str, list[int]] = {side: [] for side in SIDE_NAMES}
+    returned: dict[str, list] = {side: [] for side in SIDE_NAMES}
+    gc.collect()
+    gc.disable()
+    try:
+        for turn, start in enumerate(range(0, n, BLOCK)):
+            for side in _order(turn):
+                queue, conn, times, got = queues[side], conns[side], samples[side], returned[side]
+                for i in range(start, min(start + BLOCK, n)):
+                    t0 = CLOCK()
+                    got.append(step(queue, conn, i))
+                    times.append(CLOCK() - t0)
+    finally:
+        gc.enable()
+        for queue in queues.values():
+            queue.close()
+    return {side: {"ops_per_s": round(n / (sum(times) / 1e9), 1), "latency": latency(times),
+                   "returned": returned[side]} for side, times in samples.items()}
+
+
+def _put(bench: Bench, n: int, root: str) -> dict:
+    """Put N items one per transaction on each side."""
+    batch = items(n)
+    sides = _one_thread(bench, n, root, "put", lambda queue, conn, i: queue.put(conn, batch[i]))
+    for side in sides.values():
+        del side["returned"]
+    return sides
+
+
+def _claim_1(bench: Bench, n: int, root: str) -> dict:
+    """Claim and complete N items from one thread on each side's file, filled with N items beforehand."""
+    sides = _one_thread(bench, n, root, "claim1", lambda queue, conn, i: queue.work_one(conn), fill=n)
+    for side in sides.values():
+        ids = side.pop("returned")
+        side.update(workers=1, completed=len(ids) - ids.count(None), duplicates=len(ids) - len(set(ids)),
+                    lost=n - len(set(ids) - {None}), lock_errors=0, other_errors=0, error_examples=[])
+    return sides
+
+
+def _bulk(bench: Bench, n: int, root: str) -> dict:
+    """Insert N items in one call on each side, BULK_REPEATS times on fresh files; the median call counts."""
+    seconds: dict[str, list[float]] = {side: [] for side in SIDE_NAMES}
+    batch = items(n)
+    for repeat in range(BULK_REPEATS):
+        for side in _order(repeat):
+            queue = _open(bench, root, side, f"bulk{repeat}")[0]
+            conn = queue.connection()
+            gc.collect()
+            t0 = CLOCK()
+            queue.bulk(conn, batch)
+            seconds[side].append((CLOCK() - t0) / 1e9)
+            queue.close()
+    return {side: {"ops_per_s": round(n / statistics.median(s), 1), "seconds": [round(v, 4) for v in s]}
+            for side, s in seconds.items()}
+
+
+def _work(queue, conn: sqlite3.Connection) -> dict:
+    """Claim and complete until the queue is empty; return the ids, per-task times, errors and end time."""
+    ids, times, locked, errors = [], [], 0, []
+    work_one = queue.work_one
+    while locked + len(errors) < MAX_ERRORS:
+        t0 = CLOCK()
+        try:
+            task_id = work_one(conn)
+        except (AbathurDBError, sqlite3.Error) as exc:
+            if isinstance(exc, BusyError) or "locked" in str(exc):
+                locked += 1
+            else:
+                errors.append(repr(exc))
+            continue
+        if task_id is None:
+            break
+        times.append(CLOCK() - t0)
+        ids.append(task_id)
+    return {"ids": ids, "times": times, "locked": locked, "errors": errors, "ended": CLOCK()}
+
+
+def _threads(queue, count: int, barrier) -> list[dict]:
+    """Run `count` workers on threads of this process, each on its own connection, released by `barrier`."""
+    results: list[dict] = [{} for _ in range(count)]
+
+    def worker(k: int) -> None:
+        try:
+            conn = queue.connection()
+            barrier.wait(TIMEOUT)
+            results[k] = _work(queue, conn)
+        except BaseException as exc:  # counted in the figures rather than lost in a thread's traceback
+            results[k] = _failed(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    return results
+
+
+def _child(side: str, path: str, tuning: Tuning, count: int, barrier, out) -> None:
+    """In a worker process: open the side's queue, run `count` worker threads, send their results back."""
+    try:
+        queue = SIDES[side](path, tuning)
+        gc.disable()
+        out.put(_threads(queue, count, barrier))
+        queue.close()
+    except BaseException as exc:  # reported to the parent rather than lost in a child's stderr
+        out.put([_failed(exc)])
+        raise
+
+
+def _failed(exc: BaseException) -> dict:
+    """Return the results of a worker that failed before or outside its loop."""
+    return {"ids": [], "times": [], "locked": 0, "errors": [repr(exc)], "ended": CLOCK()}
+
+
+def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str) -> dict:
+    """Fill each side's fresh file with N items, then claim + complete them all with the given workers."""
+    figures = {}
+    for side in _order(n + processes + threads):
+        queue, path = _open(bench, root, side, label, fill=n)
+        results: list[dict] = []
+        gc.collect()
+        gc.disable()
+        try:
+            if processes == 1:
+                barrier = threading.Barrier(threads + 1)
+                runner = threading.Thread(target=lambda: results.extend(_threads(queue, threads, barrier)))
+                runner.start()
+                barrier.wait(TIMEOUT)
+                started = CLOCK()
+                runner.join(TIMEOUT)
+            else:
+                queue.close()
+                results, started = _in_processes(bench.tuning, side, path, processes, threads)
+        finally:
+            gc.enable()
+        queue.close()
+        figures[side] = _summary(results, n, started)
+    return figures
+
+
+def _in_processes(tuning: Tuning, side: str, path: str, processes: int, threads: int) -> tuple[list[dict], int]:
+    """Run `processes` spawned processes of `threads` workers each; return their results and the start time."""
+    context = multiprocessing.get_context("spawn")  # no inherited connections, as workers really start
+    barrier, out = context.Barrier(processes * threads + 1), context.Queue()
+    children = [context.Process(target=_child, args=(side, path, tuning, threads, barrier, out))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    barrier.wait(TIMEOUT)
+    started = CLOCK()  # CLOCK is the system-wide monotonic clock: children's end times compare with it
+    results = [result for _ in children for result in out.get(timeout=TIMEOUT)]
+    for child in children:
+        child.join(TIMEOUT)
+    return results, started
+
+
+def _summary(results: list[dict], n: int, started: int) -> dict:
+    ids = [i for r in results for i in r["ids"]]
+    errors = [e for r in results for e in r["errors"]]
+    wall = max(r["ended"] for r in results) - started
+    return {
+        "workers": len(results), "completed": len(ids), "duplicates": len(ids) - len(set(ids)),
+        "lost": n - len(set(ids)), "lock_errors": sum(r["locked"] for r in results), "other_errors": len(errors),
+        "error_examples": errors[:3], "ops_per_s": round(len(ids) / (wall / 1e9), 1) if wall > 0 else None,
+        "latency": latency([t for r in results for t in r["times"]]),
+    }
+
+
+_WORKLOAD_FUNCTIONS = {
+    "put": _put,
+    "bulk": _bulk,
+    "claim_1": _claim_1,
+    "threads": lambda bench, n, root: _claims(bench, n, root, 1, THREADS, "threads"),
+    "processes": lambda bench, n, root: _claims(bench, n, root, PROCESSES, PROCESS_THREADS, "processes"),
+}
+
+
+def bars(figures: dict) -> list[dict]:
+    """Judge the SPEC §6 queue bars at every N: ratios to the minimal queue, p99s, duplicates, the wrapper."""
+    result = []
+    for key, title, bar, p99_ms in WORKLOADS:
+        rows = {n: f[key] for n, f in figures["queue"].items()}
+        package = {n: r["package"] for n, r in rows.items()}
+        met = all(p["ratio_to_minimal"] >= bar for p in package.values())
+        target = f">= {bar}x the minimal queue"
+        if p99_ms is not None:
+            target += f", per-task p99 <= {p99_ms} ms, 0 duplicates, 0 lock errors"
+            met = met and all(p["latency"]["p99_us"] <= p99_ms * 1000 and p["duplicates"] == 0 and p["lost"] == 0
+                              and p["lock_errors"] == 0 and p["other_errors"] == 0 for p in package.values())
+        value = "; ".join(f"N={int(n):,}: {x(p['ratio_to_minimal'])}"
+                          + (f", p99 {p['latency']['p99_us'] / 1000:.1f} ms, {p['duplicates']} dup, "
+                             f"{p['lock_errors']} locked" if p99_ms is not None else "")
+                          for n, p in package.items())
+        result.append({"id": f"queue_{key}", "what": f"queue: {title}", "target": target, "value": value,
+                       "met": bool(met), "detail": _detail(rows)})
+    wrapper = {(n, key): f[key]["package_vs_raw_schema"] for n, f in figures["queue"].items() for key, *_ in WORKLOADS}
+    worst = min(wrapper, key=wrapper.get)
+    result.append({"id": "queue_wrapper", "what": "queue: package vs raw SQL on the same schema",
+                   "target": f">= {WRAPPER_BAR}x, every workload",
+                   "value": f"worst {worst[1]} N={int(worst[0]):,} {x(wrapper[worst])}",
+                   "met": wrapper[worst] >= WRAPPER_BAR,
+                   "detail": ", ".join(f"{k} N={int(n):,} {x(v)}" for (n, k), v in wrapper.items())})
+    return result
+
+
+def _detail(rows: dict) -> str:
+    return "; ".join(f"N={int(n):,}: raw SQL on the schema {x(r['raw_schema']['ratio_to_minimal'])}, "
+                     f"package / raw schema {x(r['package_vs_raw_schema'])}" for n, r in rows.items())
+
+
+def report(figures: dict, md: Markdown) -> None:
+    """Add the queue section: each workload's three sides, ratios, per-task percentiles and error counts."""
+    md.heading("Queue workloads against the minimal raw queue")
+    for n, workloads in figures["queue"].items():
+        rows = []
+        for key, title, bar, p99_ms in WORKLOADS:
+            w = workloads[key]
+            for side in SIDE_NAMES:
+                s = w[side]
+                lat = s.get("latency")
+                rows.append([title if side == "minimal" else "", TITLES[side], f"{s['ops_per_s']:,.0f}",
+                             x(s["ratio_to_minimal"]), x(w["package_vs_raw_schema"]) if side == "package" else "",
+                             f"{us(lat['median_us'])} / {us(lat['p99_us'])}" if lat else "",
+                             s.get("duplicates", ""), s.get("lock_errors", ""),
+                             f">= {bar}x" + (f", p99 <= {p99_ms} ms" if p99_ms else "") if side == "package" else ""])
+        md.paragraph(f"N = {int(n):,} items of ~90 bytes, priorities i % 10:")
+        md.table(["workload", "side", "items/s", "ratio to minimal", "package / raw schema", "per task p50 / p99 µs",
+                  "duplicates", "lock errors", "bar"], rows)
+    md.paragraph(
+        "The minimal queue is one table (integer key, data, priority, status, result) with one partial index",
+        "for the claim, through raw sqlite3 with the package's PRAGMAs (WAL, synchronous NORMAL). Raw SQL on the",
+        "package's schema sends the package's own statements (INSERT … RETURNING, the claim UPDATE, the complete",
+        "UPDATE) and decodes rows as the package does. Every write is its own `BEGIN IMMEDIATE … COMMIT` on every",
+        "side; each side works on a fresh file of its own. Put and 1-thread claims alternate between the sides",
+        f"every {BLOCK} items; items/s is items over the time spent in the calls (threads and processes: over",
+        "the wall time, from the moment all workers start). Bulk is the median of",
+        f"{BULK_REPEATS} calls per side. Per-task times are claim + complete of one task; with several runs their",
+        "percentiles pool every run's samples (1 % buckets), never a median of per-run percentiles.")
