@@ -8,6 +8,7 @@ import math
 import os
 import re
 import time
+from itertools import compress, repeat
 from typing import Any, Callable, Iterable
 
 from .errors import ValidationError, short_repr
@@ -20,6 +21,15 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # range query stays one statement and one range search on its index.
 _EARLIEST, _LATEST = "", "~"
 INT64_MAX = 2**63 - 1  # the largest integer SQLite stores
+# Arrays and objects within each other, at most. Decoding recurses once per level, so a
+# limit far below Python's recursion limit (1000) lets any stored value be read back
+# from any reasonable depth of the caller's stack.
+MAX_JSON_DEPTH = 100
+_CONTAINERS = (dict, list, tuple)
+_ANY_CONTAINER = repeat(_CONTAINERS)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+# Made once: json.dumps() with these options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def now() -> str:
@@ -76,12 +86,46 @@ def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str
         raise ValidationError(f"{table}.{field}: expected a JSON array (list), got {short_repr(value)}")
     if kind is dict and not isinstance(value, dict):
         raise ValidationError(f"{table}.{field}: expected a JSON object (dict), got {short_repr(value)}")
+    if isinstance(value, _CONTAINERS):
+        _check_containers(value, table, field)
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{table}.{field}: {short_repr(value)} is not valid JSON: {exc}") from None
     _require_utf8(text, table, field)
     return text
+
+
+def _check_containers(value: Any, table: str, field: str) -> None:
+    """Refuse object keys that are not text and nesting deeper than MAX_JSON_DEPTH.
+
+    json.dumps would turn a key 1 into "1" (so {1: 'a', '1': 'b'} loses a value),
+    and recurse until RecursionError on deep nesting. The scans of keys and items
+    run in C: only nested containers cost Python steps.
+    """
+    level, depth = [value], 1
+    while level:
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"{table}.{field}: the {type(value).__name__} given nests arrays and objects deeper than"
+                f" {MAX_JSON_DEPTH} levels (or contains itself)"
+            )
+        deeper: list = []
+        for container in level:
+            if isinstance(container, dict):
+                try:
+                    "".join(container)  # fails unless every key is a str
+                except TypeError:
+                    key = next(k for k in container if not isinstance(k, str))
+                    raise ValidationError(
+                        f"{table}.{field}: {short_repr(value)} has the object key {short_repr(key)}, of type"
+                        f" {type(key).__name__}: JSON keys are text, and as text it could overwrite another key"
+                    ) from None
+                container = container.values()
+            if not _SCALARS.issuperset(map(type, container)):
+                deeper += compress(container, map(isinstance, container, _ANY_CONTAINER))
+        level = deeper
+        depth += 1
 
 
 def new_id() -> str:

@@ -133,7 +133,10 @@ def translate(
 
 def short_repr(value: object, limit: int = 80) -> str:
     """Return repr(value), shortened so that a 1 MB string does not flood a message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

@@ -170,3 +170,44 @@ def test_decoder_decodes_json_columns_only():
     assert decode((1, '{"a": [1]}', '{"not": "json column"}')) == {
         "id": 1, "data": {"a": [1]}, "note": '{"not": "json column"}'}
     assert decode((2, None, None)) == {"id": 2, "data": None, "note": None}
+
+
+@pytest.mark.parametrize(("value", "key"), [
+    ({1: "a", "1": "b"}, "1"),
+    ({None: 1}, "None"),
+    ({True: 1}, "True"),
+    ({1.5: 1}, "1.5"),
+    ({"outer": [{"fine": 1}, {2: "deep inside"}]}, "2"),
+])
+def test_to_json_refuses_object_keys_that_are_not_text(value, key):
+    """A non-string key, which JSON would turn into text (losing a value to a clash), is refused by name."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*object key {re.escape(key)}, of type"):
+        _values.to_json(value, "t", "f")
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_to_json_accepts_the_documented_nesting_depth():
+    """Arrays and objects nested MAX_JSON_DEPTH levels deep are stored, and decode back equal."""
+    text = _values.to_json({"a": _nested(_values.MAX_JSON_DEPTH - 1)}, "t", "f")
+    assert _values.decode_json(text) == {"a": _nested(_values.MAX_JSON_DEPTH - 1)}
+
+
+@pytest.mark.parametrize("depth", [_values.MAX_JSON_DEPTH + 1, 995, 5000])
+def test_to_json_refuses_deeper_nesting_with_a_validation_error(depth):
+    """Nesting beyond MAX_JSON_DEPTH raises ValidationError, never RecursionError, however deep."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*deeper than {_values.MAX_JSON_DEPTH} levels"):
+        _values.to_json(_nested(depth), "t", "f")
+
+
+def test_to_json_refuses_a_value_that_contains_itself():
+    """A list that contains itself is refused as too deep, not looped over forever."""
+    looped: list = [1]
+    looped.append(looped)
+    with pytest.raises(ValidationError, match="contains itself"):
+        _values.to_json(looped, "t", "f")
