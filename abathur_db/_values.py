@@ -9,9 +9,9 @@ import os
 import re
 import time
 from itertools import compress, repeat
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-from .errors import ValidationError, short_repr
+from .errors import StoredValueError, TransitionError, ValidationError, short_repr
 
 # One timestamp format everywhere, UTC, fixed width, so that text order is time
 # order. SQL defaults write the same with strftime('%Y-%m-%dT%H:%M:%fZ', 'now').
@@ -153,15 +153,6 @@ def require_text(value: Any, table: str, field: str, *, optional: bool = False) 
     _require_utf8(value, table, field)
 
 
-def require_key(value: Any, table: str, field: str) -> None:
-    """Raise ValidationError unless `value` could be the key of a row: a str, or None (which matches none)."""
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise ValidationError(f"{table}.{field}: expected a string, got {short_repr(value)}")
-    _require_utf8(value, table, field)
-
-
 def _require_utf8(text: str, table: str, field: str) -> None:
     # SQLite stores text as UTF-8, which cannot hold a lone surrogate ("\ud800"):
     # sqlite3 would raise UnicodeEncodeError while binding it.
@@ -206,6 +197,18 @@ def require_choice(value: Any, choices: Iterable[str], table: str, field: str) -
         )
 
 
+def require_transition(transitions: Mapping[str, Iterable[str]], current: Any, wanted: str, row: str,
+                       field: str) -> None:
+    """Raise TransitionError unless `wanted` may follow `current` (which may be a value this version does not know).
+
+    `row` names the row in the message ("agents: agent 'a1'"), `field` the column.
+    """
+    if wanted not in transitions.get(current, ()):
+        known = "" if current in transitions else (
+            f" (a {field} this version does not know: not one of {', '.join(transitions)})")
+        raise TransitionError(f"{row} cannot go from {short_repr(current)}{known} to {wanted!r}")
+
+
 def only_one(table: str, **groups: bool) -> str:
     """Return the name of the one filter group given; raise ValidationError unless exactly one is."""
     chosen = [name for name, given in groups.items() if given]
@@ -236,8 +239,14 @@ def list_filter(
     return group, params
 
 
-def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:
-    """Return a function that turns one row of `columns` into a dict, JSON decoded."""
+def decoder(
+    table: str, columns: tuple[str, ...], json_columns: Iterable[str], key: tuple[str, ...] = ("id",),
+) -> Callable[[tuple], dict]:
+    """Return a function that turns one row of `columns` into a dict, JSON decoded.
+
+    A stored value that is not JSON raises StoredValueError naming `table`, the row
+    (by its `key` columns), the column and the value.
+    """
     wanted = set(json_columns)
     decoded = [name for name in columns if name in wanted]
 
@@ -246,16 +255,26 @@ def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[
         for name in decoded:
             text = result[name]
             if text is not None:
-                result[name] = decode_json(text)
+                result[name] = decode_json(text, table, name, result, key)
         return result
 
     return row_to_dict
 
 
-def decode_json(text: str) -> Any:
-    """Decode JSON text; the empty array and object, the commonest values, without the parser."""
+def decode_json(text: Any, table: str, column: str, row: Mapping[str, Any], key: tuple[str, ...]) -> Any:
+    """Decode the JSON text stored in `column` of `row` (named by its `key` columns, for errors).
+
+    The empty array and object, the commonest values, skip the parser.
+    """
     if text == "[]":
         return []
     if text == "{}":
         return {}
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        if isinstance(text, (int, float)):  # SQLite's json_valid() accepts a bare number: it is one
+            return text
+        reason = "nested too deeply to decode" if isinstance(exc, RecursionError) else f"not valid JSON: {exc}"
+        where = ", ".join(f"{name} {short_repr(row[name])}" for name in key)
+        raise StoredValueError(f"{table}: row {where}: {column} holds {short_repr(text)}, {reason}") from exc
