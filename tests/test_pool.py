@@ -351,6 +351,7 @@ OTHER_THREAD_CALLS = {
     "tasks.get": lambda conn: tasks.get(conn, "mine"),
     "tasks.list": lambda conn: tasks.list(conn, status="pending"),
     "transaction": lambda conn: transaction(conn).__enter__(),
+    "checkpoint": lambda conn: abathur_db.checkpoint(conn),
 }
 
 
@@ -432,6 +433,7 @@ AFTER_CLOSE = {
     "state.get": lambda conn: state.get(conn, "t", "k"),
     "metrics.query": lambda conn: metrics.query(conn),
     "transaction": lambda conn: transaction(conn).__enter__(),
+    "checkpoint": lambda conn: abathur_db.checkpoint(conn),
 }
 
 
