@@ -281,6 +281,23 @@ def test_state_change_reads_the_current_state_inside_its_write_transaction(conn,
     assert sent[1].startswith("SELECT state FROM agents")
 
 
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda conn, agent_id: agents.set_state(conn, agent_id, "idle"), id="set_state"),
+    pytest.param(lambda conn, agent_id: agents.terminate(conn, agent_id), id="terminate"),
+])
+def test_a_state_this_version_does_not_know_refuses_changes(conn, agent, change):
+    """An out-of-enum state (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute("UPDATE agents SET state = 'hibernating' WHERE id = ?", (agent["id"],))
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+    assert agents.get(conn, agent["id"])["state"] == "hibernating"
+    with pytest.raises(TransitionError, match="from 'hibernating' \\(a state this version does not know"):
+        change(conn, agent["id"])
+    assert not conn.in_transaction
+
+
 @pytest.mark.parametrize("current", ["spawning", "idle", "busy", "terminating"])
 def test_terminate_records_time_and_usage(conn, agent, current):
     """terminate from any live state sets state, terminated_at and the given resource_usage."""
@@ -360,20 +377,3 @@ def test_queries_are_served_by_an_index(conn, sql, index):
     plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PARAMS)]
     assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
     assert any(f"INDEX {index} " in step for step in plan), plan
-
-
-@pytest.mark.parametrize("change", [
-    pytest.param(lambda conn, agent_id: agents.set_state(conn, agent_id, "idle"), id="set_state"),
-    pytest.param(lambda conn, agent_id: agents.terminate(conn, agent_id), id="terminate"),
-])
-def test_a_state_this_version_does_not_know_refuses_changes(conn, agent, change):
-    """An out-of-enum state (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
-        conn.execute("UPDATE agents SET state = 'hibernating' WHERE id = ?", (agent["id"],))
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
-    assert agents.get(conn, agent["id"])["state"] == "hibernating"
-    with pytest.raises(TransitionError, match="from 'hibernating' \\(a state this version does not know"):
-        change(conn, agent["id"])
-    assert not conn.in_transaction
