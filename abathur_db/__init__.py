@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     NotFoundError,
     SchemaError,
     StorageFullError,
+    StoredValueError,
     TransitionError,
     UniqueError,
     ValidationError,
@@ -49,6 +50,7 @@ __all__ = [
     "Pool",
     "SchemaError",
     "StorageFullError",
+    "StoredValueError",
     "TransitionError",
     "UniqueError",
     "ValidationError",
@@ -73,15 +75,17 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike, *, schema_dir: str | os.PathLike | None = None) -> Pool:  # noqa: A001
+def open(path: str | bytes | os.PathLike, *, schema_dir: str | os.PathLike | None = None,  # noqa: A001
+         allow_rollback_journal: bool = False) -> Pool:
     """Open the database at `path`, creating or upgrading it; return its connection pool.
 
     Pending schema files (from `schema_dir`, default: the package's own) are applied
     first. If that changes a database that already had tables, a backup copy is
-    written next to it first; its path is ``pool.backup_path``.
+    written next to it first; its path is ``pool.backup_path``. Where the file system
+    cannot hold a WAL, `allow_rollback_journal` accepts SQLite's rollback journal.
     """
     files = schema.load_files(schema_dir)
-    pool = Pool(path)
+    pool = Pool(path, allow_rollback_journal=allow_rollback_journal)
     try:
         pool.applied, pool.backup_path = schema.migrate(pool.connection(), pool.path, files)
     except BaseException:

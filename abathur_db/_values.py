@@ -8,9 +8,10 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterable
+from itertools import compress, repeat
+from typing import Any, Callable, Iterable, Mapping
 
-from .errors import ValidationError, short_repr
+from .errors import StoredValueError, TransitionError, ValidationError, short_repr
 
 # One timestamp format everywhere, UTC, fixed width, so that text order is time
 # order. SQL defaults write the same with strftime('%Y-%m-%dT%H:%M:%fZ', 'now').
@@ -20,6 +21,15 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # range query stays one statement and one range search on its index.
 _EARLIEST, _LATEST = "", "~"
 INT64_MAX = 2**63 - 1  # the largest integer SQLite stores
+# Arrays and objects within each other, at most. Decoding recurses once per level, so a
+# limit far below Python's recursion limit (1000) lets any stored value be read back
+# from any reasonable depth of the caller's stack.
+MAX_JSON_DEPTH = 100
+_CONTAINERS = (dict, list, tuple)
+_ANY_CONTAINER = repeat(_CONTAINERS)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+# Made once: json.dumps() with these options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def now() -> str:
@@ -76,12 +86,46 @@ def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str
         raise ValidationError(f"{table}.{field}: expected a JSON array (list), got {short_repr(value)}")
     if kind is dict and not isinstance(value, dict):
         raise ValidationError(f"{table}.{field}: expected a JSON object (dict), got {short_repr(value)}")
+    if isinstance(value, _CONTAINERS):
+        _check_containers(value, table, field)
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{table}.{field}: {short_repr(value)} is not valid JSON: {exc}") from None
     _require_utf8(text, table, field)
     return text
+
+
+def _check_containers(value: Any, table: str, field: str) -> None:
+    """Refuse object keys that are not text and nesting deeper than MAX_JSON_DEPTH.
+
+    json.dumps would turn a key 1 into "1" (so {1: 'a', '1': 'b'} loses a value),
+    and recurse until RecursionError on deep nesting. The scans of keys and items
+    run in C: only nested containers cost Python steps.
+    """
+    level, depth = [value], 1
+    while level:
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"{table}.{field}: the {type(value).__name__} given nests arrays and objects deeper than"
+                f" {MAX_JSON_DEPTH} levels (or contains itself)"
+            )
+        deeper: list = []
+        for container in level:
+            if isinstance(container, dict):
+                try:
+                    "".join(container)  # fails unless every key is a str
+                except TypeError:
+                    key = next(k for k in container if not isinstance(k, str))
+                    raise ValidationError(
+                        f"{table}.{field}: {short_repr(value)} has the object key {short_repr(key)}, of type"
+                        f" {type(key).__name__}: JSON keys are text, and as text it could overwrite another key"
+                    ) from None
+                container = container.values()
+            if not _SCALARS.issuperset(map(type, container)):
+                deeper += compress(container, map(isinstance, container, _ANY_CONTAINER))
+        level = deeper
+        depth += 1
 
 
 def new_id() -> str:
@@ -106,15 +150,6 @@ def require_text(value: Any, table: str, field: str, *, optional: bool = False) 
         return
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{table}.{field}: expected a non-empty string, got {short_repr(value)}")
-    _require_utf8(value, table, field)
-
-
-def require_key(value: Any, table: str, field: str) -> None:
-    """Raise ValidationError unless `value` could be the key of a row: a str, or None (which matches none)."""
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise ValidationError(f"{table}.{field}: expected a string, got {short_repr(value)}")
     _require_utf8(value, table, field)
 
 
@@ -162,6 +197,18 @@ def require_choice(value: Any, choices: Iterable[str], table: str, field: str) -
         )
 
 
+def require_transition(transitions: Mapping[str, Iterable[str]], current: Any, wanted: str, row: str,
+                       field: str) -> None:
+    """Raise TransitionError unless `wanted` may follow `current` (which may be a value this version does not know).
+
+    `row` names the row in the message ("agents: agent 'a1'"), `field` the column.
+    """
+    if wanted not in transitions.get(current, ()):
+        known = "" if current in transitions else (
+            f" (a {field} this version does not know: not one of {', '.join(transitions)})")
+        raise TransitionError(f"{row} cannot go from {short_repr(current)}{known} to {wanted!r}")
+
+
 def only_one(table: str, **groups: bool) -> str:
     """Return the name of the one filter group given; raise ValidationError unless exactly one is."""
     chosen = [name for name, given in groups.items() if given]
@@ -192,8 +239,14 @@ def list_filter(
     return group, params
 
 
-def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[tuple], dict]:
-    """Return a function that turns one row of `columns` into a dict, JSON decoded."""
+def decoder(
+    table: str, columns: tuple[str, ...], json_columns: Iterable[str], key: tuple[str, ...] = ("id",),
+) -> Callable[[tuple], dict]:
+    """Return a function that turns one row of `columns` into a dict, JSON decoded.
+
+    A stored value that is not JSON raises StoredValueError naming `table`, the row
+    (by its `key` columns), the column and the value.
+    """
     wanted = set(json_columns)
     decoded = [name for name in columns if name in wanted]
 
@@ -202,16 +255,26 @@ def decoder(columns: tuple[str, ...], json_columns: Iterable[str]) -> Callable[[
         for name in decoded:
             text = result[name]
             if text is not None:
-                result[name] = decode_json(text)
+                result[name] = decode_json(text, table, name, result, key)
         return result
 
     return row_to_dict
 
 
-def decode_json(text: str) -> Any:
-    """Decode JSON text; the empty array and object, the commonest values, without the parser."""
+def decode_json(text: Any, table: str, column: str, row: Mapping[str, Any], key: tuple[str, ...]) -> Any:
+    """Decode the JSON text stored in `column` of `row` (named by its `key` columns, for errors).
+
+    The empty array and object, the commonest values, skip the parser.
+    """
     if text == "[]":
         return []
     if text == "{}":
         return {}
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        if isinstance(text, (int, float)):  # SQLite's json_valid() accepts a bare number: it is one
+            return text
+        reason = "nested too deeply to decode" if isinstance(exc, RecursionError) else f"not valid JSON: {exc}"
+        where = ", ".join(f"{name} {short_repr(row[name])}" for name in key)
+        raise StoredValueError(f"{table}: row {where}: {column} holds {short_repr(text)}, {reason}") from exc

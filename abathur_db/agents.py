@@ -7,8 +7,8 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, TransitionError, short_repr
-from .transaction import write
+from .errors import NotFoundError, short_repr
+from .transaction import one, rows, transaction, write
 
 TABLE = "agents"
 STATES = ("spawning", "idle", "busy", "terminating", "terminated")
@@ -18,7 +18,7 @@ COLUMNS = (
     "resource_usage", "session_id",
 )
 JSON_COLUMNS = ("resource_usage",)
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM agents"
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
@@ -34,6 +34,7 @@ _NEXT = {
 
 
 GET_SQL = _SELECT + " WHERE id = :id"
+_STATE_SQL = "SELECT state FROM agents WHERE id = :id"
 # The rowid breaks ties between agents spawned in the same millisecond; each
 # index carries it as its last column, so the order costs no sort.
 LIST_SQL = {
@@ -55,7 +56,7 @@ _SET_STATE = (
     "UPDATE agents SET state = :state,"
     " terminated_at = CASE WHEN :state = 'terminated' THEN :terminated_at ELSE terminated_at END,"
     " resource_usage = coalesce(:resource_usage, resource_usage)"
-    " WHERE id = :id AND state = :from_state" + _RETURNING
+    " WHERE id = :id" + _RETURNING
 )
 
 
@@ -93,16 +94,16 @@ def spawn(
         "resource_usage": _usage_json(resource_usage),
         "session_id": session_id,
     }
-    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+    return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
 def get(conn: sqlite3.Connection, agent_id: str) -> dict[str, Any]:
     """Return the agent `agent_id`; raise NotFoundError if there is none."""
     _values.require_text(agent_id, TABLE, "id")
-    row = conn.execute(GET_SQL, {"id": agent_id}).fetchone()
-    if row is None:
+    agent = one(conn, TABLE, GET_SQL, {"id": agent_id}, decode_row)
+    if agent is None:
         raise NotFoundError(f"{TABLE}: no agent with id {short_repr(agent_id)}")
-    return decode_row(row)
+    return agent
 
 
 def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
@@ -122,7 +123,7 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
     """
     group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
                                         "spawned", spawned_since, spawned_until)
-    return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
+    return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 
 def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> dict[str, Any]:
@@ -149,20 +150,15 @@ def terminate(conn: sqlite3.Connection, agent_id: str, resource_usage: Any = Non
 def _change_state(
     conn: sqlite3.Connection, agent_id: str, state: str, resource_usage: str | None
 ) -> dict[str, Any]:
-    current = get(conn, agent_id)["state"]
-    if state not in _NEXT[current]:
-        raise TransitionError(f"{TABLE}: agent {agent_id!r} cannot go from {current!r} to {state!r}")
-    params = {
-        "id": agent_id,
-        "state": state,
-        "from_state": current,
-        "terminated_at": _values.now(),
-        "resource_usage": resource_usage,
-    }
-    rows = write(conn, TABLE, _SET_STATE, params)
-    if not rows:  # another connection changed it between our read and our write
-        raise TransitionError(f"{TABLE}: agent {agent_id!r} changed state concurrently; retry")
-    return decode_row(rows[0])
+    _values.require_text(agent_id, TABLE, "id")
+    params = {"id": agent_id, "state": state, "terminated_at": _values.now(), "resource_usage": resource_usage}
+    # Read and changed under one write lock: no other writer can move the state in between.
+    with transaction(conn):
+        found = one(conn, TABLE, _STATE_SQL, params)
+        if found is None:
+            raise NotFoundError(f"{TABLE}: no agent with id {short_repr(agent_id)}")
+        _values.require_transition(_NEXT, found[0], state, f"{TABLE}: agent {agent_id!r}", "state")
+        return write(conn, TABLE, _SET_STATE, params, decode_row)[0]
 
 
 def _usage_json(value: Any) -> str | None:

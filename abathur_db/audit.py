@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _values
 from .errors import ValidationError
-from .transaction import write
+from .transaction import rows, write
 
 TABLE = "audit"
 MEMORY_OPERATION_TYPES = ("create", "update", "delete", "consolidate", "publish")
@@ -17,7 +17,7 @@ COLUMNS = (
     "memory_operation_type", "memory_namespace", "memory_entry_id",
 )
 JSON_COLUMNS = ("action_data",)
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
 
 # Every list query takes a lower time bound, `since` (an open one when not given),
@@ -79,7 +79,7 @@ def record(
         "memory_namespace": memory_namespace,
         "memory_entry_id": memory_entry_id,
     }
-    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+    return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
 def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
@@ -123,4 +123,4 @@ def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
         "limit": limit,
     }
     query = LIST_SQL[next(iter(filters), "latest")]
-    return [decode_row(row) for row in conn.execute(query, params).fetchall()]
+    return rows(conn, TABLE, query, params, decode_row)

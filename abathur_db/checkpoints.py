@@ -8,12 +8,12 @@ from typing import Any
 
 from . import _values
 from .errors import NotFoundError, short_repr
-from .transaction import write
+from .transaction import one, rows, write
 
 TABLE = "checkpoints"
 COLUMNS = ("task_id", "iteration", "state", "created_at", "session_id")
 JSON_COLUMNS = ("state",)
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS, key=("task_id", "iteration"))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM checkpoints"
 
 
@@ -66,7 +66,7 @@ def save(
         "created_at": _values.now(),
         "session_id": session_id,
     }
-    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+    return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
 def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -> dict[str, Any]:
@@ -76,15 +76,15 @@ def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -
     """
     _values.require_text(task_id, TABLE, "task_id")
     if iteration is None:
-        row = conn.execute(LOAD_LATEST_SQL, {"task_id": task_id}).fetchone()
+        checkpoint = one(conn, TABLE, LOAD_LATEST_SQL, {"task_id": task_id}, decode_row)
         missing = f"no checkpoint for task {short_repr(task_id)}"
     else:
         _values.require_int(iteration, TABLE, "iteration", 0)
-        row = conn.execute(LOAD_SQL, {"task_id": task_id, "iteration": iteration}).fetchone()
+        checkpoint = one(conn, TABLE, LOAD_SQL, {"task_id": task_id, "iteration": iteration}, decode_row)
         missing = f"no checkpoint for task {short_repr(task_id)} at iteration {iteration}"
-    if row is None:
+    if checkpoint is None:
         raise NotFoundError(f"{TABLE}: {missing}")
-    return decode_row(row)
+    return checkpoint
 
 
 def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
@@ -104,7 +104,7 @@ def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
     """
     group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
                                         "created", created_since, created_until)
-    return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
+    return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 
 def prune(conn: sqlite3.Connection, task_id: str, keep_last: int) -> int:

@@ -15,11 +15,13 @@ __all__ = [
     "NotFoundError",
     "SchemaError",
     "StorageFullError",
+    "StoredValueError",
     "TransitionError",
     "UniqueError",
     "ValidationError",
     "short_repr",
     "translate",
+    "translated",
 ]
 
 
@@ -68,7 +70,11 @@ class DatabaseFileError(AbathurDBError):
 
 
 class ConfigurationError(AbathurDBError):
-    """The database cannot be used as configured (wrong PRAGMA, :memory:, closed pool)."""
+    """The database or connection cannot be used so (closed pool, another thread's connection, :memory:, ...)."""
+
+
+class StoredValueError(AbathurDBError, ValueError):
+    """A stored value breaks the current rules (text that is not JSON, an unknown state), e.g. one an upgrade kept."""
 
 
 # Extended result codes (https://sqlite.org/rescode.html); the primary code is the low byte.
@@ -80,6 +86,7 @@ _SQLITE_FULL = 13
 _SQLITE_CANTOPEN = 14
 _SQLITE_CONSTRAINT = 19
 _SQLITE_NOTADB = 26
+_IOERR_SHMSIZE = 4874  # the -shm file could not grow: a full disk (or file size limit)
 _CONSTRAINT_CHECK = 275
 _CONSTRAINT_FOREIGNKEY = 787
 _CONSTRAINT_NOTNULL = 1299
@@ -106,6 +113,8 @@ def translate(
     code = getattr(exc, "sqlite_errorcode", None) or 0
     primary = code & 0xFF
     where = f"{table}: " if table else ""
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+        return ConfigurationError(f"{where}the connection is closed (pool.close() closes them all): {exc}")
     params = params or {}
     if code == _CONSTRAINT_FOREIGNKEY:
         return ForeignKeyError(where + _foreign_key_detail(conn, table, params))
@@ -122,7 +131,7 @@ def translate(
         if code == _CONSTRAINT_CHECK:
             return ValidationError(f"{where}{shown} is not allowed (CHECK constraint {', '.join(names)})")
         return ValidationError(f"{where}{exc}")
-    if primary == _SQLITE_FULL:
+    if primary == _SQLITE_FULL or code == _IOERR_SHMSIZE:
         return StorageFullError(f"{where}database or disk is full: {exc}")
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return BusyError(f"{where}database stayed locked past busy_timeout: {exc}")
@@ -131,9 +140,36 @@ def translate(
     return AbathurDBError(f"{where}{exc}")
 
 
+def translated(table: str | None = None, params: dict | None = None,
+               conn: sqlite3.Connection | None = None) -> "_Translated":
+    """Return a context manager that raises the package's error for any sqlite3 error in its block.
+
+    ``with translated("tasks", params, conn):`` stands for ``try: ... except
+    sqlite3.Error as exc: raise translate(exc, "tasks", params, conn) from exc``.
+    """
+    return _Translated(table, params, conn)
+
+
+class _Translated:
+    __slots__ = ("_table", "_params", "_conn")
+
+    def __init__(self, table: str | None, params: dict | None, conn: sqlite3.Connection | None) -> None:
+        self._table, self._params, self._conn = table, params, conn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise translate(exc, self._table, self._params, self._conn) from exc
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """Return repr(value), shortened so that a 1 MB string does not flood a message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

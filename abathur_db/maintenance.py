@@ -17,12 +17,15 @@ from .errors import (
     StorageFullError,
     ValidationError,
     translate,
+    translated,
 )
+from .transaction import hold
 
-__all__ = ["CHECKPOINT_MODES", "CheckpointResult", "backup", "checkpoint", "integrity_check",
-           "structural_problems"]
+__all__ = ["CHECKPOINT_MODES", "CHECKPOINT_WAIT_MS", "CheckpointResult", "backup", "checkpoint",
+           "integrity_check", "structural_problems"]
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+CHECKPOINT_WAIT_MS = 100  # how long checkpoint() waits for a writer or readers
 
 
 class CheckpointResult(NamedTuple):
@@ -49,27 +52,32 @@ def integrity_check(conn: sqlite3.Connection, *, quick: bool = False) -> list[st
 def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointResult:
     """Copy the WAL's committed pages back into the database file; return what was done.
 
-    ``PASSIVE`` copies what it can without waiting. ``FULL`` waits (up to busy_timeout)
-    for writers and copies everything; ``RESTART`` also waits for readers, so that the
-    next write starts the WAL from its beginning; ``TRUNCATE`` (the default) also cuts
-    the WAL file to zero bytes (any case is accepted). A connection with an open read transaction keeps its
-    snapshot's frames in the WAL: the result then has ``busy`` 1 (after busy_timeout).
-    SQLite checkpoints on its own (wal_autocheckpoint); call this after a long reader
-    has let the WAL grow, or before copying the database file.
+    ``PASSIVE`` copies what it can without waiting. ``FULL`` waits for a writer and
+    copies everything; ``RESTART`` also waits for readers, so that the next write
+    starts the WAL from its beginning; ``TRUNCATE`` (the default) also cuts the WAL
+    file to zero bytes (any case is accepted). Each waits at most CHECKPOINT_WAIT_MS
+    (100 ms), never the connection's busy_timeout: while a checkpoint waits for
+    readers it holds the write lock, and writers would wait as long. A reader still
+    inside a transaction keeps its snapshot's frames in the WAL: the result then has
+    ``busy`` 1. SQLite checkpoints on its own (wal_autocheckpoint); call this after
+    a long reader has let the WAL grow, or before copying the database file.
 
     :raises ConfigurationError: when `conn` itself is inside a transaction.
     """
     name = mode.upper() if isinstance(mode, str) else mode
     if name not in CHECKPOINT_MODES:
         raise ValidationError(f"checkpoint: mode {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}")
-    if conn.in_transaction:
-        # SQLite refuses with SQLITE_LOCKED, which would read as another connection's lock.
-        raise ConfigurationError("checkpoint() cannot run inside a transaction on the same connection")
-    try:
-        # The mode is one of the fixed names above: PRAGMA takes no bound parameters.
-        return CheckpointResult(*conn.execute(f"PRAGMA wal_checkpoint({name})").fetchone())
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    with hold(conn), translated("checkpoint"):
+        if conn.in_transaction:
+            # SQLite refuses with SQLITE_LOCKED, which would read as another connection's lock.
+            raise ConfigurationError("checkpoint() cannot run inside a transaction on the same connection")
+        busy_timeout = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        conn.execute(f"PRAGMA busy_timeout = {min(busy_timeout, CHECKPOINT_WAIT_MS)}")
+        try:
+            # The mode is one of the fixed names above: PRAGMA takes no bound parameters.
+            return CheckpointResult(*conn.execute(f"PRAGMA wal_checkpoint({name})").fetchone())
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
 
 
 def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
@@ -87,6 +95,11 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     :raises StorageFullError: the disk is full; nothing is left behind.
     """
     dest = os.fspath(dest_path)
+    with hold(conn):  # another thread's connection is refused; pool.close() waits for the copy
+        return _backup(conn, dest)
+
+
+def _backup(conn: sqlite3.Connection, dest: str) -> str:
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")

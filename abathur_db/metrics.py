@@ -6,12 +6,12 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .transaction import write
+from .transaction import rows, write
 
 TABLE = "metrics"
 COLUMNS = ("id", "timestamp", "metric_name", "metric_value", "labels")
 JSON_COLUMNS = ("labels",)
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM metrics"
 
 # id (the rowid, last column of each index) breaks ties without a sort.
@@ -48,11 +48,15 @@ def record(
         "metric_value": _values.require_number(value, TABLE, "metric_value"),
         "labels": None if labels is None else _values.to_json(labels, TABLE, "labels", dict),
     }
-    row = decode_row(write(conn, TABLE, _INSERT, params)[0])
+    return write(conn, TABLE, _INSERT, params, _decode_recorded)[0]
+
+
+def _decode_recorded(row: tuple) -> dict[str, Any]:
+    recorded = decode_row(row)
     # SQLite 3.40 hands RETURNING a whole-number REAL as an integer (3 for 3.0),
     # while a SELECT of the same row gives 3.0: give back what a read would.
-    row["metric_value"] = float(row["metric_value"])
-    return row
+    recorded["metric_value"] = float(recorded["metric_value"])
+    return recorded
 
 
 def query(
@@ -77,4 +81,4 @@ def query(
     else:
         query_sql = QUERY_SQL["name"]
         params["metric_name"] = name
-    return [decode_row(row) for row in conn.execute(query_sql, params).fetchall()]
+    return rows(conn, TABLE, query_sql, params, decode_row)

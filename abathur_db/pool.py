@@ -1,4 +1,4 @@
-"""Connections: one per thread, each configured and checked, all closable at once."""
+"""Connections: one per thread, each configured and checked, owned by its thread, all closable at once."""
 
 from __future__ import annotations
 
@@ -27,65 +27,150 @@ PRAGMAS: tuple[tuple[str, object], ...] = (
     # wal_autocheckpoint leaves in normal use, so normal use never truncates.
     ("journal_size_limit", 16 * 1024 * 1024),
 )
+# With allow_rollback_journal, on a file system where WAL is impossible: the rollback
+# journal, and synchronous=FULL, which that journal needs to survive a power cut.
+ROLLBACK_JOURNAL_PRAGMAS = {"journal_mode": "delete", "synchronous": 2}
 BUSY_TIMEOUT_SECONDS = 5.0
 _SQLITE_BUSY = 5
 
-# Connections a forked child inherited in the middle of a transaction. Closing one
-# would roll back, in the WAL index the processes share, a write the parent is still
-# making, so the child keeps them here, unused and open, for the rest of its life.
-_INHERITED: list[sqlite3.Connection] = []
+# Connections a forked child inherited in the middle of a call or a transaction.
+# Closing one (or letting it be deallocated, which closes it) would roll back, in the
+# WAL index the processes share, a write the parent is still making, so the child
+# keeps them here, unused and open, for the rest of its life.
+_KEPT: list[sqlite3.Connection] = []
 _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
 
-# One lock per database file, shared by the package's connections in this process.
-# transaction() takes it before BEGIN IMMEDIATE: threads waiting for SQLite's write
-# lock sleep in its busy handler in steps of up to 100 ms and miss the moment it
-# frees, while threads queued on this lock wake at once (10 writing threads: write
-# p99 185 -> 53 ms). Other processes still wait in SQLite's busy handler.
-_WRITE_LOCKS: dict[str, threading.Lock] = {}
+
+class _WriteLock(dict):
+    """The in-process write lock of one database file, shared by the package's connections to it.
+
+    transaction() takes it before BEGIN IMMEDIATE: threads waiting for SQLite's write
+    lock sleep in its busy handler in steps of up to 100 ms and miss the moment it
+    frees, while threads waiting here wake at once (10 writing threads: write p99
+    185 -> 53 ms). Other processes still wait in SQLite's busy handler.
+
+    The lock is a one-entry dict, {0: the connection holding it}: taking it is
+    ``lock.setdefault(0, conn) is conn`` and giving it back ``lock.pop(0, None)``,
+    each one C call that records or clears the holder in the same step. An exception
+    arriving at any point (a signal handler's) therefore leaves a record that says
+    whether the interrupted connection holds it.
+    """
+
+    __slots__ = ("_freed", "waiting")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._freed = threading.Condition(threading.Lock())
+        self.waiting = 0
+
+    @property
+    def holder(self) -> sqlite3.Connection | None:
+        """Return the connection holding the lock, or None."""
+        return self.get(0)
+
+    def wait(self, conn: sqlite3.Connection, timeout: float) -> bool:
+        """Take the lock for `conn`, waiting up to `timeout` seconds; return whether it was taken."""
+        deadline = time.monotonic() + timeout
+        with self._freed:
+            self.waiting += 1
+            try:
+                while self.setdefault(0, conn) is not conn:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    # Woken at once by wake(); the cap bounds the wait should a wake-up be
+                    # lost (a releasing thread interrupted between its pop and its wake()).
+                    self._freed.wait(min(remaining, 0.25))
+                return True
+            finally:
+                self.waiting -= 1
+
+    def wake(self) -> None:
+        """Wake one thread waiting for the lock (call after giving it back)."""
+        with self._freed:
+            self._freed.notify()
+
+
+_WRITE_LOCKS: dict[str, _WriteLock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
 class _Connection(sqlite3.Connection):
-    """A connection opened by the package: it carries its file's in-process write lock."""
+    """A connection opened by the package, with what transaction() and the SQL layer need to know.
 
-    write_lock: threading.Lock | None = None
+    `owner` is the ident of the thread allowed to use it, or None once it is closing,
+    closed, or a copy inherited by a forked child: the SQL layer compares it with the
+    calling thread on every call. Pool.close() never closes it under a statement: the
+    package holds `guard` around each statement it sends outside a transaction block,
+    and `blocks` (the depth of open transaction() blocks) defers the close to the end
+    of the outermost block.
+    """
+
+    __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks",
+                 "epoch", "began", "closing", "__weakref__")
 
 
-def _write_lock(path: str) -> threading.Lock:
+def _write_lock(path: str) -> _WriteLock:
     key = os.path.realpath(path)
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(key, threading.Lock())
+        return _WRITE_LOCKS.setdefault(key, _WriteLock())
 
 
 def _refuse_memory(path: str) -> None:
-    if path in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in path:
+    # A plain name never has URI meaning here (connections are opened with uri=False),
+    # so "mode=memory.db" is a file; names shaped like in-memory URIs are refused as
+    # what their author probably meant.
+    in_memory = path in ("", ":memory:") or path.startswith("file::memory:") or (
+        path.startswith("file:") and "mode=memory" in path.partition("?")[2])
+    if in_memory:
         raise ConfigurationError(
             f"{path!r}: an in-memory database cannot be shared by per-thread connections; "
             "use a file path (a temporary directory in tests)"
         )
 
 
-def create_private_file(path: str) -> None:
-    """Create `path` readable and writable by its owner only, unless it already exists."""
+def _path(path: str | bytes | os.PathLike) -> str:
+    """Return `path` as text (a bytes path decoded as the file system does), refusing in-memory names."""
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        text = os.fsdecode(path)
+    except TypeError:
+        raise ConfigurationError(f"{path!r}: a database path must be a str, bytes or os.PathLike") from None
+    _refuse_memory(text)
+    return text
+
+
+def create_private_file(path: str) -> None:
+    """Create `path` readable and writable by its owner only (whatever the umask), unless it already exists.
+
+    SQLite gives the -wal and -shm files the mode of the database file.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
+        return
     except OSError as exc:
         raise DatabaseFileError(f"{path}: cannot create the database file: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0o277 would otherwise leave it read-only
+    finally:
+        os.close(fd)
 
 
-def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str | bytes | os.PathLike, *, readonly: bool = False,
+            allow_rollback_journal: bool = False) -> sqlite3.Connection:
     """Open one connection to `path` with every PRAGMA applied and read back.
 
-    With `readonly`, the file is opened read-only and must exist; journal_mode is
-    then read, not changed, and a mismatch is left for the caller to report.
+    The connection belongs to the calling thread. With `readonly`, the file is
+    opened read-only and must exist; journal_mode is then read, not changed, and a
+    mismatch is left for the caller to report. `allow_rollback_journal` accepts the
+    rollback journal (with synchronous=FULL) where the file system cannot hold a WAL.
     """
-    path = os.fspath(path)
-    _refuse_memory(path)
+    path = _path(path)
     if readonly:
         target, uri = Path(path).absolute().as_uri() + "?mode=ro", True
     else:
+        create_private_file(path)
         target, uri = path, False
     try:
         conn = sqlite3.connect(
@@ -94,19 +179,43 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
         )
     except sqlite3.Error as exc:
         raise DatabaseFileError(f"{path}: cannot open: {exc}") from exc
-    if not readonly:
-        conn.write_lock = _write_lock(path)
+    conn.owner = conn.thread = threading.get_ident()
+    conn.thread_name = threading.current_thread().name
+    conn.pid = os.getpid()
+    conn.path = path
+    conn.write_lock = None if readonly else _write_lock(path)
+    conn.guard = threading.RLock()
+    conn.blocks = conn.epoch = 0
+    conn.began = conn.closing = False
+    _CONNECTIONS.add(conn)
     try:
-        for name, wanted in PRAGMAS:
-            if not (readonly and name == "journal_mode"):
-                _set_pragma(conn, name, wanted)
+        _configure(conn, path, readonly, allow_rollback_journal)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _set_pragma(conn: sqlite3.Connection, name: str, wanted: object) -> None:
+def _configure(conn: sqlite3.Connection, path: str, readonly: bool, allow_rollback_journal: bool) -> None:
+    settings = [(name, value) for name, value in PRAGMAS if not (readonly and name == "journal_mode")]
+    if not readonly and _set_pragma(conn, path, "journal_mode", "wal") != "wal":
+        if not allow_rollback_journal:
+            raise ConfigurationError(
+                f"{path}: SQLite cannot use WAL here (journal_mode stays"
+                f" {conn.execute('PRAGMA journal_mode').fetchone()[0]!r}): the file system cannot share the"
+                " memory map of the -shm file WAL needs (typical of network file systems). Move the database"
+                " to a local disk, or accept the rollback journal, where readers and the writer wait for"
+                " each other: abathur_db.open(path, allow_rollback_journal=True)"
+            )
+        settings = [(name, ROLLBACK_JOURNAL_PRAGMAS.get(name, value)) for name, value in settings]
+    for name, wanted in settings:
+        current = _set_pragma(conn, path, name, wanted)
+        if current != wanted:
+            raise ConfigurationError(f"{path}: PRAGMA {name} is {current!r} after setting it to {wanted!r}")
+
+
+def _set_pragma(conn: sqlite3.Connection, path: str, name: str, wanted: object) -> object:
+    """Set PRAGMA `name` to `wanted` unless it already has that value; return the value read back."""
     deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
     pause = 0.001
     while True:
@@ -116,18 +225,16 @@ def _set_pragma(conn: sqlite3.Connection, name: str, wanted: object) -> None:
                 # Names and values come from PRAGMAS above: PRAGMA takes no bound parameters.
                 conn.execute(f"PRAGMA {name} = {wanted}").fetchall()
                 current = conn.execute(f"PRAGMA {name}").fetchone()[0]
-            break
+            return current
         except sqlite3.OperationalError as exc:
             # Switching a new file to WAL while another process does the same fails
             # with "database is locked" at once, without calling the busy handler.
             if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() > deadline:
-                raise translate(exc) from exc
+                raise translate(exc, path) from exc
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         except sqlite3.Error as exc:
-            raise translate(exc) from exc
-    if current != wanted:
-        raise ConfigurationError(f"PRAGMA {name} is {current!r} after setting it to {wanted!r}")
+            raise translate(exc, path) from exc
 
 
 class _Slot:
@@ -139,31 +246,79 @@ class _Slot:
         self.conn = conn
 
 
-def _close(registry: dict, key: int, conn: sqlite3.Connection, pid: int) -> None:
-    registry.pop(key, None)
-    try:
-        inherited_mid_transaction = os.getpid() != pid and conn.in_transaction
-    except sqlite3.ProgrammingError:  # its user closed it already
+def close_connection(conn: sqlite3.Connection) -> None:
+    """Close `conn` now, or, while a transaction block is open on it, as that block ends.
+
+    Never under a statement: a statement in progress holds the connection's guard,
+    which this waits for. From then on the SQL layer refuses calls on it.
+    """
+    conn.owner = None
+    conn.closing = True
+    if conn.pid != os.getpid():
+        _close_inherited(conn)
         return
-    if inherited_mid_transaction:
-        _INHERITED.append(conn)
-    else:
-        conn.close()
+    with conn.guard:
+        if not conn.blocks:
+            conn.close()
+
+
+def _close_inherited(conn: sqlite3.Connection) -> None:
+    # SQLite's own advice for a forked child (its test/forktest.c): close the
+    # inherited connections before opening new ones. While a copy stays open, SQLite
+    # in the child believes it already holds the parent's file locks and never takes
+    # them for the child's own connections; the parent's last close then deletes the
+    # WAL under the child's writes. Closing a copy that is idle leaves the parent's
+    # files alone (the parent's locks stop the last-connection cleanup). A copy that
+    # was in a call or a transaction is kept: closing it would roll back, in shared
+    # memory, what the parent is still writing.
+    if conn.guard.acquire(blocking=False):  # else a thread the fork left behind was inside a statement
+        try:
+            if not conn.blocks and not _in_transaction(conn):
+                conn.close()
+                return
+        finally:
+            conn.guard.release()
+    _keep_forever(conn)
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.in_transaction
+    except sqlite3.ProgrammingError:  # closed already
+        return False
+
+
+def _keep_forever(conn: sqlite3.Connection) -> None:
+    _KEPT.append(conn)
+    try:
+        import ctypes
+    except ImportError:  # pragma: no cover - CPython always has ctypes
+        return
+    # A reference never given back: not even the interpreter's exit can deallocate
+    # the copy (deallocating closes it, and closing rolls back).
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+
+
+def _release_slot(registry: dict, key: int, conn: sqlite3.Connection) -> None:
+    registry.pop(key, None)
+    close_connection(conn)
 
 
 class Pool:
     """Per-thread connections to one database file.
 
     `connection()` returns the calling thread's own connection, opening it on first
-    use. A connection is closed when its thread ends, or by `close()`, which closes
-    every connection of the pool (call it once the threads using it are done).
-    After ``os.fork()`` the child closes its copies of the parent's connections
-    (but not one inside a transaction) and opens connections of its own.
+    use; no other thread may use it. A connection is closed when its thread ends, or
+    by `close()`, which closes every connection of the pool, whichever thread uses
+    it, without cutting a statement or a transaction block in half. After
+    ``os.fork()`` the child closes its copies of the parent's idle connections and
+    opens connections of its own. The path is made absolute when the pool is
+    created: a later ``os.chdir`` changes nothing.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
-        _refuse_memory(self.path)
+    def __init__(self, path: str | bytes | os.PathLike, *, allow_rollback_journal: bool = False) -> None:
+        self.path = os.path.abspath(_path(path))
+        self.allow_rollback_journal = allow_rollback_journal
         create_private_file(self.path)
         self.applied: list[str] = []  # schema files applied when the pool was opened
         self.backup_path: str | None = None  # copy written before the first change, if any
@@ -176,7 +331,6 @@ class Pool:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._finalizers: dict[int, weakref.finalize] = {}
-        self._pid = os.getpid()
 
     def connection(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""
@@ -188,21 +342,27 @@ class Pool:
     def _open_for_this_thread(self) -> sqlite3.Connection:
         if self._closed:
             raise ConfigurationError(f"{self.path}: the pool is closed")
-        conn = connect(self.path)
+        conn = connect(self.path, allow_rollback_journal=self.allow_rollback_journal)
         slot = _Slot(conn)
         key = next(self._keys)
         with self._lock:
-            self._finalizers[key] = weakref.finalize(slot, _close, self._finalizers, key, conn, self._pid)
+            self._finalizers[key] = weakref.finalize(slot, _release_slot, self._finalizers, key, conn)
         self._local.slot = slot
         return conn
 
     @property
     def open_connections(self) -> int:
-        """Return how many connections of this pool are open."""
+        """Return how many connections the pool holds (not counting those closing as their block ends)."""
         return len(self._finalizers)
 
     def close(self) -> None:
-        """Close every connection of the pool, whichever thread opened it."""
+        """Close every connection of the pool, whichever thread uses it.
+
+        Idle connections close at once; one running a statement closes as soon as the
+        statement ends (this waits for it); one inside a transaction block closes when
+        the block ends, so the block commits or rolls back whole. Any later call on a
+        connection of the pool raises ConfigurationError.
+        """
         with self._lock:
             self._closed = True
             finalizers = list(self._finalizers.values())
@@ -220,14 +380,8 @@ class Pool:
         return f"<abathur_db.Pool {self.path!r} connections={self.open_connections}>"
 
     def _after_fork_in_child(self) -> None:
-        # SQLite's own advice for a forked child (its test/forktest.c): close the
-        # inherited connections before opening new ones. While a copy stays open,
-        # SQLite in the child believes it already holds the parent's file locks and
-        # never takes them for the child's own connections; the parent's last close
-        # then deletes the WAL under the child's writes. Closing a copy that is not
-        # in a transaction leaves the parent's files alone (the parent's locks stop
-        # the last-connection cleanup). Copies belonging to other threads were
-        # already closed the same way when Python discarded those threads.
+        # Copies belonging to other threads were already released the same way when
+        # Python discarded those threads.
         for finalizer in list(self._finalizers.values()):
             finalizer()
         self._reset()
@@ -239,8 +393,13 @@ def _after_fork_in_child() -> None:
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()
     _WRITE_LOCKS.clear()
+    for conn in list(_CONNECTIONS):
+        conn.owner = None  # the parent's: the SQL layer refuses it in the child
     for pool in list(_POOLS):
         pool._after_fork_in_child()
+    for conn in list(_CONNECTIONS):
+        if conn not in _KEPT:
+            close_connection(conn)  # idle copies from connect() too; busy ones are kept
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -6,8 +6,8 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .errors import NotFoundError, TransitionError, short_repr
-from .transaction import write
+from .errors import NotFoundError, short_repr
+from .transaction import one, transaction, write
 
 TABLE = "sessions"
 STATUSES = ("created", "active", "paused", "terminated", "archived")
@@ -16,7 +16,7 @@ COLUMNS = (
     "created_at", "last_update_time", "terminated_at", "archived_at",
 )
 JSON_COLUMNS = ("events", "state", "metadata")
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
 # Allowed status changes: a terminated session can only be archived, an archived one is final.
@@ -29,6 +29,7 @@ _NEXT = {
 }
 
 GET_SQL = f"SELECT {', '.join(COLUMNS)} FROM sessions WHERE id = :id"  # catalog S1
+_STATUS_SQL = "SELECT status FROM sessions WHERE id = :id"
 
 _INSERT = (
     "INSERT INTO sessions (id, app_name, user_id, project_id, status, events, state, metadata,"
@@ -40,7 +41,7 @@ _SET_STATUS = (
     "UPDATE sessions SET status = :status, last_update_time = :now,"
     " terminated_at = CASE WHEN :status = 'terminated' THEN :now ELSE terminated_at END,"
     " archived_at = CASE WHEN :status = 'archived' THEN :now ELSE archived_at END"
-    " WHERE id = :id AND status = :from_status" + _RETURNING
+    " WHERE id = :id" + _RETURNING
 )
 _DELETE = "DELETE FROM sessions WHERE id = :id RETURNING id"
 
@@ -74,16 +75,16 @@ def create(
         "metadata": _values.to_json({} if metadata is None else metadata, TABLE, "metadata", dict),
         "now": _values.now(),
     }
-    return decode_row(write(conn, TABLE, _INSERT, params)[0])
+    return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
 def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     """Return the session `session_id`; raise NotFoundError if there is none."""
-    _values.require_key(session_id, TABLE, "id")
-    row = conn.execute(GET_SQL, {"id": session_id}).fetchone()
-    if row is None:
+    _values.require_text(session_id, TABLE, "id")
+    session = one(conn, TABLE, GET_SQL, {"id": session_id}, decode_row)
+    if session is None:
         raise NotFoundError(f"{TABLE}: no session with id {short_repr(session_id)}")
-    return decode_row(row)
+    return session
 
 
 def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[str, Any]:
@@ -94,15 +95,16 @@ def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[s
 
     :raises TransitionError: when `status` cannot follow the current one.
     """
+    _values.require_text(session_id, TABLE, "id")
     _values.require_choice(status, STATUSES, TABLE, "status")
-    current = get(conn, session_id)["status"]
-    if status not in _NEXT[current]:
-        raise TransitionError(f"{TABLE}: session {session_id!r} cannot go from {current!r} to {status!r}")
-    params = {"id": session_id, "status": status, "from_status": current, "now": _values.now()}
-    rows = write(conn, TABLE, _SET_STATUS, params)
-    if not rows:  # another connection changed it between our read and our write
-        raise TransitionError(f"{TABLE}: session {session_id!r} changed status concurrently; retry")
-    return decode_row(rows[0])
+    params = {"id": session_id, "status": status, "now": _values.now()}
+    # Read and changed under one write lock: no other writer can move the status in between.
+    with transaction(conn):
+        found = one(conn, TABLE, _STATUS_SQL, params)
+        if found is None:
+            raise NotFoundError(f"{TABLE}: no session with id {short_repr(session_id)}")
+        _values.require_transition(_NEXT, found[0], status, f"{TABLE}: session {session_id!r}", "status")
+        return write(conn, TABLE, _SET_STATUS, params, decode_row)[0]
 
 
 def delete(conn: sqlite3.Connection, session_id: str) -> None:
@@ -110,6 +112,6 @@ def delete(conn: sqlite3.Connection, session_id: str) -> None:
 
     The foreign keys (``ON DELETE SET NULL``) set their ``session_id`` to NULL.
     """
-    _values.require_key(session_id, TABLE, "id")
+    _values.require_text(session_id, TABLE, "id")
     if not write(conn, TABLE, _DELETE, {"id": session_id}):
         raise NotFoundError(f"{TABLE}: no session with id {short_repr(session_id)}")

@@ -6,12 +6,12 @@ import sqlite3
 from typing import Any
 
 from . import _values
-from .transaction import write
+from .transaction import one, write
 
 TABLE = "state"
 COLUMNS = ("id", "task_id", "key", "value", "created_at", "updated_at")
 JSON_COLUMNS = ("value",)
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 
 GET_SQL = "SELECT value FROM state WHERE task_id = :task_id AND key = :key"  # K1
 
@@ -40,15 +40,16 @@ def set(conn: sqlite3.Connection, task_id: str, key: str, value: Any) -> dict[st
         "created_at": now,
         "updated_at": now,
     }
-    return decode_row(write(conn, TABLE, _UPSERT, params)[0])
+    return write(conn, TABLE, _UPSERT, params, decode_row)[0]
 
 
 def get(conn: sqlite3.Connection, task_id: str, key: str, default: Any = None) -> Any:
     """Return the value stored under `key` for the task, or `default` when there is none."""
     _values.require_text(task_id, TABLE, "task_id")
     _values.require_text(key, TABLE, "key")
-    row = conn.execute(GET_SQL, {"task_id": task_id, "key": key}).fetchone()
-    return default if row is None else _values.decode_json(row[0])
+    params = {"task_id": task_id, "key": key}
+    row = one(conn, TABLE, GET_SQL, params)
+    return default if row is None else _values.decode_json(row[0], TABLE, "value", params, ("task_id", "key"))
 
 
 def delete(conn: sqlite3.Connection, task_id: str, key: str) -> bool:

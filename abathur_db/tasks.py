@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from . import _values, sessions
 from .errors import ForeignKeyError, NotFoundError, TransitionError, ValidationError, short_repr
-from .transaction import transaction, write
+from .transaction import one, rows, transaction, write
 
 TABLE = "tasks"
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -20,7 +20,7 @@ COLUMNS = (
     "unmet_dependencies",
 )
 JSON_COLUMNS = ("input_data", "result_data", "dependencies")
-decode_row = _values.decoder(COLUMNS, JSON_COLUMNS)
+decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
@@ -70,6 +70,9 @@ REQUEUE_STALE_SQL = (
     " '+' || max_execution_timeout_seconds || ' seconds') < :now"
     + _RETURNING
 )
+
+# What a refused status change is explained by (a whole row might not even decode).
+_STATUS_SQL = "SELECT status, retry_count, max_retries FROM tasks WHERE id = :id"
 
 INSERT_SQL = (
     "INSERT INTO tasks (id, prompt, agent_type, priority, input_data, max_retries,"
@@ -141,11 +144,11 @@ def create(
         submitted_at=submitted_at,
     )
     if params["dependencies"] == "[]":
-        return decode_row(write(conn, TABLE, INSERT_SQL + _RETURNING, params)[0])
+        return write(conn, TABLE, INSERT_SQL + _RETURNING, params, decode_row)[0]
     with transaction(conn):
         _insert_with_dependencies(conn, params)
         # RETURNING would show the row before the AFTER INSERT trigger counted unmet_dependencies.
-        return decode_row(conn.execute(GET_SQL, params).fetchone())
+        return one(conn, TABLE, GET_SQL, params, decode_row)
 
 
 def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -> builtins.list[str]:
@@ -156,7 +159,7 @@ def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -
     task is: the first bad one raises, as create() would.
     """
     now = _values.now()
-    rows = []
+    prepared = []
     if isinstance(new_tasks, (str, bytes, dict)) or not hasattr(new_tasks, "__iter__"):
         raise ValidationError(f"{TABLE}: create_many() takes an iterable of dicts, got {short_repr(new_tasks)}")
     for number, fields in enumerate(new_tasks):
@@ -165,14 +168,14 @@ def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -
                 f"{TABLE}: create_many() item {number} must be a dict with prompt and create()'s keyword"
                 f" arguments, got {short_repr(fields)}"
             )
-        rows.append(_insert_params(now, **fields))
+        prepared.append(_insert_params(now, **fields))
     with transaction(conn):
-        for params in rows:
+        for params in prepared:
             if params["dependencies"] == "[]":
                 write(conn, TABLE, INSERT_SQL, params)
             else:
                 _insert_with_dependencies(conn, params)
-    return [params["id"] for params in rows]
+    return [params["id"] for params in prepared]
 
 
 def _insert_params(
@@ -226,7 +229,7 @@ _CREATE_FIELDS = frozenset(inspect.signature(_insert_params).parameters) - {"now
 
 def _insert_with_dependencies(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
     """Insert one task that has dependencies, naming any that does not exist (inside a transaction)."""
-    missing = [value for (value,) in conn.execute(_MISSING_DEPENDENCIES, params).fetchall()]
+    missing = [value for (value,) in rows(conn, TABLE, _MISSING_DEPENDENCIES, params)]
     if missing:
         raise ForeignKeyError(
             f"{TABLE}: {TABLE}.dependencies: no task with id {', '.join(map(short_repr, missing))}"
@@ -250,19 +253,23 @@ def _dependencies_json(dependencies: Any, task_id: str) -> str:
 
 def get(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     """Return the task `task_id`; raise NotFoundError if there is none."""
-    _values.require_key(task_id, TABLE, "id")
-    row = conn.execute(GET_SQL, {"id": task_id}).fetchone()
-    if row is None:
+    _values.require_text(task_id, TABLE, "id")
+    task = one(conn, TABLE, GET_SQL, {"id": task_id}, decode_row)
+    if task is None:
         raise NotFoundError(f"{TABLE}: no task with id {short_repr(task_id)}")
-    return decode_row(row)
+    return task
 
 
 def get_with_session(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     """Return the task `task_id` with its session (or None) under the key ``"session"``."""
-    _values.require_key(task_id, TABLE, "id")
-    row = conn.execute(GET_WITH_SESSION_SQL, {"id": task_id}).fetchone()
-    if row is None:
+    _values.require_text(task_id, TABLE, "id")
+    task = one(conn, TABLE, GET_WITH_SESSION_SQL, {"id": task_id}, _decode_with_session)
+    if task is None:
         raise NotFoundError(f"{TABLE}: no task with id {short_repr(task_id)}")
+    return task
+
+
+def _decode_with_session(row: tuple) -> dict[str, Any]:
     task = decode_row(row[:len(COLUMNS)])
     session = row[len(COLUMNS):]
     task["session"] = None if session[0] is None else sessions.decode_row(session)
@@ -291,7 +298,7 @@ def list(  # noqa: A001 - the module's namespace makes it tasks.list
     )
     if group == "status":
         _values.require_choice(status, STATUSES, TABLE, "status")
-    return [decode_row(row) for row in conn.execute(LIST_SQL[group], params).fetchall()]
+    return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 
 def claim_next(conn: sqlite3.Connection, *, agent_type: str | None = None) -> dict[str, Any] | None:
@@ -307,8 +314,8 @@ def claim_next(conn: sqlite3.Connection, *, agent_type: str | None = None) -> di
     else:
         _values.require_text(agent_type, TABLE, "agent_type")
         sql, params["agent_type"] = CLAIM_BY_AGENT_TYPE_SQL, agent_type
-    rows = write(conn, TABLE, sql, params)
-    return decode_row(rows[0]) if rows else None
+    claimed = write(conn, TABLE, sql, params, decode_row)
+    return claimed[0] if claimed else None
 
 
 def complete(conn: sqlite3.Connection, task_id: str, result: Any = None) -> dict[str, Any]:
@@ -352,26 +359,29 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[di
     default the current time) is the moment to measure from.
     """
     moment = _values.now() if now is None else _values.timestamp(now, TABLE, "now")
-    return [decode_row(row) for row in write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment})]
+    return write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
 
 
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
                 params: dict[str, Any]) -> dict[str, Any]:
     sql, allowed = change
-    _values.require_key(params["id"], TABLE, "id")
+    _values.require_text(params["id"], TABLE, "id")
     params["now"] = _values.now()
     # The refusal is explained inside the same transaction, so it reports the status that refused.
     with transaction(conn):
-        rows = write(conn, TABLE, sql, params)
-        if not rows:
-            task = get(conn, params["id"])
-            if task["status"] not in allowed:
+        changed = write(conn, TABLE, sql, params, decode_row)
+        if not changed:
+            task = one(conn, TABLE, _STATUS_SQL, params)
+            if task is None:
+                raise NotFoundError(f"{TABLE}: no task with id {short_repr(params['id'])}")
+            status, retry_count, max_retries = task
+            if status not in allowed:
                 raise TransitionError(
                     f"{TABLE}: cannot {operation} task {params['id']!r}: its status is"
-                    f" {task['status']!r}, must be {' or '.join(map(repr, allowed))}"
+                    f" {status!r}, must be {' or '.join(map(repr, allowed))}"
                 )
             raise TransitionError(
                 f"{TABLE}: cannot {operation} task {params['id']!r}: retries are used up"
-                f" ({task['retry_count']} of {task['max_retries']})"
+                f" ({retry_count} of {max_retries})"
             )
-    return decode_row(rows[0])
+    return changed[0]

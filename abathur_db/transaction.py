@@ -1,23 +1,51 @@
-"""Explicit transactions: BEGIN IMMEDIATE … COMMIT, with SAVEPOINTs when nested."""
+"""Explicit transactions (BEGIN IMMEDIATE … COMMIT, SAVEPOINTs when nested) and the one door for SQL.
+
+Every statement the table modules send goes through `one`, `rows` or `write`: they
+refuse a connection that is not the calling thread's (or is closed, or is a copy a
+forked child inherited), hold the connection's guard while SQLite runs a statement
+outside a transaction block (so Pool.close() never closes it under one), and raise
+the package's errors, never sqlite3's.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import threading
+from threading import get_ident
+from typing import Any, Callable
 
-from .errors import AbathurDBError, BusyError, translate
+from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
+from .pool import _Connection, _in_transaction, close_connection
 
-__all__ = ["transaction", "write"]
+__all__ = ["hold", "one", "rows", "transaction", "write"]
 
 _SAVEPOINT = "SAVEPOINT abathur_db"
 _RELEASE = "RELEASE abathur_db"
 _ROLLBACK_TO = "ROLLBACK TO abathur_db"
 
-# Connections inside transaction() blocks, and how deeply nested. After an I/O error,
-# an interrupt, or SQLITE_FULL / SQLITE_NOMEM in a statement without a statement
-# journal (one without RETURNING), SQLite rolls the whole transaction back by itself;
-# a caller that caught the error and carried on inside its block would then write in
-# autocommit mode and keep part of what the block meant to be all or nothing.
-_OPEN_BLOCKS: dict[sqlite3.Connection, int] = {}
+Params = dict[str, Any] | tuple
+
+
+class _Plain:
+    """What the package keeps about a plain sqlite3 connection it did not open.
+
+    Such a connection works, but without the protections of the package's own: no
+    thread check, no guard against Pool.close(), no in-process write lock.
+    """
+
+    __slots__ = ("blocks", "began", "epoch", "guard", "write_lock", "closing", "owner")
+
+    def __init__(self) -> None:
+        self.blocks = self.epoch = 0
+        self.began = self.closing = False
+        self.guard = contextlib.nullcontext()
+        self.write_lock = self.owner = None
+
+
+_PLAIN: dict[int, _Plain] = {}  # by id(): plain connections inside a transaction() block
+_IDLE = _Plain()  # every other plain connection (never changed)
 
 
 def _lost() -> AbathurDBError:
@@ -28,106 +56,293 @@ def _lost() -> AbathurDBError:
     )
 
 
+def _admit(conn: sqlite3.Connection) -> Any:
+    """Return what the package keeps about `conn` (the connection itself, when the package opened it).
+
+    Raise ConfigurationError when the calling thread may not use it: another
+    thread's, closed, or inherited through os.fork(). The owning thread may still
+    finish a transaction block it was in when Pool.close() was called.
+    """
+    if not isinstance(conn, _Connection):
+        return _PLAIN.get(id(conn), _IDLE)
+    if conn.pid != os.getpid():
+        raise ConfigurationError(
+            f"{conn.path}: this connection was opened by process {conn.pid} and inherited through os.fork();"
+            f" process {os.getpid()} must open its own (pool.connection() does)"
+        )
+    me = threading.current_thread()
+    if conn.thread != me.ident:
+        raise ConfigurationError(
+            f"{conn.path}: this connection belongs to thread {conn.thread_name!r} ({conn.thread}); thread"
+            f" {me.name!r} ({me.ident}) may not use it: each thread takes its own from pool.connection()"
+        )
+    if conn.closing and conn.blocks:
+        return conn
+    raise ConfigurationError(f"{conn.path}: the connection is closed (pool.close() closes them all)")
+
+
+def hold(conn: sqlite3.Connection):
+    """Return a context manager under which the caller may send its own statements on `conn`.
+
+    Like the functions below, it refuses a connection the calling thread may not use,
+    and keeps Pool.close() from closing it meanwhile.
+    """
+    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    return state.guard
+
+
+def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (),
+        decode: Callable[[tuple], Any] | None = None) -> Any:
+    """Run one SELECT and return its first row (decoded by `decode` when given), or None."""
+    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    with state.guard:
+        try:
+            row = conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, table, params, conn) from exc
+    return row if row is None or decode is None else decode(row)
+
+
+def rows(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (),
+         decode: Callable[[tuple], Any] | None = None) -> list:
+    """Run one SELECT and return all its rows (each decoded by `decode` when given)."""
+    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    with state.guard:
+        try:
+            found = conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, table, params, conn) from exc
+    return found if decode is None else [decode(row) for row in found]
+
+
+def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
+          decode: Callable[[tuple], Any] | None = None) -> list:
+    """Run one write statement in its own or the caller's transaction; return its rows.
+
+    The rows are those of a RETURNING clause, read to the end, and decoded by `decode`
+    when given, all before the commit: a row that cannot be decoded rolls the write
+    back. A failure leaves nothing behind and is raised as the package's error for
+    `table`.
+    """
+    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    if state.blocks and conn.in_transaction:
+        # One statement is atomic on its own: a failing one is undone and the caller's
+        # transaction stays open, so no savepoint is needed.
+        return _write(conn, state, table, sql, params, decode)
+    with transaction(conn):
+        return _write(conn, state, table, sql, params, decode)
+
+
+def _write(conn: sqlite3.Connection, state: Any, table: str, sql: str, params: Params,
+           decode: Callable[[tuple], Any] | None) -> list:
+    # Inside a block: Pool.close() leaves the connection open until the block ends.
+    try:
+        found = conn.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise translate(exc, table, params, conn) from exc
+    if decode is None or not found:
+        return found
+    try:
+        return [decode(row) for row in found]
+    except BaseException:
+        # The statement cannot be undone alone inside the caller's block (it has no
+        # savepoint of its own): the whole transaction goes, as SQLite itself does
+        # after an I/O error, and the block then refuses to carry on (see _lost).
+        _rollback(conn, state)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection, state: Any) -> None:
+    with state.guard, translated():
+        if _in_transaction(conn):  # not after SQLite rolled back by itself, or closing
+            conn.execute("ROLLBACK")
+
+
 class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
     """Run a block in one write transaction on `conn`, or in a SAVEPOINT if one is open.
 
     The outermost level sends ``BEGIN IMMEDIATE`` so that the write lock is taken
     (waiting up to busy_timeout) before anything is read: a deferred transaction
     that reads and then writes fails with SQLITE_BUSY at once, ignoring the
-    timeout. Any exception, KeyboardInterrupt included, rolls the block back.
+    timeout. Any exception, at any point (a signal handler's, raised while BEGIN
+    waited for another process, included), rolls back whatever the block began.
     If SQLite rolls the whole transaction back by itself (an I/O error, an
     interrupt, a full disk under a statement without RETURNING), the package's
     writes later in the block, and leaving the block normally, raise
     AbathurDBError instead of running, or committing, outside any transaction.
+    A forked child never commits or rolls back a transaction it inherited.
     """
 
-    __slots__ = ("_conn", "_nested", "_lock")
+    __slots__ = ("_conn", "_state", "_nested", "_epoch", "_depth")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._nested = False
-        self._lock = None
+        # While entered and not yet exited: the connection's epoch (one per outermost
+        # block) and this block's depth in it, else 0.
+        self._epoch = self._depth = 0
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn
-        nested = self._nested = conn.in_transaction
-        depth = _OPEN_BLOCKS.get(conn, 0)
-        if depth and not nested:
-            raise _lost()
-        if not nested:
-            # The in-process write lock of a pooled connection (see pool._WRITE_LOCKS).
-            lock = self._lock = getattr(conn, "write_lock", None)
-            if lock is not None and not lock.acquire(blocking=False):
-                _wait_for(conn, lock)
+        state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+        if state is _IDLE:
+            state = _PLAIN[id(conn)] = _Plain()
+        self._state = state
+        if state.began and not state.blocks:
+            self._abort()  # a block interrupted twice over left its transaction behind
+        depth = state.blocks
+        # blocks > 0 tells Pool.close() to leave the connection open until the
+        # outermost block ends; it is raised under the guard, which close() checks under.
         try:
-            conn.execute(_SAVEPOINT if nested else "BEGIN IMMEDIATE")
+            nested = self._nested = conn.in_transaction
+        except sqlite3.Error as exc:  # closed by hand
+            raise translate(exc) from exc
+        if nested:
+            with state.guard:
+                state.blocks = depth + 1
+            try:
+                conn.execute(_SAVEPOINT)
+            except BaseException as exc:
+                state.blocks = depth
+                if isinstance(exc, sqlite3.Error):
+                    raise translate(exc) from exc
+                raise
+            # An exception from here on leaves an unused savepoint inside the outer
+            # transaction, which that transaction's end disposes of.
+            self._epoch, self._depth = state.epoch, depth + 1
+            return conn
+        if depth:
+            raise _lost()
+        lock = state.write_lock
+        try:
+            if lock is not None and lock.setdefault(0, conn) is not conn:
+                _wait_for(conn, lock)
+            with state.guard:
+                state.blocks = 1
+            state.epoch += 1
+            state.began = True
+            conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
-            self._release()
+            self._abort()
             if isinstance(exc, sqlite3.Error):
                 raise translate(exc) from exc
             raise
-        _OPEN_BLOCKS[conn] = depth + 1
+        self._epoch, self._depth = state.epoch, 1
         return conn
 
+    def __del__(self) -> None:
+        # The with statement entered the block but never ran __exit__: a signal struck
+        # as the block ended, at __exit__'s first instruction, where Python checks for
+        # pending signals. Once that exception lets go of the block (its traceback holds
+        # it), undo what the block began, as __exit__ would have; unless the transaction
+        # it belonged to has ended meanwhile (an outer block's exit rolled it all back).
+        epoch = getattr(self, "_epoch", 0)
+        state = epoch and self._state
+        if epoch and state.epoch == epoch and state.blocks == self._depth and _owned_here(self._conn):
+            self.__exit__(BaseException, None, None)
+
+    def _abort(self) -> None:
+        """Undo what an outermost __enter__ reached: its transaction, its flags, its lock."""
+        conn, state = self._conn, self._state
+        try:
+            if state.began:
+                _rollback(conn, state)
+        finally:
+            state.began = False
+            state.blocks = 0
+            lock = state.write_lock
+            if lock is not None and lock.get(0) is conn:
+                lock.pop(0)
+                if lock.waiting:
+                    lock.wake()
+            if state is not conn:
+                _PLAIN.pop(id(conn), None)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
-        conn = self._conn
-        depth = _OPEN_BLOCKS.pop(conn) - 1
-        if depth:
-            _OPEN_BLOCKS[conn] = depth
+        conn, state = self._conn, self._state
+        self._epoch = 0
+        if state.owner is None and _inherited(conn):
+            return _leave_inherited(conn, exc_type)
+        if self._nested:
+            try:
+                if exc_type is None:
+                    if not conn.in_transaction:
+                        raise _lost()
+                    conn.execute(_RELEASE)
+                elif conn.in_transaction:
+                    conn.execute(_ROLLBACK_TO)
+                    conn.execute(_RELEASE)
+            except sqlite3.Error as end_exc:
+                raise translate(end_exc) from end_exc
+            finally:
+                state.blocks -= 1
+                if state is not conn and not state.blocks:
+                    _PLAIN.pop(id(conn), None)
+            return False
         try:
             if exc_type is None:
                 if not conn.in_transaction:
                     raise _lost()
-                try:
-                    conn.execute(_RELEASE if self._nested else "COMMIT")
-                    return False
-                except sqlite3.Error as commit_exc:
-                    self._rollback()
-                    raise translate(commit_exc) from commit_exc
-            self._rollback()
-            return False
+                conn.execute("COMMIT")
+                state.began = False  # committed: nothing left to roll back
+        except sqlite3.Error as end_exc:
+            raise translate(end_exc) from end_exc
         finally:
-            self._release()
+            # Whatever happened above (a failed COMMIT, an exception of the block, a
+            # signal), nothing this block began outlives it uncommitted. No call comes
+            # before the flags are reset, so an exception cannot fall in between.
+            try:
+                if state.began:
+                    _rollback(conn, state)
+            finally:
+                state.began = False
+                state.blocks = 0
+                lock = state.write_lock
+                if lock is not None:
+                    lock.pop(0, None)
+                    if lock.waiting:
+                        lock.wake()
+                if state.closing:
+                    close_connection(conn)
+                elif state is not conn:
+                    _PLAIN.pop(id(conn), None)
+        return False
 
-    def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
 
-    def _rollback(self) -> None:
-        conn = self._conn
-        # Some errors (SQLITE_FULL, SQLITE_IOERR, ...) make SQLite roll back by itself.
-        if not conn.in_transaction:
-            return
-        if self._nested:
-            conn.execute(_ROLLBACK_TO)
-            conn.execute(_RELEASE)
-        else:
-            conn.execute("ROLLBACK")
+def _inherited(conn: sqlite3.Connection) -> bool:
+    return isinstance(conn, _Connection) and conn.pid != os.getpid()
+
+
+def _owned_here(conn: sqlite3.Connection) -> bool:
+    """Return whether this process and thread may end a block on `conn` (any may, on a plain connection)."""
+    return not isinstance(conn, _Connection) or (conn.pid == os.getpid() and conn.thread == get_ident())
+
+
+def _leave_inherited(conn: sqlite3.Connection, exc_type) -> bool:
+    # The block was open when the process forked: the transaction is the parent's,
+    # which commits or rolls it back itself. Ending it here would undo the parent's
+    # work in the WAL index both processes share.
+    conn.blocks = max(conn.blocks - 1, 0)
+    if exc_type is None:
+        raise ConfigurationError(
+            f"{conn.path}: this transaction was opened by process {conn.pid} before os.fork(); process"
+            f" {os.getpid()} cannot commit it (the parent does)"
+        )
+    return False
 
 
 def _wait_for(conn: sqlite3.Connection, lock) -> None:
-    """Take `lock`, held by another thread, waiting no longer than the connection's busy_timeout."""
-    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
-    if not lock.acquire(timeout=timeout):
-        raise BusyError(
-            "database is locked: another thread of this process held its write lock past busy_timeout"
+    """Take `lock`, held by another connection, waiting no longer than the connection's busy_timeout."""
+    holder = lock.holder
+    if holder is not None and holder.thread == conn.thread:
+        raise ConfigurationError(
+            f"{conn.path}: this thread ({conn.thread_name!r}) already holds the write lock through another"
+            " connection, inside a transaction block: a second connection of the same thread would wait for"
+            " itself. Finish that block first, or write through the same connection"
         )
-
-
-def write(conn: sqlite3.Connection, table: str, sql: str, params: dict) -> list[tuple]:
-    """Run one write statement in its own or the caller's transaction; return its rows.
-
-    The rows are those of a RETURNING clause, read to the end before the commit.
-    A failure leaves nothing behind and is raised as the package's error for `table`.
-    """
-    try:
-        if conn.in_transaction:
-            # One statement is atomic on its own: a failing one is undone and the
-            # caller's transaction stays open (unless SQLite rolls it all back, see
-            # _OPEN_BLOCKS), so no savepoint is needed.
-            return conn.execute(sql, params).fetchall()
-        with transaction(conn):
-            return conn.execute(sql, params).fetchall()
-    except sqlite3.Error as exc:
-        raise translate(exc, table, params, conn) from exc
+    timeout = one(conn, None, "PRAGMA busy_timeout")[0] / 1000
+    if not lock.wait(conn, timeout):
+        raise BusyError(
+            f"{conn.path}: database is locked: another thread of this process held its write lock"
+            " past busy_timeout"
+        )

@@ -265,19 +265,37 @@ def test_set_state_rejects_bad_input(conn, agent, agent_id, state, error, shown)
     assert agents.get(conn, agent["id"]) == agent
 
 
-def test_set_state_reports_a_concurrent_change(conn, agent, monkeypatch):
-    """If the state changes between the read and the conditional write, TransitionError says so."""
-    real_get = agents.get
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda conn, agent_id: agents.set_state(conn, agent_id, "idle"), id="set_state"),
+    pytest.param(lambda conn, agent_id: agents.terminate(conn, agent_id), id="terminate"),
+])
+def test_state_change_reads_the_current_state_inside_its_write_transaction(conn, agent, change):
+    """The current state is read under the write lock, so no other writer can change it before the update."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        change(conn, agent["id"])
+    finally:
+        conn.set_trace_callback(None)
+    assert [s.split()[0] for s in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
+    assert sent[1].startswith("SELECT state FROM agents")
 
-    def stale_get(c, agent_id):
-        row = real_get(c, agent_id)
-        put_state(conn, agent_id, "busy")  # another worker got there first
-        return row
 
-    monkeypatch.setattr(agents, "get", stale_get)
-    with pytest.raises(TransitionError, match="concurrently"):
-        agents.set_state(conn, agent["id"], "idle")
-    assert real_get(conn, agent["id"])["state"] == "busy"
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda conn, agent_id: agents.set_state(conn, agent_id, "idle"), id="set_state"),
+    pytest.param(lambda conn, agent_id: agents.terminate(conn, agent_id), id="terminate"),
+])
+def test_a_state_this_version_does_not_know_refuses_changes(conn, agent, change):
+    """An out-of-enum state (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute("UPDATE agents SET state = 'hibernating' WHERE id = ?", (agent["id"],))
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+    assert agents.get(conn, agent["id"])["state"] == "hibernating"
+    with pytest.raises(TransitionError, match="from 'hibernating' \\(a state this version does not know"):
+        change(conn, agent["id"])
+    assert not conn.in_transaction
 
 
 @pytest.mark.parametrize("current", ["spawning", "idle", "busy", "terminating"])

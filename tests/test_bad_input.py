@@ -206,7 +206,6 @@ class Ref:
 
     unknown: Any  # an error class, or a Returns(...)
     optional: bool = False
-    blank: Any = ValidationError  # what None and "" get (tasks and sessions look them up: not found)
 
     def cases(self):
         yield "unknown", "ghost", self.unknown
@@ -215,7 +214,7 @@ class Ref:
         for name, value in NOT_TEXT.items():
             if value is None and self.optional:
                 continue  # None means "no reference": the baseline's own business
-            yield name, value, self.blank if value in (None, "") else ValidationError
+            yield name, value, ValidationError  # None and "" too: no row can have them as its key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +425,7 @@ class Spec:
 
 
 NOT_FOUND = NotFoundError
-KEY = Ref(NOT_FOUND, blank=NOT_FOUND)  # a task's or a session's id, looked up
+KEY = Ref(NOT_FOUND)  # a row's id, looked up
 EMPTY = Returns([])
 
 SPECS = [

@@ -121,3 +121,11 @@ def test_foreign_key_failure_whose_parents_all_exist_gets_the_general_message(co
     translated = translate(exc, "agents", params, conn)
     assert isinstance(translated, errors.ForeignKeyError)
     assert str(translated) == "agents: a referenced row does not exist (FOREIGN KEY constraint)"
+
+
+def test_short_repr_of_a_value_nested_too_deeply_to_show():
+    """A value whose repr would recurse too deeply is named by its type instead of raising RecursionError."""
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert errors.short_repr(nested) == "<a list nested too deeply to show>"

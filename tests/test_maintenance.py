@@ -1,4 +1,4 @@
-"""maintenance: backup() and integrity_check()."""
+"""maintenance: backup(), checkpoint() and integrity_check()."""
 
 from __future__ import annotations
 
@@ -109,6 +109,17 @@ def test_backup_refuses_a_connection_inside_a_transaction(conn, make_task, tmp_p
         make_task()
         with pytest.raises(ConfigurationError, match="transaction"):
             backup(conn, dest)
+    assert not dest.exists()
+
+
+def test_backup_refuses_another_threads_connection(conn, tmp_path):
+    """backup() through a connection another thread owns is refused, and writes nothing."""
+    import concurrent.futures
+
+    dest = tmp_path / "copy.db"
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+        with pytest.raises(ConfigurationError, match="belongs to thread"):
+            other.submit(backup, conn, dest).result(timeout=30)
     assert not dest.exists()
 
 
@@ -430,3 +441,39 @@ def test_checkpoint_of_a_file_that_is_not_a_database(not_a_database):
 
     with pytest.raises(DatabaseFileError, match="not a database"):
         checkpoint(not_a_database)
+
+
+def test_a_checkpoint_waiting_for_a_reader_holds_writers_back_only_briefly(pool, db_path):
+    """A TRUNCATE checkpoint blocked by a reader gives up after CHECKPOINT_WAIT_MS: writers never wait busy_timeout."""
+    import concurrent.futures
+    import threading
+
+    from abathur_db import connect
+    from abathur_db.maintenance import CHECKPOINT_WAIT_MS, checkpoint
+
+    conn = pool.connection()
+    metrics.record(conn, "before the reader", 1)
+    reader = connect(db_path)
+    probe = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM metrics").fetchall()
+        metrics.record(conn, "after the reader", 2)  # frames the reader's snapshot must keep
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            done = executor.submit(lambda: checkpoint(pool.connection()))  # busy_timeout 5000 on that connection
+            while not done.done():  # until the checkpoint holds the write lock, or has finished
+                try:
+                    probe.execute("BEGIN IMMEDIATE")
+                    probe.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    break
+                threading.Event().wait(0.001)
+            conn.execute("PRAGMA busy_timeout = 2000")  # this connection only: well under the 5 s default
+            assert metrics.record(conn, "while it waited", 3)["metric_name"] == "while it waited"
+            assert done.result(timeout=30).busy == 1
+    finally:
+        probe.close()
+        reader.execute("COMMIT")
+        reader.close()
+    assert CHECKPOINT_WAIT_MS < 2000
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2000  # the caller's setting, untouched

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
+import inspect
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
 import abathur_db
+from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
 EXPECTED = {
     "journal_mode": "wal",
@@ -218,30 +225,40 @@ def test_forked_child_opens_its_own_connection(pool):
     assert parent_conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_fork_handler_closes_idle_copies_and_keeps_those_in_a_transaction(db_path, monkeypatch):
-    """In a forked child the hook closes inherited idle connections and sets aside, open, one in a transaction."""
+def _run_the_fork_hook(monkeypatch) -> None:
+    """Run what os.fork() runs in the child, for every pool and connection, as the child would see it."""
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)
+    pool_module._after_fork_in_child()
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("busy", ["in a transaction", "inside a statement"])
+def test_fork_handler_closes_idle_copies_and_keeps_busy_ones(db_path, monkeypatch, busy):
+    """In a forked child the hook closes inherited idle copies and keeps, open and disowned, one caught busy."""
     pool = abathur_db.open(db_path)
     idle = pool.connection()
-    in_transaction, release = threading.Event(), threading.Event()
+    started, release = threading.Event(), threading.Event()
     holder = {}
 
-    def writer():
+    def worker():
         holder["conn"] = conn = pool.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        in_transaction.set()
-        release.wait(timeout=30)
+        if busy == "in a transaction":
+            conn.execute("BEGIN IMMEDIATE")
+        # Inside a statement, the SQL layer holds the connection's guard.
+        with conn.guard if busy == "inside a statement" else contextlib.nullcontext():
+            started.set()
+            release.wait(timeout=30)
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=worker)
     thread.start()
-    kept_before = len(pool_module._INHERITED)
+    kept_before = len(pool_module._KEPT)
     try:
-        assert in_transaction.wait(timeout=30)
-        child_pid = os.getpid() + 1
-        monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen from the child
-        pool_module._after_fork_in_child()  # what os.fork() runs in the child, for every pool
-        monkeypatch.undo()
-        assert pool_module._INHERITED[kept_before:] == [holder["conn"]]
-        assert holder["conn"].in_transaction  # not closed, not rolled back
+        assert started.wait(timeout=30)
+        _run_the_fork_hook(monkeypatch)
+        assert pool_module._KEPT[kept_before:] == [holder["conn"]]
+        assert holder["conn"].owner is None
+        assert holder["conn"].in_transaction == (busy == "in a transaction")  # not closed, not rolled back
         with pytest.raises(sqlite3.ProgrammingError):
             idle.execute("SELECT 1")
         assert pool.open_connections == 0
@@ -249,7 +266,7 @@ def test_fork_handler_closes_idle_copies_and_keeps_those_in_a_transaction(db_pat
     finally:
         release.set()
         thread.join(timeout=30)
-        del pool_module._INHERITED[kept_before:]
+        del pool_module._KEPT[kept_before:]
         if "conn" in holder:
             holder["conn"].close()
 
@@ -320,9 +337,270 @@ def test_fork_handler_passes_over_a_connection_its_user_closed(db_path, monkeypa
     """A pooled connection closed by hand before the fork is skipped, not an error, in the child."""
     pool = abathur_db.open(db_path)
     pool.connection().close()
-    child_pid = os.getpid() + 1
-    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen from the child
-    pool_module._after_fork_in_child()
-    monkeypatch.undo()
+    _run_the_fork_hook(monkeypatch)
     assert pool.open_connections == 0
     assert pool.connection().execute("SELECT 1").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------------------------------
+# A connection belongs to the thread that opened it.
+
+OTHER_THREAD_CALLS = {
+    "tasks.create": lambda conn: tasks.create(conn, "intruder"),
+    "tasks.claim_next": lambda conn: tasks.claim_next(conn),
+    "tasks.get": lambda conn: tasks.get(conn, "mine"),
+    "tasks.list": lambda conn: tasks.list(conn, status="pending"),
+    "transaction": lambda conn: transaction(conn).__enter__(),
+    "checkpoint": lambda conn: abathur_db.checkpoint(conn),
+}
+
+
+@pytest.mark.parametrize("call", OTHER_THREAD_CALLS.values(), ids=OTHER_THREAD_CALLS.keys())
+def test_a_connection_used_from_another_thread_is_refused_at_once(pool, call):
+    """Another thread's call on a connection raises ConfigurationError naming both threads, and joins nothing."""
+    conn = pool.connection()
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            tasks.create(conn, "the owner's", task_id="mine")
+            tasks.create(conn, "claimable", priority=9)
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="intruder") as executor:
+                refused = executor.submit(lambda: pytest.raises(ConfigurationError, call, conn)).result(timeout=30)
+            raise RuntimeError("the owner rolls its block back")
+    message = str(refused.value)
+    assert threading.current_thread().name in message and "intruder" in message, message
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0  # nothing was claimed or kept
+    assert not conn.in_transaction
+
+
+def test_a_second_connection_of_the_same_thread_is_not_blamed_on_another_thread(pool, db_path):
+    """A write on a second connection while this thread's first holds a block fails at once, naming this thread."""
+    conn = pool.connection()
+    other = abathur_db.connect(db_path)
+    try:
+        with transaction(conn):
+            tasks.create(conn, "first")
+            with pytest.raises(ConfigurationError, match="this thread") as caught:
+                tasks.create(other, "second")
+        assert "another thread" not in str(caught.value)
+        assert tasks.create(other, "second, after the block")["status"] == "pending"
+    finally:
+        other.close()
+
+
+# ---------------------------------------------------------------------------------------
+# pool.close() while connections are in use.
+
+
+def test_close_during_another_threads_block_lets_it_commit_whole_then_closes(pool, db_path):
+    """pool.close() during another thread's block: the block commits whole, then its connection closes."""
+    entered, closed = threading.Event(), threading.Event()
+
+    def worker():
+        conn = pool.connection()
+        with transaction(conn):
+            tasks.create(conn, "before close", task_id="a")
+            entered.set()
+            assert closed.wait(30)
+            tasks.create(conn, "after close", task_id="b")  # the block may finish
+        with pytest.raises(ConfigurationError, match="closed"):
+            tasks.get(conn, "a")
+        return conn
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        future = executor.submit(worker)
+        assert entered.wait(30)
+        pool.close()
+        closed.set()
+        worker_conn = future.result(timeout=30)
+    with pytest.raises(sqlite3.ProgrammingError):
+        worker_conn.execute("SELECT 1")  # closed as its block ended
+    with abathur_db.open(db_path) as reopened:
+        assert [t["id"] for t in tasks.list(reopened.connection(), status="pending")] == ["a", "b"]
+
+
+AFTER_CLOSE = {
+    "tasks.get": lambda conn: tasks.get(conn, "t"),
+    "tasks.get_with_session": lambda conn: tasks.get_with_session(conn, "t"),
+    "tasks.list": lambda conn: tasks.list(conn, status="pending"),
+    "tasks.create": lambda conn: tasks.create(conn, "p"),
+    "tasks.claim_next": lambda conn: tasks.claim_next(conn),
+    "agents.get": lambda conn: agents.get(conn, "a"),
+    "agents.list": lambda conn: agents.list(conn, task_id="t"),
+    "audit.list": lambda conn: audit.list(conn),
+    "checkpoints.load": lambda conn: checkpoints.load(conn, "t"),
+    "checkpoints.list": lambda conn: checkpoints.list(conn, task_id="t"),
+    "sessions.get": lambda conn: sessions.get(conn, "s"),
+    "state.get": lambda conn: state.get(conn, "t", "k"),
+    "metrics.query": lambda conn: metrics.query(conn),
+    "transaction": lambda conn: transaction(conn).__enter__(),
+    "checkpoint": lambda conn: abathur_db.checkpoint(conn),
+}
+
+
+@pytest.mark.parametrize("call", AFTER_CLOSE.values(), ids=AFTER_CLOSE.keys())
+def test_every_call_after_close_raises_configuration_error(pool, call):
+    """After pool.close() every read and write on a connection of the pool raises ConfigurationError."""
+    conn = pool.connection()
+    tasks.create(conn, "p", task_id="t")
+    pool.close()
+    with pytest.raises(ConfigurationError, match="closed"):
+        call(conn)
+
+
+def test_table_modules_send_no_statement_of_their_own():
+    """Every table module reads and writes through the SQL layer (one, rows, write): none calls execute itself."""
+    for module in (agents, audit, checkpoints, metrics, sessions, state, tasks):
+        assert ".execute(" not in inspect.getsource(module), module.__name__
+
+
+def test_a_damaged_page_is_a_database_file_error_on_read(pool, db_path):
+    """A read that meets a damaged page raises DatabaseFileError, not a raw sqlite3 error."""
+    conn = pool.connection()
+    for i in range(200):
+        tasks.create(conn, f"task {i}", task_id=f"t{i:03}", input_data={"pad": "p" * 500})
+    abathur_db.checkpoint(conn)
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pool.close()
+    with open(db_path, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+    damaged = abathur_db.connect(db_path)
+    try:
+        for read in (lambda: tasks.get(damaged, "t100"), lambda: tasks.list(damaged, status="pending")):
+            with pytest.raises(abathur_db.DatabaseFileError, match="malformed"):
+                read()
+    finally:
+        damaged.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Paths and files.
+
+
+def test_a_relative_path_is_resolved_when_the_pool_opens(tmp_path, monkeypatch):
+    """A thread that opens its connection after os.chdir still writes to the file the pool was opened on."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    pool = abathur_db.open("abathur.db")
+    assert pool.path == str(first / "abathur.db")
+    monkeypatch.chdir(second)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(lambda: tasks.create(pool.connection(), "from a thread")).result(timeout=30)
+    assert not (second / "abathur.db").exists()
+    assert [t["prompt"] for t in tasks.list(pool.connection(), status="pending")] == ["from a thread"]
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_connect_creates_owner_only_files_whatever_the_umask(tmp_path, umask):
+    """connect() creates the database, its WAL and shared-memory files readable and writable by the owner only."""
+    path = tmp_path / "new.db"
+    previous = os.umask(umask)
+    try:
+        conn = abathur_db.connect(path)
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        os.umask(previous)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            assert stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) == 0o600, suffix
+    finally:
+        conn.close()
+
+
+def test_a_bytes_path_opens_the_same_file(db_path):
+    """A path given as bytes opens the file its text names."""
+    with abathur_db.open(os.fsencode(db_path)) as pool:
+        assert pool.path == str(db_path)
+        tasks.create(pool.connection(), "via bytes")
+    with abathur_db.open(db_path) as pool:
+        assert [t["prompt"] for t in tasks.list(pool.connection(), status="pending")] == ["via bytes"]
+
+
+@pytest.mark.parametrize("name", ["mode=memory.db", ":memory:.db", "file.db"])
+def test_a_file_whose_name_looks_like_a_memory_uri_is_a_file(tmp_path, name):
+    """Only in-memory names are refused: a plain file name is a file, whatever it contains."""
+    with abathur_db.open(tmp_path / name) as pool:
+        tasks.create(pool.connection(), "kept")
+    assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_path_of_another_type_is_a_configuration_error():
+    """A path that is not text, bytes or os.PathLike raises ConfigurationError, not TypeError."""
+    with pytest.raises(ConfigurationError, match="path"):
+        abathur_db.open(42)
+
+
+FULL_DISK_AT_OPEN = """
+    import resource, signal, sys
+    import abathur_db
+    from abathur_db import pool as pool_module
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+    limit = int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        pool_module.connect(sys.argv[1], readonly=sys.argv[3] == "readonly")
+    except abathur_db.AbathurDBError as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs resource.RLIMIT_FSIZE")
+@pytest.mark.parametrize("mode", ["readwrite", "readonly"])
+@pytest.mark.parametrize("limit, error", [(4096, "StorageFullError"), (0, "AbathurDBError")])
+def test_a_full_disk_at_open_names_the_file(db_path, mode, limit, error):
+    """No room for the shared-memory file at open: StorageFullError (or the error SQLite gives) naming the file."""
+    with abathur_db.open(db_path) as pool:
+        tasks.create(pool.connection(), "kept")  # the last close then removes -wal and -shm
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(FULL_DISK_AT_OPEN), str(db_path), str(limit), mode],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{error} {db_path}: "), result.stdout
+
+
+@pytest.fixture
+def without_shared_memory(monkeypatch):
+    """Open every connection through SQLite's unix-dotfile VFS, which, like some network file systems, has no -shm."""
+    real_connect = sqlite3.connect
+
+    def connect(target, *args, uri=False, **kwargs):
+        if not uri:
+            target = Path(target).absolute().as_uri()
+        return real_connect(f"{target}{'&' if '?' in str(target) else '?'}vfs=unix-dotfile", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(pool_module.sqlite3, "connect", connect)
+
+
+def test_a_file_system_without_wal_is_explained(without_shared_memory, db_path):
+    """Where SQLite cannot use WAL, opening fails with the cause and the opt-in fallback named."""
+    with pytest.raises(ConfigurationError, match="cannot use WAL") as caught:
+        abathur_db.open(db_path)
+    assert str(db_path) in str(caught.value) and "allow_rollback_journal=True" in str(caught.value)
+
+
+def test_the_rollback_journal_fallback_is_opt_in_and_works(without_shared_memory, db_path):
+    """With allow_rollback_journal the database runs on the rollback journal, synchronous=FULL, and works."""
+    with abathur_db.open(db_path, allow_rollback_journal=True) as pool:
+        conn = pool.connection()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        task = tasks.create(conn, "on a rollback journal")
+        assert tasks.claim_next(conn)["id"] == task["id"]
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            assert executor.submit(lambda: tasks.get(pool.connection(), task["id"])["status"]).result(30) == "running"
+
+
+def test_a_call_on_a_connection_inherited_through_fork_is_refused(pool, monkeypatch):
+    """In a forked child a package call on the parent's connection raises ConfigurationError naming both processes."""
+    conn = pool.connection()
+    parent, child = os.getpid(), os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child)  # as seen from a forked child
+    conn.owner = None  # as its fork handler leaves the parent's connections
+    with pytest.raises(ConfigurationError, match=f"opened by process {parent} and inherited through os.fork") as caught:
+        tasks.get(conn, "t")
+    assert f"process {child} must open its own" in str(caught.value)

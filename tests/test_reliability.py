@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import json
 import os
 import random
 import signal
@@ -617,3 +618,183 @@ def test_wal_grows_under_a_long_reader_and_shrinks_once_it_ends(pool, db_path):
     assert _wal_size(db_path) == 0, (grown, sizes)
     assert _count(conn, "audit") == written + len(sizes)
     assert abathur_db.integrity_check(conn) == []
+
+
+# ---------------------------------------------------------------------------------------
+# A signal while BEGIN IMMEDIATE waits for another process's lock.
+
+SIGNAL_CHILD = """
+    import json, os, signal, sqlite3, subprocess, sys, threading
+    import abathur_db
+    from abathur_db import metrics, transaction
+
+    path, signame, holder_code = sys.argv[1], sys.argv[2], sys.argv[3]
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()  # the other process holds the write lock now
+
+
+    class Alarm(Exception):
+        pass
+
+
+    def on_alarm(signum, frame):
+        raise Alarm()
+
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    # The C-level handler writes here the moment the signal arrives, even while BEGIN waits.
+    arrived, wakeup = os.pipe()
+    os.set_blocking(wakeup, False)
+    signal.set_wakeup_fd(wakeup)
+    pool = abathur_db.open(path)
+    conn = pool.connection()
+    begun = threading.Event()
+    conn.set_trace_callback(lambda sql: begun.set() if sql == "BEGIN IMMEDIATE" else None)
+
+
+    def signal_then_release():
+        begun.wait(60)
+        signal.pthread_kill(threading.main_thread().ident, getattr(signal, signame))
+        os.read(arrived, 1)  # delivered while BEGIN still waits: the holder still holds the lock
+        holder.stdin.write("\\n")
+        holder.stdin.flush()  # now BEGIN gets the lock, and the handler raises after it returns
+
+
+    helper = threading.Thread(target=signal_then_release)
+    helper.start()
+    try:
+        with transaction(conn):
+            metrics.record(conn, "inside the block", 1)
+        raised = None
+    except (Alarm, KeyboardInterrupt) as exc:
+        raised = type(exc).__name__
+    helper.join(60)
+    holder.wait(60)
+    conn.set_trace_callback(None)
+    report = {"raised": raised, "in_transaction": conn.in_transaction}
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # fails at once if the interrupted connection kept the lock
+        other.execute("ROLLBACK")
+        report["others_can_write"] = True
+    except sqlite3.OperationalError as exc:
+        report["others_can_write"] = str(exc)
+    metrics.record(conn, "afterwards", 1)
+    report["committed"] = [n for (n,) in other.execute("SELECT metric_name FROM metrics ORDER BY id")]
+    print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("signame, raised", [("SIGALRM", "Alarm"), ("SIGINT", "KeyboardInterrupt")])
+def test_a_signal_during_the_lock_wait_leaves_no_transaction_open(db_path, signame, raised):
+    """A signal handler's exception while BEGIN IMMEDIATE waits for another process rolls back what BEGIN got."""
+    abathur_db.open(db_path).close()
+    child = _python(SIGNAL_CHILD, str(db_path), signame, textwrap.dedent(HOLDER_PROCESS),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert child.returncode == 0, err
+    assert json.loads(out) == {"raised": raised, "in_transaction": False, "others_can_write": True,
+                               "committed": ["afterwards"]}
+
+
+# ---------------------------------------------------------------------------------------
+# pool.close() while threads are inside calls.
+
+CLOSE_UNDER_CALLS = """
+    import sqlite3, sys, threading
+    import abathur_db
+    from abathur_db import AbathurDBError, ConfigurationError, audit, tasks, transaction
+
+    path, rounds = sys.argv[1], int(sys.argv[2])
+    unexpected = []
+    for _ in range(rounds):
+        pool = abathur_db.open(path)
+        started = threading.Barrier(5)
+
+        def work():
+            conn = pool.connection()
+            started.wait(60)
+            try:
+                while True:
+                    with transaction(conn):  # both rows or neither
+                        task = tasks.create(conn, "x", input_data={"pad": "p" * 2000})
+                        audit.record(conn, "created", task_id=task["id"])
+                    tasks.list(conn, status="pending", limit=50)
+                    tasks.claim_next(conn)
+            except ConfigurationError:
+                pass  # closed: what every call after close() raises
+            except BaseException as exc:
+                unexpected.append(repr(exc))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        started.wait(60)
+        pool.close()
+        for thread in threads:
+            thread.join(60)
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        halves = conn.execute(
+            "SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM audit WHERE task_id = tasks.id)").fetchone()[0]
+        print(len(unexpected), halves, abathur_db.integrity_check(conn), unexpected[:3])
+"""
+
+
+def test_close_while_threads_are_inside_calls_never_crashes(db_path):
+    """pool.close() with four threads mid-call, 30 times: no crash, no half transaction, only ConfigurationError."""
+    child = _python(CLOSE_UNDER_CALLS, str(db_path), "30", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert child.returncode == 0, f"exit {child.returncode} (-11 is SIGSEGV): {err[-2000:]}"
+    assert out.split(maxsplit=3)[:3] == ["0", "0", "[]"], out
+
+
+# ---------------------------------------------------------------------------------------
+# Fork inside the forking thread's own transaction.
+
+FORK_IN_BLOCK = """
+    import json, os, sys
+    import abathur_db
+    from abathur_db import ConfigurationError, metrics, tasks, transaction
+
+    path, how = sys.argv[1], sys.argv[2]
+    pool = abathur_db.open(path)
+    conn = pool.connection()
+    with transaction(conn):
+        for i in range(400):  # some 4 MB: more than the page cache holds, so pages spill to the WAL
+            tasks.create(conn, f"bulk {i}", input_data={"pad": "y" * 10_000})
+        pid = os.fork()
+        if pid == 0:
+            if how == "exit":
+                sys.exit(0)
+            if how == "raise":
+                raise RuntimeError("the child gives up")
+            if how == "write":
+                try:
+                    metrics.record(conn, "from the child", 1)
+                except ConfigurationError as exc:
+                    sys.exit(0 if "os.fork" in str(exc) else 3)
+                sys.exit(4)
+            if how == "leave":
+                pass  # leaves the block normally: it cannot commit what the parent began
+    if pid == 0:
+        sys.exit(5)  # never reached: leaving the block raised
+        # (the child's normal interpreter exit, with the inherited copy still open, follows)
+    child_status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    tasks.create(conn, "after the child")
+    print(json.dumps({"child": child_status, "tasks": conn.execute("SELECT count(*) FROM tasks").fetchone()[0],
+                      "problems": abathur_db.integrity_check(conn)[:3]}))
+"""
+
+
+@needs_fork
+@pytest.mark.parametrize("how, status", [("exit", 0), ("raise", 1), ("write", 0), ("leave", 1)])
+def test_a_child_forked_inside_a_block_never_ends_the_parents_transaction(db_path, how, status):
+    """However a child forked inside a block leaves it, the parent's spilled transaction commits whole and sound."""
+    child = _python(FORK_IN_BLOCK, str(db_path), how, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert child.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"child": status, "tasks": 401, "problems": []}, err
+    if how == "leave":
+        assert "cannot commit it" in err

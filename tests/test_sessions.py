@@ -120,3 +120,30 @@ def test_delete_unlinks_tasks_agents_and_checkpoints(conn, make_task):
         assert links == [(None,), (kept,)], table
     assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 1
     assert [s for (s,) in conn.execute("SELECT id FROM sessions")] == [kept]
+
+
+def test_a_status_this_version_does_not_know_refuses_changes(conn):
+    """An out-of-enum status (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
+    session = sessions.create(conn, "app", "user")
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute("UPDATE sessions SET status = 'sleeping' WHERE id = ?", (session["id"],))
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+    assert sessions.get(conn, session["id"])["status"] == "sleeping"
+    with pytest.raises(TransitionError, match="from 'sleeping' \\(a status this version does not know"):
+        sessions.set_status(conn, session["id"], "active")
+    assert not conn.in_transaction
+
+
+def test_set_status_reads_the_current_status_inside_its_write_transaction(conn):
+    """The current status is read under the write lock, so no other writer can change it before the update."""
+    session = sessions.create(conn, "app", "user")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        sessions.set_status(conn, session["id"], "active")
+    finally:
+        conn.set_trace_callback(None)
+    assert [s.split()[0] for s in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
+    assert sent[1].startswith("SELECT status FROM sessions")

@@ -10,8 +10,10 @@ import pytest
 from abathur_db import sessions, tasks, transaction
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
+    AbathurDBError,
     ForeignKeyError,
     NotFoundError,
+    StoredValueError,
     TransitionError,
     UniqueError,
     ValidationError,
@@ -233,11 +235,12 @@ def test_an_unknown_dependency_leaves_no_task(conn):
 
 
 @pytest.mark.parametrize("lookup", [tasks.get, tasks.get_with_session])
-@pytest.mark.parametrize("task_id", ["missing", "", "'; DROP TABLE tasks; --", None])
-def test_get_unknown_id_raises_not_found(conn, lookup, task_id):
-    """Looking up an id that does not exist raises NotFoundError naming the table and id."""
+@pytest.mark.parametrize("task_id, error", [("missing", NotFoundError), ("'; DROP TABLE tasks; --", NotFoundError),
+                                            ("", ValidationError), (None, ValidationError)])
+def test_get_unknown_id_raises_not_found(conn, lookup, task_id, error):
+    """An id matching no task raises NotFoundError, one no task can have (None, "") ValidationError, naming it."""
     tasks.create(conn, "p")
-    with pytest.raises(NotFoundError) as caught:
+    with pytest.raises(error) as caught:
         lookup(conn, task_id)
     assert "tasks" in str(caught.value) and repr(task_id) in str(caught.value)
 
@@ -691,6 +694,57 @@ def test_create_with_dependencies_is_one_transaction(conn):
         conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
     assert sum(s in ("BEGIN IMMEDIATE", "COMMIT") for s in sent) == 2, sent
+
+
+# --- rows that break today's rules (kept by an upgrade) --------------------------------------
+
+
+def _legacy(conn, sql: str) -> None:
+    """Store a row as an upgrade keeps one: its CHECK constraints not enforced."""
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute(sql)
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+
+
+@pytest.mark.parametrize("input_data", ["not json", "[" * 990 + "]" * 990], ids=["not-json", "nested-990-deep"])
+def test_a_claim_whose_row_cannot_be_decoded_is_rolled_back(conn, input_data):
+    """A claimed row that cannot be decoded raises StoredValueError naming it, and the task stays pending."""
+    _legacy(conn, f"INSERT INTO tasks (id, prompt, priority, input_data) VALUES ('bad', 'p', 9, '{input_data}')")
+    tasks.create(conn, "good", task_id="good")
+    with pytest.raises(StoredValueError, match="tasks: row id 'bad': input_data holds "):
+        tasks.claim_next(conn)
+    assert not conn.in_transaction
+    assert conn.execute("SELECT status, started_at FROM tasks WHERE id = 'bad'").fetchone() == ("pending", None)
+
+
+def test_a_status_change_whose_row_cannot_be_decoded_changes_nothing(conn):
+    """complete() on a running task whose input cannot be decoded raises StoredValueError and leaves it running."""
+    _legacy(conn, "INSERT INTO tasks (id, prompt, status, started_at, input_data)"
+                  " VALUES ('bad', 'p', 'running', '2024-01-01T00:00:00.000Z', '{oops')")
+    with pytest.raises(StoredValueError, match="input_data holds '{oops'"):
+        tasks.complete(conn, "bad", {"ok": True})
+    assert conn.execute("SELECT status, result_data FROM tasks WHERE id = 'bad'").fetchone() == ("running", None)
+
+
+def test_a_status_this_version_does_not_know_is_read_as_stored_and_refuses_changes(conn):
+    """An out-of-enum status comes back as stored; a change from it raises TransitionError naming it."""
+    _legacy(conn, "INSERT INTO tasks (id, prompt, status) VALUES ('odd', 'p', 'paused')")
+    assert tasks.get(conn, "odd")["status"] == "paused"
+    with pytest.raises(TransitionError, match="its status is 'paused'"):
+        tasks.cancel(conn, "odd")
+
+
+def test_a_failed_decode_inside_a_callers_block_rolls_the_whole_block_back(conn):
+    """Inside a caller's block a row that cannot be decoded ends the block's transaction: nothing of it is kept."""
+    _legacy(conn, "INSERT INTO tasks (id, prompt, priority, input_data) VALUES ('bad', 'p', 9, 'not json')")
+    with pytest.raises(AbathurDBError, match="rolled back before its block ended"):
+        with transaction(conn):
+            tasks.create(conn, "written first", task_id="first")
+            with pytest.raises(StoredValueError):
+                tasks.claim_next(conn)
+    assert conn.execute("SELECT id, status FROM tasks").fetchall() == [("bad", "pending")]
 
 
 # --- a random walk against a model of the queue ---------------------------------------------

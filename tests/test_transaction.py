@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
+import os
 import sqlite3
+import sys
+import threading
 
 import pytest
 
-from abathur_db import transaction
-from abathur_db.errors import UniqueError, ValidationError
+import abathur_db
+from abathur_db import metrics, tasks, transaction
+from abathur_db.errors import AbathurDBError, ConfigurationError, UniqueError, ValidationError
 from abathur_db.transaction import write
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
@@ -132,7 +138,7 @@ def test_begin_that_cannot_get_the_lock_is_a_busy_error(pool, db_path):
             with transaction(waiter):
                 pass  # pragma: no cover - the block is never entered
         assert not waiter.in_transaction
-        assert not waiter.write_lock.locked()  # a failed BEGIN gives the in-process lock back
+        assert waiter.write_lock.holder is None  # a failed BEGIN gives the in-process lock back
     finally:
         holder.execute("ROLLBACK")
         waiter.close()
@@ -165,8 +171,6 @@ def test_write_inside_a_transaction_sends_only_its_statement(conn, traced):
 @pytest.mark.parametrize("carry_on", ["write", "nested block", "leave the block"])
 def test_a_block_whose_transaction_ended_early_refuses_to_carry_on(conn, carry_on):
     """Once a block's transaction is gone (SQLite rolled it back), writing on or leaving the block raises."""
-    from abathur_db.errors import AbathurDBError
-
     with pytest.raises(AbathurDBError, match="rolled back before its block ended"):
         with transaction(conn):
             conn.execute(INSERT)
@@ -192,14 +196,14 @@ def test_package_connections_to_one_file_share_an_in_process_write_lock(pool, db
     try:
         assert conn.write_lock is other.write_lock is not elsewhere.write_lock
         with transaction(conn):
-            assert conn.write_lock.locked()
+            assert conn.write_lock.holder is conn
             with transaction(conn):  # nested: a savepoint, not a second acquire
                 conn.execute(INSERT)
-        assert not conn.write_lock.locked()
+        assert conn.write_lock.holder is None
         with pytest.raises(RuntimeError):
             with transaction(conn):
                 raise RuntimeError
-        assert not conn.write_lock.locked()
+        assert conn.write_lock.holder is None
     finally:
         other.close()
         elsewhere.close()
@@ -207,8 +211,6 @@ def test_package_connections_to_one_file_share_an_in_process_write_lock(pool, db
 
 def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path):
     """A writer queued behind another thread's block past its busy_timeout raises BusyError."""
-    import threading
-
     from abathur_db import connect
     from abathur_db.errors import BusyError
 
@@ -232,3 +234,263 @@ def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path)
         release.set()
         thread.join(30)
         waiter.close()
+
+
+# ---------------------------------------------------------------------------------------
+# An exception at any point: a signal handler's exception can surface wherever the
+# interpreter checks for pending signals, which is right after a call returns and at
+# the start of a Python function. A profile function sees exactly those moments
+# ("c_return" and "call" events), so raising from it at the n-th one, for every n,
+# reproduces every place a signal could strike.
+
+PACKAGE = os.path.dirname(abathur_db.__file__)
+
+
+class Interrupt(BaseException):
+    """What a signal handler raises (a BaseException, as KeyboardInterrupt is)."""
+
+
+class _InterruptAt:
+    """A profile function that raises Interrupt at the n-th call or C return inside the package."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen, self.where = n, 0, None
+
+    def __call__(self, frame, event, arg):
+        if event in ("call", "c_return") and frame.f_code.co_filename.startswith(PACKAGE):
+            self.seen += 1
+            if self.seen == self.n:
+                sys.setprofile(None)
+                self.where = f"{self.n}: {os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {event}"
+                raise Interrupt(self.where)
+
+
+def _metric_block(conn):
+    with transaction(conn):
+        metrics.record(conn, "m", 1)
+
+
+def _nested_blocks(conn):
+    with transaction(conn):
+        with transaction(conn):
+            metrics.record(conn, "m", 1)
+
+
+def _claim(conn):
+    conn.execute("INSERT INTO tasks (id, prompt) VALUES ('claim-me', 'p')")
+    tasks.claim_next(conn)
+
+
+def _claimed_or_written(conn) -> int:
+    return conn.execute("SELECT count(*) FROM metrics").fetchone()[0] + conn.execute(
+        "SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()[0]
+
+
+def _others_can_write(pool, db_path) -> bool:
+    """Return whether another thread of this process, waiting for nothing, can write at once."""
+
+    def write():
+        other = abathur_db.connect(db_path)
+        try:
+            other.execute("PRAGMA busy_timeout = 0")
+            metrics.record(other, "other", 1)
+        finally:
+            other.close()
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        return executor.submit(write).result(timeout=60)
+
+
+# Python reports an exception raised in a __del__ as "ignored" (a warning under pytest) and drops it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("scenario", [_metric_block, _nested_blocks, _claim, lambda conn: metrics.record(conn, "m", 1)],
+                         ids=["block", "nested-blocks", "claim_next", "own-transaction"])
+def test_an_exception_at_any_point_leaves_all_or_nothing(pool, db_path, scenario):
+    """An exception wherever a signal can strike leaves the write whole or absent, and no transaction or lock held."""
+    conn = pool.connection()
+    for n in itertools.count(1):
+        conn.execute("DELETE FROM metrics")
+        conn.execute("DELETE FROM tasks")
+        interrupt = _InterruptAt(n)
+        sys.setprofile(interrupt)
+        try:
+            scenario(conn)
+        except Interrupt:
+            pass
+        finally:
+            sys.setprofile(None)
+        if interrupt.where is None:
+            break  # the n-th moment never came: every earlier one was tried
+        # Where it struck inside a __del__, Python dropped it: the call then succeeded.
+        assert not conn.in_transaction, interrupt.where
+        assert _claimed_or_written(conn) in (0, 1), interrupt.where
+        assert _others_can_write(pool, db_path), interrupt.where
+        metrics.record(conn, "afterwards", 1)  # the interrupted connection works on
+    assert n > 20 and _claimed_or_written(conn) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Statements SQLite refuses, connections the package did not open or that were closed by hand.
+
+# sqlite3_set_authorizer's action and first argument for each transaction-control statement.
+BEGIN, COMMIT, ROLLBACK = (22, "BEGIN"), (22, "COMMIT"), (22, "ROLLBACK")
+SAVEPOINT, RELEASE = (32, "BEGIN"), (32, "RELEASE")
+TRANSACTION_MODULE = sys.modules["abathur_db.transaction"]
+
+
+def _refusing(conn, statement: tuple[int, str]) -> None:
+    """Make SQLite refuse one kind of transaction-control statement on `conn` ("not authorized")."""
+    conn.set_authorizer(lambda action, arg1, *rest: sqlite3.SQLITE_DENY if (action, arg1) == statement
+                        else sqlite3.SQLITE_OK)
+
+
+@pytest.mark.parametrize("refused, kept", [(SAVEPOINT, 1), (RELEASE, 2)], ids=["SAVEPOINT", "RELEASE"])
+def test_a_refused_savepoint_statement_is_the_package_error(conn, refused, kept):
+    """A SAVEPOINT or RELEASE that SQLite refuses raises AbathurDBError; the outer block carries on and commits."""
+    with transaction(conn):
+        conn.execute(INSERT)
+        _refusing(conn, refused)
+        with pytest.raises(AbathurDBError, match="not authorized") as caught:
+            with transaction(conn):
+                conn.execute(INSERT)
+        conn.set_authorizer(None)
+        assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+        assert conn.blocks == 1
+    assert _count(conn) == kept  # a refused RELEASE leaves the inner write in the outer transaction
+    assert not conn.in_transaction and conn.blocks == 0
+
+
+def test_a_refused_commit_rolls_back_and_raises_the_package_error(conn):
+    """A COMMIT that SQLite refuses raises AbathurDBError, rolls the block back and gives the lock back."""
+    _refusing(conn, COMMIT)
+    with pytest.raises(AbathurDBError, match="not authorized"):
+        with transaction(conn):
+            conn.execute(INSERT)
+    conn.set_authorizer(None)
+    assert not conn.in_transaction and conn.write_lock.holder is None and _count(conn) == 0
+
+
+def test_a_refused_rollback_is_the_package_error(conn):
+    """A ROLLBACK that SQLite refuses raises AbathurDBError (the block's error in its context), freeing the lock."""
+    _refusing(conn, ROLLBACK)
+    with pytest.raises(AbathurDBError, match="not authorized") as caught:
+        with transaction(conn):
+            conn.execute(INSERT)
+            raise RuntimeError("the block fails")
+    conn.set_authorizer(None)
+    assert isinstance(caught.value.__cause__.__context__, RuntimeError)
+    assert conn.write_lock.holder is None
+    conn.execute("ROLLBACK")
+    assert _count(conn) == 0
+
+
+def test_a_refused_begin_hands_the_in_process_lock_to_a_waiting_thread(pool):
+    """When BEGIN fails, the in-process write lock goes at once to the thread queued for it."""
+    conn = pool.connection()
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        waiter = []
+
+        def authorize(action, arg1, *rest):
+            if (action, arg1) == BEGIN:  # conn holds the in-process lock now: queue another thread for it
+                waiter.append(executor.submit(lambda: metrics.record(pool.connection(), "waited", 1)))
+                for _ in range(30_000):
+                    if conn.write_lock.waiting:
+                        break
+                    threading.Event().wait(0.001)
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        conn.set_authorizer(authorize)
+        with pytest.raises(AbathurDBError, match="not authorized"):
+            with transaction(conn):
+                pass  # pragma: no cover - the block is never entered
+        conn.set_authorizer(None)
+        assert waiter[0].result(timeout=30)["metric_name"] == "waited"
+
+
+def test_a_plain_sqlite3_connection_works_without_the_protections(db_path, pool):
+    """A connection the package did not open can be used, in blocks and nested blocks, leaving no state behind."""
+    plain = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with transaction(plain):
+            metrics.record(plain, "plain", 1)
+            with transaction(plain):
+                metrics.record(plain, "nested", 2)
+        plain.execute("BEGIN IMMEDIATE")  # the caller's own transaction: package blocks nest in it
+        with transaction(plain):
+            metrics.record(plain, "inside the caller's", 3)
+        plain.execute("COMMIT")
+        _refusing(plain, BEGIN)
+        with pytest.raises(AbathurDBError, match="not authorized"):
+            tasks.create(plain, "refused")
+        plain.set_authorizer(None)
+        assert [m["metric_name"] for m in metrics.query(plain)] == ["plain", "nested", "inside the caller's"]
+        assert TRANSACTION_MODULE._PLAIN == {}
+    finally:
+        plain.close()
+
+
+def test_a_connection_closed_by_hand_raises_configuration_error(pool):
+    """Calls on a connection its user closed raise ConfigurationError, reads, writes and blocks alike."""
+    conn = pool.connection()
+    conn.close()
+    for call in (lambda: tasks.get(conn, "t"), lambda: tasks.create(conn, "p"), lambda: transaction(conn).__enter__()):
+        with pytest.raises(ConfigurationError, match="closed"):
+            call()
+
+
+def test_a_transaction_no_block_owns_is_rolled_back_by_the_next_block(conn):
+    """A transaction the package began but no block owns any more (two interruptions) is undone by the next block."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(INSERT)
+    conn.began = True  # as a block interrupted twice over leaves it: begun, no block open
+    with transaction(conn):
+        conn.execute(INSERT)
+    assert _count(conn) == 1 and not conn.in_transaction
+
+
+def test_leaving_a_nested_block_after_sqlite_rolled_back_is_refused(conn):
+    """Leaving a nested block normally once SQLite rolled the transaction back raises, keeping nothing."""
+    with pytest.raises(AbathurDBError, match="rolled back before its block ended"):
+        with transaction(conn):
+            with transaction(conn):
+                conn.execute(INSERT)
+                conn.execute("ROLLBACK")
+    assert _count(conn) == 0 and conn.blocks == 0
+
+
+@pytest.mark.parametrize("exc_type", [None, RuntimeError], ids=["normal-end", "exception"])
+def test_a_forked_child_leaves_an_inherited_block_without_a_statement(conn, monkeypatch, exc_type):
+    """In a forked child, leaving an inherited block sends nothing; leaving it normally raises ConfigurationError."""
+    block = transaction(conn)
+    block.__enter__()
+    conn.execute(INSERT)
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    owner, child_pid = conn.owner, os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen from the child ...
+    conn.owner = None  # ... whose fork handler disowned the parent's connections
+    try:
+        if exc_type is None:
+            with pytest.raises(ConfigurationError, match="cannot commit it"):
+                block.__exit__(None, None, None)
+        else:
+            assert block.__exit__(exc_type, exc_type(), None) is False
+    finally:
+        monkeypatch.undo()
+        conn.owner = owner
+        conn.set_trace_callback(None)
+    assert sent == [] and conn.in_transaction and conn.blocks == 0
+    conn.execute("ROLLBACK")  # the parent's business, done by hand here
+    conn.write_lock.pop(0)
+
+
+def test_a_connection_closed_by_hand_inside_a_block_gives_the_lock_back(pool):
+    """A block whose connection was closed by hand ends with the block's own error, the write lock given back."""
+    conn = pool.connection()
+    with pytest.raises(RuntimeError, match="the block's own"):
+        with transaction(conn):
+            conn.close()  # SQLite rolls back as it closes
+            raise RuntimeError("the block's own")
+    assert conn.write_lock.holder is None and conn.blocks == 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import re
 import sqlite3
+import sys
 import uuid
 
 import pytest
 
-from abathur_db import _values
-from abathur_db.errors import ValidationError
+from abathur_db import _values, agents, audit, checkpoints, metrics, sessions, state, tasks
+from abathur_db.errors import StoredValueError, ValidationError
 
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 UTC = dt.timezone.utc
@@ -166,7 +168,129 @@ def test_only_one_filter_group():
 
 def test_decoder_decodes_json_columns_only():
     """Rows become dicts; JSON columns are decoded, NULLs and other columns left alone."""
-    decode = _values.decoder(("id", "data", "note"), iter(["data"]))
+    decode = _values.decoder("t", ("id", "data", "note"), iter(["data"]))
     assert decode((1, '{"a": [1]}', '{"not": "json column"}')) == {
         "id": 1, "data": {"a": [1]}, "note": '{"not": "json column"}'}
     assert decode((2, None, None)) == {"id": 2, "data": None, "note": None}
+
+
+@pytest.mark.parametrize(("value", "key"), [
+    ({1: "a", "1": "b"}, "1"),
+    ({None: 1}, "None"),
+    ({True: 1}, "True"),
+    ({1.5: 1}, "1.5"),
+    ({"outer": [{"fine": 1}, {2: "deep inside"}]}, "2"),
+])
+def test_to_json_refuses_object_keys_that_are_not_text(value, key):
+    """A non-string key, which JSON would turn into text (losing a value to a clash), is refused by name."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*object key {re.escape(key)}, of type"):
+        _values.to_json(value, "t", "f")
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_to_json_accepts_the_documented_nesting_depth():
+    """Arrays and objects nested MAX_JSON_DEPTH levels deep are stored, and decode back equal."""
+    text = _values.to_json({"a": _nested(_values.MAX_JSON_DEPTH - 1)}, "t", "f")
+    assert _values.decode_json(text, "t", "f", {}, ()) == {"a": _nested(_values.MAX_JSON_DEPTH - 1)}
+
+
+@pytest.mark.parametrize("depth", [_values.MAX_JSON_DEPTH + 1, 995, 5000])
+def test_to_json_refuses_deeper_nesting_with_a_validation_error(depth):
+    """Nesting beyond MAX_JSON_DEPTH raises ValidationError, never RecursionError, however deep."""
+    with pytest.raises(ValidationError, match=rf"t\.f: .*deeper than {_values.MAX_JSON_DEPTH} levels"):
+        _values.to_json(_nested(depth), "t", "f")
+
+
+def test_to_json_refuses_a_value_that_contains_itself():
+    """A list that contains itself is refused as too deep, not looped over forever."""
+    looped: list = [1]
+    looped.append(looped)
+    with pytest.raises(ValidationError, match="contains itself"):
+        _values.to_json(looped, "t", "f")
+
+
+def test_decoder_names_table_row_column_and_value_of_text_that_is_not_json():
+    """A stored value that is not JSON raises StoredValueError naming the table, the row's key, the column and value."""
+    decode = _values.decoder("checkpoints", ("task_id", "iteration", "state"), ["state"], key=("task_id", "iteration"))
+    with pytest.raises(StoredValueError) as caught:
+        decode(("t1", 3, "{not json"))
+    assert str(caught.value).startswith("checkpoints: row task_id 't1', iteration 3: state holds '{not json'")
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_decoder_returns_a_bare_number_as_the_json_number_it_is():
+    """A number stored without its JSON text (SQLite's json_valid accepts it) comes back as that number."""
+    assert _values.decoder("t", ("id", "data"), ["data"])((1, 42)) == {"id": 1, "data": 42}
+
+
+def test_decoding_never_raises_recursion_error_even_from_a_deep_stack():
+    """Text nested deeper than the stack allows raises StoredValueError, never RecursionError."""
+    text = "[" * 990 + "]" * 990  # what an earlier release could store
+    with pytest.raises(StoredValueError, match="nested too deeply"):
+        _values.decode_json(text, "t", "f", {"id": "r1"}, ("id",))
+    stored = _values.to_json(_nested(_values.MAX_JSON_DEPTH), "t", "f")
+
+    def at_depth(frames: int):
+        if frames:
+            return at_depth(frames - 1)
+        return _values.decode_json(stored, "t", "f", {"id": "r1"}, ("id",))
+
+    room = sys.getrecursionlimit() - len(inspect.stack()) - _values.MAX_JSON_DEPTH // 2
+    with pytest.raises(StoredValueError, match="nested too deeply"):
+        at_depth(room)
+
+
+# Rows that break today's rules, as an upgrade keeps them (CHECK constraints were off).
+LEGACY_ROWS = {
+    "tasks.input_data": (
+        "INSERT INTO tasks (id, prompt, input_data) VALUES ('t1', 'p', 'not json')",
+        lambda conn: tasks.get(conn, "t1"), "tasks: row id 't1': input_data holds 'not json'"),
+    "tasks.input_data in a list": (
+        "INSERT INTO tasks (id, prompt, input_data) VALUES ('t1', 'p', '[oops')",
+        lambda conn: tasks.list(conn, status="pending"), "tasks: row id 't1': input_data holds '[oops'"),
+    "tasks.result_data with its session": (
+        "INSERT INTO tasks (id, prompt, result_data) VALUES ('t1', 'p', '{')",
+        lambda conn: tasks.get_with_session(conn, "t1"), "tasks: row id 't1': result_data holds '{'"),
+    "sessions.metadata": (
+        "INSERT INTO sessions (id, app_name, user_id, metadata) VALUES ('s1', 'a', 'u', 'nope')",
+        lambda conn: sessions.get(conn, "s1"), "sessions: row id 's1': metadata holds 'nope'"),
+    "agents.resource_usage": (
+        "INSERT INTO agents (id, name, specialization, task_id, model, resource_usage)"
+        " VALUES ('a1', 'n', 's', 'ok', 'm', 'tokens: 5')",
+        lambda conn: agents.get(conn, "a1"), "agents: row id 'a1': resource_usage holds 'tokens: 5'"),
+    "audit.action_data": (
+        "INSERT INTO audit (id, action_type, action_data) VALUES (7, 'x', '[1,')",
+        lambda conn: audit.list(conn), "audit: row id 7: action_data holds '[1,'"),
+    "checkpoints.state": (
+        "INSERT INTO checkpoints (task_id, iteration, state) VALUES ('ok', 2, 'nan')",
+        lambda conn: checkpoints.load(conn, "ok"), "checkpoints: row task_id 'ok', iteration 2: state holds 'nan'"),
+    "state.value": (
+        "INSERT INTO state (task_id, key, value) VALUES ('ok', 'k', 'undefined')",
+        lambda conn: state.get(conn, "ok", "k"), "state: row task_id 'ok', key 'k': value holds 'undefined'"),
+    "metrics.labels": (
+        "INSERT INTO metrics (id, metric_name, metric_value, labels) VALUES (3, 'm', 1, '{''a'': 1}')",
+        lambda conn: metrics.query(conn), "metrics: row id 3: labels holds \"{'a': 1}\""),
+    "deeply nested": (
+        "INSERT INTO tasks (id, prompt, input_data) VALUES ('t1', 'p', '" + "[" * 990 + "]" * 990 + "')",
+        lambda conn: tasks.get(conn, "t1"), "tasks: row id 't1': input_data holds '[[["),
+}
+
+
+@pytest.mark.parametrize("insert, read, message", LEGACY_ROWS.values(), ids=LEGACY_ROWS.keys())
+def test_reading_a_stored_value_that_breaks_the_rules_raises_stored_value_error(conn, insert, read, message):
+    """Text that is not JSON in a JSON column raises StoredValueError naming table, row, column and value."""
+    conn.execute("INSERT INTO tasks (id, prompt) VALUES ('ok', 'p')")
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute(insert)
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+    with pytest.raises(StoredValueError) as caught:
+        read(conn)
+    assert str(caught.value).startswith(message), str(caught.value)
