@@ -6,7 +6,7 @@ import builtins
 import sqlite3
 from typing import Any
 
-from . import _values
+from . import _paging, _values
 from .errors import NotFoundError, short_repr
 from .transaction import one, rows, transaction, write
 
@@ -35,15 +35,17 @@ _NEXT = {
 
 GET_SQL = _SELECT + " WHERE id = :id"
 _STATE_SQL = "SELECT state FROM agents WHERE id = :id"
-# The rowid breaks ties between agents spawned in the same millisecond; each
-# index carries it as its last column, so the order costs no sort.
+# Pages: see _paging. The rowid, last column of every index, breaks ties between
+# agents spawned in the same millisecond without a sort.
 LIST_SQL = {
-    "task_id": _SELECT + " WHERE task_id = :task_id ORDER BY spawned_at, rowid LIMIT :limit",  # A1
-    "session_id": _SELECT + " WHERE session_id = :session_id"
-    " ORDER BY spawned_at DESC, rowid DESC LIMIT :limit",  # A2
-    "spawned": _SELECT + " WHERE spawned_at >= :since AND spawned_at < :until"
-    " ORDER BY spawned_at, rowid LIMIT :limit",  # A3
+    "task_id": _SELECT + " WHERE task_id = :task_id AND " + _paging.ascending("spawned_at")
+    + " ORDER BY spawned_at, rowid LIMIT :limit",  # A1
+    "session_id": _SELECT + " WHERE session_id = :session_id AND " + _paging.descending("spawned_at")
+    + " ORDER BY spawned_at DESC, rowid DESC LIMIT :limit",  # A2
+    "spawned": _SELECT + " WHERE " + _paging.ascending("spawned_at")
+    + " AND spawned_at < :until ORDER BY spawned_at, rowid LIMIT :limit",  # A3
 }
+_ROWID_SQL = "SELECT rowid FROM agents WHERE id = :id"  # where a page after that agent starts
 
 _INSERT = (
     "INSERT INTO agents (id, name, specialization, task_id, state, model, spawned_at,"
@@ -113,16 +115,23 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
     session_id: str | None = None,
     spawned_since: Any = None,
     spawned_until: Any = None,
-    limit: int = 100,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
 ) -> builtins.list[dict[str, Any]]:
     """Return at most `limit` agents of one task, of one session, or spawned in a time range.
 
     Exactly one of `task_id`, `session_id` or the range [`spawned_since`,
     `spawned_until`) (either end may be open) must be given. A task's agents and
-    a range come oldest first, a session's agents newest first.
+    a range come oldest first, a session's agents newest first. `after` is the last
+    agent of the previous page.
     """
     group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
-                                        "spawned", spawned_since, spawned_until)
+                                        "spawned", spawned_since, spawned_until, min_limit=1)
+    last = None
+    if after is not None:
+        agent_id, spawned_at = _paging.anchor(after, TABLE, {"id": str, "spawned_at": str})
+        last = (spawned_at, _paging.rowid_of(conn, TABLE, _ROWID_SQL, {"id": agent_id}))
+    _paging.set_start(params, last, newest_first=group == "session_id")
     return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 

@@ -6,7 +6,7 @@ import builtins
 import sqlite3
 from typing import Any
 
-from . import _values
+from . import _paging, _values
 from .errors import ValidationError
 from .transaction import rows, write
 
@@ -21,15 +21,15 @@ decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
 
 # Every list query takes a lower time bound, `since` (an open one when not given),
-# which keeps a single statement per query, each a range search on its index.
+# which keeps a single statement per query, each a range search on its index. Pages:
+# see _paging; id, the rowid, breaks ties between rows of the same millisecond.
+_PAGE = ("timestamp >= :since AND " + _paging.descending("timestamp")
+         + " ORDER BY timestamp DESC, id DESC LIMIT :limit")
 LIST_SQL = {
-    "task_id": _SELECT + " WHERE task_id = :task_id AND timestamp >= :since"
-    " ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U1
-    "latest": _SELECT + " WHERE timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U2
-    "memory_operation_type": _SELECT + " WHERE memory_operation_type = :memory_operation_type"
-    " AND timestamp >= :since ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U3
-    "memory_entry_id": _SELECT + " WHERE memory_entry_id = :memory_entry_id AND timestamp >= :since"
-    " ORDER BY timestamp DESC, id DESC LIMIT :limit",  # U4
+    "task_id": _SELECT + " WHERE task_id = :task_id AND " + _PAGE,  # U1
+    "latest": _SELECT + " WHERE " + _PAGE,  # U2
+    "memory_operation_type": _SELECT + " WHERE memory_operation_type = :memory_operation_type AND " + _PAGE,  # U3
+    "memory_entry_id": _SELECT + " WHERE memory_entry_id = :memory_entry_id AND " + _PAGE,  # U4
 }
 
 _INSERT = (
@@ -89,12 +89,14 @@ def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
     memory_entry_id: int | None = None,
     memory_operation_type: str | None = None,
     since: Any = None,
-    limit: int = 100,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
 ) -> builtins.list[dict[str, Any]]:
     """Return at most `limit` audit rows, newest first, recorded at or after `since`.
 
     Filter by at most one of `task_id`, `memory_entry_id` or
-    `memory_operation_type`; with none, return the latest rows.
+    `memory_operation_type`; with none, return the latest rows. `after` is the last
+    row of the previous page.
     """
     filters = {
         name: value
@@ -116,11 +118,12 @@ def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
         _values.require_int(memory_entry_id, TABLE, "memory_entry_id", 1)
     if memory_operation_type is not None:
         _values.require_choice(memory_operation_type, MEMORY_OPERATION_TYPES, TABLE, "memory_operation_type")
-    _values.require_int(limit, TABLE, "limit", 0)
     params = {
         **filters,
         "since": _values.time_range(since, None, TABLE)["since"],
-        "limit": limit,
+        "limit": _paging.require_limit(limit, TABLE),
     }
+    last = None if after is None else _paging.anchor(after, TABLE, {"timestamp": str, "id": int})
+    _paging.set_start(params, last, newest_first=True)
     query = LIST_SQL[next(iter(filters), "latest")]
     return rows(conn, TABLE, query, params, decode_row)

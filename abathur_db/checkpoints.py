@@ -6,7 +6,7 @@ import builtins
 import sqlite3
 from typing import Any
 
-from . import _values
+from . import _paging, _values
 from .errors import NotFoundError, short_repr
 from .transaction import one, rows, write
 
@@ -19,14 +19,16 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM checkpoints"
 
 LOAD_LATEST_SQL = _SELECT + " WHERE task_id = :task_id ORDER BY iteration DESC LIMIT 1"  # C1
 LOAD_SQL = _SELECT + " WHERE task_id = :task_id AND iteration = :iteration"
-# The rowid breaks ties between checkpoints created in the same millisecond; each
-# index carries it as its last column, so the order costs no sort.
+# Pages: see _paging. A task's checkpoints are ordered by iteration, unique per task;
+# the others by time, the rowid (last column of every index) breaking ties without a sort.
 LIST_SQL = {
-    "task_id": _SELECT + " WHERE task_id = :task_id ORDER BY iteration LIMIT :limit",
-    "session_id": _SELECT + " WHERE session_id = :session_id ORDER BY created_at, rowid LIMIT :limit",  # C2
-    "created": _SELECT + " WHERE created_at >= :since AND created_at < :until"
-    " ORDER BY created_at, rowid LIMIT :limit",  # C3
+    "task_id": _SELECT + " WHERE task_id = :task_id AND iteration > :start ORDER BY iteration LIMIT :limit",
+    "session_id": _SELECT + " WHERE session_id = :session_id AND " + _paging.ascending("created_at")
+    + " ORDER BY created_at, rowid LIMIT :limit",  # C2
+    "created": _SELECT + " WHERE " + _paging.ascending("created_at")
+    + " AND created_at < :until ORDER BY created_at, rowid LIMIT :limit",  # C3
 }
+_ROWID_SQL = "SELECT rowid FROM checkpoints WHERE task_id = :task_id AND iteration = :iteration"
 
 _INSERT = (
     "INSERT INTO checkpoints (task_id, iteration, state, created_at, session_id)"
@@ -94,16 +96,28 @@ def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
     session_id: str | None = None,
     created_since: Any = None,
     created_until: Any = None,
-    limit: int = 100,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
 ) -> builtins.list[dict[str, Any]]:
     """Return at most `limit` checkpoints of one task, of one session, or created in a time range.
 
     Exactly one of `task_id`, `session_id` or the range [`created_since`,
     `created_until`) (either end may be open) must be given. A task's checkpoints
-    come by iteration, the others oldest first.
+    come by iteration, the others oldest first. `after` is the last checkpoint of
+    the previous page.
     """
     group, params = _values.list_filter(TABLE, limit, {"task_id": task_id, "session_id": session_id},
-                                        "created", created_since, created_until)
+                                        "created", created_since, created_until, min_limit=1)
+    if group == "task_id":
+        params["start"] = _paging.ROWID_MIN if after is None else _paging.anchor(after, TABLE, {"iteration": int})[0]
+    else:
+        last = None
+        if after is not None:
+            after_task, iteration, created_at = _paging.anchor(
+                after, TABLE, {"task_id": str, "iteration": int, "created_at": str})
+            key = {"task_id": after_task, "iteration": iteration}
+            last = (created_at, _paging.rowid_of(conn, TABLE, _ROWID_SQL, key))
+        _paging.set_start(params, last)
     return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "ConstraintError",
     "DatabaseFileError",
     "ForeignKeyError",
+    "LeaseLostError",
     "NotFoundError",
     "SchemaError",
     "StorageFullError",
@@ -51,6 +52,10 @@ class ValidationError(ConstraintError, ValueError):
 
 class TransitionError(AbathurDBError):
     """A status change is not allowed from the row's current status."""
+
+
+class LeaseLostError(TransitionError):
+    """A worker's call carried a lease that is not the task's current one: the task moved on without it."""
 
 
 class SchemaError(AbathurDBError):

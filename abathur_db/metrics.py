@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from . import _values
+from . import _paging, _values
 from .transaction import rows, write
 
 TABLE = "metrics"
@@ -14,12 +14,11 @@ JSON_COLUMNS = ("labels",)
 decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM metrics"
 
-# id (the rowid, last column of each index) breaks ties without a sort.
+# Pages: see _paging. id (the rowid, last column of each index) breaks ties without a sort.
+_PAGE = _paging.ascending("timestamp") + " AND timestamp < :until ORDER BY timestamp, id LIMIT :limit"
 QUERY_SQL = {
-    "range": _SELECT + " WHERE timestamp >= :since AND timestamp < :until"
-    " ORDER BY timestamp, id LIMIT :limit",  # M1
-    "name": _SELECT + " WHERE metric_name = :metric_name AND timestamp >= :since AND timestamp < :until"
-    " ORDER BY timestamp, id LIMIT :limit",  # M2
+    "range": _SELECT + " WHERE " + _PAGE,  # M1
+    "name": _SELECT + " WHERE metric_name = :metric_name AND " + _PAGE,  # M2
 }
 
 _INSERT = (
@@ -65,17 +64,18 @@ def query(
     name: str | None = None,
     since: Any = None,
     until: Any = None,
-    limit: int | None = None,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Return measurements in [`since`, `until`), of `name` only when given, oldest first.
+    """Return at most `limit` measurements in [`since`, `until`), of `name` only when given, oldest first.
 
-    Either end of the range may be open; `limit` None returns every match.
+    Either end of the range may be open. `after` is the last measurement of the
+    previous page.
     """
     _values.require_text(name, TABLE, "metric_name", optional=True)
-    if limit is not None:
-        _values.require_int(limit, TABLE, "limit", 0)
-    params = _values.time_range(since, until, TABLE)
-    params["limit"] = -1 if limit is None else limit  # SQLite: a negative LIMIT means no limit
+    params: dict[str, Any] = _values.time_range(since, until, TABLE)
+    params["limit"] = _paging.require_limit(limit, TABLE)
+    _paging.set_start(params, None if after is None else _paging.anchor(after, TABLE, {"timestamp": str, "id": int}))
     if name is None:
         query_sql = QUERY_SQL["range"]
     else:

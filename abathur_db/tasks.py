@@ -1,15 +1,27 @@
-"""Tasks and the task queue: create, read, list, claim, and the status changes of a task's life."""
+"""Tasks and the task queue: create, read, list, claim, and the status changes of a task's life.
+
+The worker contract: every claim starts a run with its own lease (an opaque token,
+``task["lease"]``), which the owner's calls (heartbeat, complete, fail, release)
+must carry; a call whose lease is not the current one raises LeaseLostError and
+changes nothing. A dependency that can no longer complete cancels the tasks that
+wait on it, so no task waits forever.
+"""
 
 from __future__ import annotations
 
 import builtins
+import datetime as _dt
 import inspect
+import os
+import re
 import sqlite3
+import time
 from typing import Any, Iterable
 
-from . import _values, sessions
-from .errors import ForeignKeyError, NotFoundError, TransitionError, ValidationError, short_repr
-from .transaction import one, rows, transaction, write
+from . import _paging, _values, sessions
+from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, TransitionError,
+                     ValidationError, short_repr)
+from .transaction import commit_signal, one, rows, transaction, write
 
 TABLE = "tasks"
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -17,12 +29,15 @@ COLUMNS = (
     "id", "prompt", "agent_type", "priority", "status", "input_data", "result_data", "error_message",
     "retry_count", "max_retries", "max_execution_timeout_seconds", "submitted_at", "started_at",
     "completed_at", "last_updated_at", "created_by", "parent_task_id", "dependencies", "session_id",
-    "unmet_dependencies",
+    "unmet_dependencies", "lease",
 )
 JSON_COLUMNS = ("input_data", "result_data", "dependencies")
 decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
+# How often a waiting claim_next looks for commits of other processes (PRAGMA data_version).
+WAIT_POLL_SECONDS = 0.02
+_LEASE = re.compile(r"[0-9a-f]{32}")
 
 
 GET_SQL = _SELECT + " WHERE id = :id"  # catalog T1
@@ -30,32 +45,57 @@ GET_WITH_SESSION_SQL = (  # catalog T8
     f"SELECT {', '.join('t.' + c for c in COLUMNS)}, {', '.join('s.' + c for c in sessions.COLUMNS)}"
     " FROM tasks AS t LEFT JOIN sessions AS s ON s.id = t.session_id WHERE t.id = :id"
 )
+# Pages: see _paging. The rowid, last column of every index, breaks ties without a sort.
+# A status's order mixes directions (priority DESC, submitted_at), so a page after a
+# row reads the rest of that row's priority, then the lower ones: each part a search.
 LIST_SQL = {
-    "status": _SELECT + " WHERE status = :status ORDER BY priority DESC, submitted_at LIMIT :limit",  # T3
-    "session_id": _SELECT + " WHERE session_id = :session_id ORDER BY submitted_at DESC LIMIT :limit",  # T4
-    "parent_task_id": _SELECT + " WHERE parent_task_id = :parent_task_id ORDER BY submitted_at LIMIT :limit",  # T6
-    "submitted": _SELECT  # T5: [since, until)
-    + " WHERE submitted_at >= :since AND submitted_at < :until ORDER BY submitted_at LIMIT :limit",
+    "status": _SELECT + " WHERE status = :status ORDER BY priority DESC, submitted_at, rowid LIMIT :limit",  # T3
+    "status_rest": _SELECT + " WHERE status = :status AND priority = :priority AND "
+    + _paging.ascending("submitted_at") + " ORDER BY submitted_at, rowid LIMIT :limit",
+    "status_below": _SELECT + " WHERE status = :status AND priority < :priority"
+    " ORDER BY priority DESC, submitted_at, rowid LIMIT :limit",
+    "session_id": _SELECT + " WHERE session_id = :session_id AND " + _paging.descending("submitted_at")
+    + " ORDER BY submitted_at DESC, rowid DESC LIMIT :limit",  # T4
+    "parent_task_id": _SELECT + " WHERE parent_task_id = :parent_task_id AND " + _paging.ascending("submitted_at")
+    + " ORDER BY submitted_at, rowid LIMIT :limit",  # T6
+    "submitted": _SELECT + " WHERE " + _paging.ascending("submitted_at")  # T5: [since, until)
+    + " AND submitted_at < :until ORDER BY submitted_at, rowid LIMIT :limit",
 }
+_ROWID_SQL = "SELECT rowid FROM tasks WHERE id = :id"  # where a page after that task starts
 
-# Catalog T2. Without ANALYZE statistics the planner prefers idx_tasks_status_priority
+# Each status is a search of idx_tasks_status_priority, counted in the index alone: its
+# cost grows with the number of tasks (a count has no shortcut), so it is no catalog query.
+COUNTS_SQL = (
+    "SELECT status, count(*) FROM tasks WHERE status IN ('pending', 'running', 'completed', 'failed', 'cancelled')"
+    " GROUP BY status"
+)
+
+# Catalog T2 and T9. Without ANALYZE statistics the planner prefers idx_tasks_status_priority
 # and would step over every blocked pending task; INDEXED BY pins the partial index,
 # which holds only claimable tasks. SQLite uses a partial index only when the WHERE
 # repeats its terms literally (an IN (...) or a bound value would not match).
 _CLAIM = (
-    "UPDATE tasks SET status = 'running', started_at = :now, last_updated_at = :now"
-    " WHERE rowid = (SELECT rowid FROM tasks INDEXED BY idx_tasks_claimable"
+    "UPDATE tasks SET status = 'running', started_at = :now, last_updated_at = :now, lease = :lease"
+    " WHERE rowid = (SELECT rowid FROM tasks INDEXED BY {index}"
     " WHERE status = 'pending' AND unmet_dependencies = 0{agent_type}"
     " ORDER BY priority DESC, submitted_at LIMIT 1)" + _RETURNING
 )
-CLAIM_SQL = _CLAIM.format(agent_type="")
-CLAIM_BY_AGENT_TYPE_SQL = _CLAIM.format(agent_type=" AND agent_type = :agent_type")
+CLAIM_SQL = _CLAIM.format(index="idx_tasks_claimable", agent_type="")
+CLAIM_BY_AGENT_TYPE_SQL = _CLAIM.format(index="idx_tasks_claimable_by_type", agent_type=" AND agent_type = :agent_type")
+# A waiting claim_next looks before it claims: a read takes no write lock, and writes
+# no commit that would wake the other waiting workers in turn.
+_PEEK = ("SELECT 1 FROM tasks INDEXED BY {index}"
+         " WHERE status = 'pending' AND unmet_dependencies = 0{agent_type} LIMIT 1")
+PEEK_SQL = _PEEK.format(index="idx_tasks_claimable", agent_type="")
+PEEK_BY_AGENT_TYPE_SQL = _PEEK.format(index="idx_tasks_claimable_by_type", agent_type=" AND agent_type = :agent_type")
+_DATA_VERSION = "PRAGMA data_version"  # changes when another connection commits
 
-# Catalog T7. A running task is stale once its deadline (last update + its own
-# timeout) has passed; idx_tasks_running_deadline indexes that very expression for
-# running tasks, so only stale ones are read (the WHERE must repeat it exactly, and
-# INDEXED BY keeps the planner from preferring idx_tasks_status_priority). All SET
-# expressions read the row as it was, so each CASE tests the old retry_count.
+# A running task is stale once its deadline (last update + its own timeout) has passed;
+# idx_tasks_running_deadline indexes that very expression for running tasks, so only
+# stale ones are read (the WHERE must repeat it exactly, and INDEXED BY keeps the
+# planner from preferring idx_tasks_status_priority).
+_DEADLINE = "strftime('%Y-%m-%dT%H:%M:%fZ', last_updated_at, '+' || max_execution_timeout_seconds || ' seconds')"
+# Catalog T7. All SET expressions read the row as it was, so each CASE tests the old retry_count.
 REQUEUE_STALE_SQL = (
     "UPDATE tasks INDEXED BY idx_tasks_running_deadline SET"
     " status = CASE WHEN retry_count < max_retries THEN 'pending' ELSE 'failed' END,"
@@ -65,14 +105,21 @@ REQUEUE_STALE_SQL = (
     " error_message = CASE WHEN retry_count < max_retries THEN error_message"
     " ELSE 'timed out after ' || max_execution_timeout_seconds || ' s without an update; '"
     " || retry_count || ' of ' || max_retries || ' retries used' END,"
-    " last_updated_at = :now"
-    " WHERE status = 'running' AND strftime('%Y-%m-%dT%H:%M:%fZ', last_updated_at,"
-    " '+' || max_execution_timeout_seconds || ' seconds') < :now"
+    " last_updated_at = :now, lease = NULL"
+    f" WHERE status = 'running' AND {_DEADLINE} < :now"
     + _RETURNING
+)
+# Catalog T10: the same stale tasks, read only, earliest deadline first.
+STALE_SQL = (
+    _SELECT + f" INDEXED BY idx_tasks_running_deadline WHERE status = 'running' AND {_DEADLINE} < :now AND "
+    + _paging.ascending(_DEADLINE) + f" ORDER BY {_DEADLINE}, rowid LIMIT :limit"
 )
 
 # What a refused status change is explained by (a whole row might not even decode).
-_STATUS_SQL = "SELECT status, retry_count, max_retries FROM tasks WHERE id = :id"
+_REFUSAL_SQL = (
+    "SELECT status, retry_count, max_retries, lease, started_at, completed_at, last_updated_at, error_message"
+    " FROM tasks WHERE id = :id"
+)
 
 INSERT_SQL = (
     "INSERT INTO tasks (id, prompt, agent_type, priority, input_data, max_retries,"
@@ -82,21 +129,36 @@ INSERT_SQL = (
     " :max_execution_timeout_seconds, :submitted_at, :now, :created_by, :parent_task_id,"
     " :dependencies, :session_id)"
 )
-_MISSING_DEPENDENCIES = "SELECT value FROM json_each(:dependencies) WHERE value NOT IN (SELECT id FROM tasks)"
+# A new task's dependencies that do not exist (no status), or can never complete.
+_UNUSABLE_DEPENDENCIES = (
+    "SELECT d.value, t.status FROM json_each(:dependencies) AS d LEFT JOIN tasks AS t ON t.id = d.value"
+    " WHERE t.id IS NULL OR t.status = 'cancelled' OR (t.status = 'failed' AND t.retry_count >= t.max_retries)"
+)
 
 # Each status change is one guarded UPDATE: (statement, statuses it may start from).
+# The owner's changes match the task's current lease too, and every way out of
+# running clears it.
 _COMPLETE = (
     "UPDATE tasks SET status = 'completed', result_data = :result_data, completed_at = :now,"
-    " last_updated_at = :now WHERE id = :id AND status = 'running'" + _RETURNING,
+    " last_updated_at = :now, lease = NULL WHERE id = :id AND lease = :lease AND status = 'running'",
     ("running",),
 )
 _FAIL = (
     "UPDATE tasks SET status = 'failed', error_message = :error_message, completed_at = :now,"
-    " last_updated_at = :now WHERE id = :id AND status = 'running'" + _RETURNING,
+    " last_updated_at = :now, lease = NULL WHERE id = :id AND lease = :lease AND status = 'running'" + _RETURNING,
+    ("running",),
+)
+_RELEASE = (
+    "UPDATE tasks SET status = 'pending', started_at = NULL, last_updated_at = :now, lease = NULL"
+    " WHERE id = :id AND lease = :lease AND status = 'running'" + _RETURNING,
+    ("running",),
+)
+_HEARTBEAT = (
+    "UPDATE tasks SET last_updated_at = :now WHERE id = :id AND lease = :lease AND status = 'running'" + _RETURNING,
     ("running",),
 )
 _CANCEL = (
-    "UPDATE tasks SET status = 'cancelled', completed_at = :now, last_updated_at = :now"
+    "UPDATE tasks SET status = 'cancelled', completed_at = :now, last_updated_at = :now, lease = NULL"
     " WHERE id = :id AND status IN ('pending', 'running')" + _RETURNING,
     ("pending", "running"),
 )
@@ -106,10 +168,34 @@ _RETRY = (
     " WHERE id = :id AND status = 'failed' AND retry_count < max_retries" + _RETURNING,
     ("failed",),
 )
-_HEARTBEAT = (
-    "UPDATE tasks SET last_updated_at = :now WHERE id = :id AND status = 'running'" + _RETURNING,
-    ("running",),
+# complete() returns the completed task; complete_and_claim() only needs to know it changed.
+COMPLETE_SQL = _COMPLETE[0] + _RETURNING
+COMPLETE_ID_SQL = _COMPLETE[0] + " RETURNING id"
+
+# No dead ends: the pending tasks that wait, directly or through others, on task :id,
+# which can no longer complete, are cancelled, each naming the dependency it waited
+# on. The recursion follows task_dependencies' key; SQLite materialises the whole
+# set before the UPDATE changes a row (MATERIALIZE in its plan).
+CANCEL_DEPENDENTS_SQL = """
+WITH RECURSIVE doomed (id, cause) AS (
+    SELECT d.task_id, d.depends_on_task_id
+      FROM task_dependencies AS d JOIN tasks AS t ON t.id = d.task_id
+     WHERE d.depends_on_task_id = :id AND +t.status = 'pending'
+    UNION
+    SELECT d.task_id, d.depends_on_task_id
+      FROM doomed JOIN task_dependencies AS d ON d.depends_on_task_id = doomed.id
+                  JOIN tasks AS t ON t.id = d.task_id
+     WHERE +t.status = 'pending'
 )
+UPDATE tasks
+   SET status = 'cancelled', completed_at = :now, last_updated_at = :now, lease = NULL,
+       error_message = 'cancelled because dependency ' || quote(doomed.cause)
+           || CASE WHEN doomed.cause = :id THEN :how ELSE ' was cancelled' END
+  FROM doomed
+ WHERE tasks.id = doomed.id AND tasks.status = 'pending'
+""".strip()
+_CANCELLED_HOW = " was cancelled"
+_FAILED_HOW = " failed with no retries left"
 
 
 def create(
@@ -135,6 +221,7 @@ def create(
     string, default now) sets its place among tasks of equal priority.
 
     :raises ForeignKeyError: when a dependency, the session or the parent does not exist.
+    :raises ValidationError: when a dependency was cancelled or failed with no retries left.
     """
     params = _insert_params(
         _values.now(), prompt, task_id=task_id, agent_type=agent_type, priority=priority,
@@ -228,12 +315,20 @@ _CREATE_FIELDS = frozenset(inspect.signature(_insert_params).parameters) - {"now
 
 
 def _insert_with_dependencies(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-    """Insert one task that has dependencies, naming any that does not exist (inside a transaction)."""
-    missing = [value for (value,) in rows(conn, TABLE, _MISSING_DEPENDENCIES, params)]
+    """Insert one task that has dependencies, naming any that does not exist or can never complete.
+
+    Runs inside the caller's transaction: no dependency can change in between.
+    """
+    unusable = rows(conn, TABLE, _UNUSABLE_DEPENDENCIES, params)
+    missing = [value for value, status in unusable if status is None]
     if missing:
         raise ForeignKeyError(
             f"{TABLE}: {TABLE}.dependencies: no task with id {', '.join(map(short_repr, missing))}"
         )
+    if unusable:
+        ended = "; ".join(f"task {short_repr(value)} " + ("was cancelled" if status == "cancelled" else
+                                                           "failed with no retries left") for value, status in unusable)
+        raise ValidationError(f"{TABLE}.dependencies: {ended}: a task waiting on it could never run")
     write(conn, TABLE, INSERT_SQL, params)
 
 
@@ -284,13 +379,15 @@ def list(  # noqa: A001 - the module's namespace makes it tasks.list
     parent_task_id: str | None = None,
     submitted_since: Any = None,
     submitted_until: Any = None,
-    limit: int = 100,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
 ) -> builtins.list[dict[str, Any]]:
-    """Return up to `limit` tasks selected by exactly one filter.
+    """Return up to `limit` tasks selected by exactly one filter, the page after the row `after` if given.
 
     By `status`: most urgent first (priority, then oldest). By `session_id`: newest
     first. By `parent_task_id`: oldest first. By submission time in
     [`submitted_since`, `submitted_until`) (either end may be open): oldest first.
+    `after` is the last task of the previous page.
     """
     group, params = _values.list_filter(
         TABLE, limit, {"status": status, "session_id": session_id, "parent_task_id": parent_task_id},
@@ -298,44 +395,205 @@ def list(  # noqa: A001 - the module's namespace makes it tasks.list
     )
     if group == "status":
         _values.require_choice(status, STATUSES, TABLE, "status")
+        if after is None:
+            return rows(conn, TABLE, LIST_SQL["status"], params, decode_row)
+        params["priority"], params["start"], params["start_rowid"] = _anchor(
+            conn, after, {"priority": (int, str), "submitted_at": str})
+        page = rows(conn, TABLE, LIST_SQL["status_rest"], params, decode_row)
+        if len(page) < limit:
+            params["limit"] = limit - len(page)
+            page += rows(conn, TABLE, LIST_SQL["status_below"], params, decode_row)
+        return page
+    last = None if after is None else _anchor(conn, after, {"submitted_at": str})
+    _paging.set_start(params, last, newest_first=group == "session_id")
     return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 
-def claim_next(conn: sqlite3.Connection, *, agent_type: str | None = None) -> dict[str, Any] | None:
-    """Move the most urgent claimable task to ``running`` and return it, or None if there is none.
+def _anchor(conn: sqlite3.Connection, after: Any, kinds: dict[str, Any]) -> tuple[Any, ...]:
+    """Return the values of `kinds` in the task `after` and, last, its rowid: where the next page starts."""
+    task_id, *values = _paging.anchor(after, TABLE, {"id": str, **kinds})
+    return (*values, _paging.rowid_of(conn, TABLE, _ROWID_SQL, {"id": task_id}))
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Return how many tasks are in each status, every status included (0 for none)."""
+    found = dict(rows(conn, TABLE, COUNTS_SQL))
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
+def stale(
+    conn: sqlite3.Connection,
+    now: Any = None,
+    *,
+    limit: int = _paging.DEFAULT_LIMIT,
+    after: dict[str, Any] | None = None,
+) -> builtins.list[dict[str, Any]]:
+    """Return up to `limit` running tasks that requeue_stale would take back at `now`, changing nothing.
+
+    A running task is stale when it has had no update for longer than its
+    ``max_execution_timeout_seconds``. Earliest deadline first; `after` is the last
+    task of the previous page. `now` (an aware datetime or ISO string) defaults to
+    the current time.
+    """
+    params = {
+        "now": _values.now() if now is None else _values.timestamp(now, TABLE, "now"),
+        "limit": _paging.require_limit(limit, TABLE),
+        "start": _paging.FIRST,
+        "start_rowid": _paging.ROWID_MIN,
+    }
+    if after is not None:
+        last_updated_at, timeout, params["start_rowid"] = _anchor(
+            conn, after, {"last_updated_at": str, "max_execution_timeout_seconds": int})
+        params["start"] = _deadline(last_updated_at, timeout)
+    return rows(conn, TABLE, STALE_SQL, params, decode_row)
+
+
+def _deadline(last_updated_at: str, seconds: int) -> str:
+    """Return the moment a task last updated at `last_updated_at` goes stale, as SQLite's _DEADLINE computes it."""
+    moment = _dt.datetime.fromisoformat(_values.timestamp(last_updated_at, TABLE, "after.last_updated_at"))
+    try:
+        return _values.format_datetime(moment + _dt.timedelta(seconds=seconds))
+    except OverflowError:  # such a task is never stale
+        raise ValidationError(
+            f"{TABLE}.after: max_execution_timeout_seconds {seconds!r} never runs out: no stale task has it"
+        ) from None
+
+
+def claim_next(
+    conn: sqlite3.Connection, *, agent_type: str | None = None, wait: float | None = None,
+) -> dict[str, Any] | None:
+    """Move the most urgent claimable task to ``running`` under a new lease and return it, or None.
 
     Claimable: ``pending`` with every dependency completed (and of `agent_type`, if
     given). Most urgent: highest priority, then oldest ``submitted_at``. One UPDATE
-    under the write lock, so no two workers ever get the same task.
+    under the write lock, so no two workers ever get the same task. The task's
+    ``lease`` is what its owner's later calls must carry.
+
+    With `wait` (seconds), wait that long at most for a claimable task, holding no
+    lock meanwhile: a commit of this process wakes the wait at once, one of another
+    process within WAIT_POLL_SECONDS.
+
+    :raises ConfigurationError: when asked to wait inside a transaction block, whose
+        write lock would be held all the while.
     """
-    params: dict[str, Any] = {"now": _values.now()}
+    params: dict[str, Any] = {"now": _values.now(), "lease": _new_lease()}
     if agent_type is None:
-        sql = CLAIM_SQL
+        sql, peek = CLAIM_SQL, PEEK_SQL
     else:
         _values.require_text(agent_type, TABLE, "agent_type")
-        sql, params["agent_type"] = CLAIM_BY_AGENT_TYPE_SQL, agent_type
-    claimed = write(conn, TABLE, sql, params, decode_row)
-    return claimed[0] if claimed else None
+        sql, peek, params["agent_type"] = CLAIM_BY_AGENT_TYPE_SQL, PEEK_BY_AGENT_TYPE_SQL, agent_type
+    if not wait:
+        if wait is not None:
+            _values.require_number(wait, TABLE, "wait")
+        claimed = write(conn, TABLE, sql, params, decode_row)
+        return claimed[0] if claimed else None
+    deadline = time.monotonic() + _values.require_number(wait, TABLE, "wait")
+    if conn.in_transaction:
+        raise ConfigurationError(
+            f"{TABLE}: claim_next(wait={wait!r}) inside a transaction block would hold the write lock while"
+            " it waits; wait outside the block"
+        )
+    with commit_signal(conn) as signal:
+        claimed = write(conn, TABLE, sql, params, decode_row)
+        while not claimed:
+            # Read before looking, so that a commit made after the look is seen.
+            seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
+            while signal.count == seen and one(conn, None, _DATA_VERSION)[0] == version:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                signal.wait(seen, min(remaining, WAIT_POLL_SECONDS))
+            if one(conn, TABLE, peek, params) is not None:
+                params["now"], params["lease"] = _values.now(), _new_lease()
+                claimed = write(conn, TABLE, sql, params, decode_row)
+    return claimed[0]
 
 
-def complete(conn: sqlite3.Connection, task_id: str, result: Any = None) -> dict[str, Any]:
-    """Mark the running task completed with `result` (any JSON value; None stores NULL) and return it.
+def _new_lease() -> str:
+    return os.urandom(16).hex()
+
+
+def complete(conn: sqlite3.Connection, task_id: str, lease: str, result: Any = None) -> dict[str, Any]:
+    """Mark the task completed with `result` (any JSON value; None stores NULL) and return it.
 
     Tasks that wait on it become claimable once their other dependencies are completed too.
+
+    :raises LeaseLostError: when `lease` is not the task's current one; nothing changes.
     """
-    result_data = None if result is None else _values.to_json(result, TABLE, "result_data")
-    return _transition(conn, "complete", _COMPLETE, {"id": task_id, "result_data": result_data})
+    params = _owner_params(task_id, lease, "result_data", result)
+    return _transition(conn, "complete", (COMPLETE_SQL, _COMPLETE[1]), params)
 
 
-def fail(conn: sqlite3.Connection, task_id: str, error_message: str) -> dict[str, Any]:
-    """Mark the running task failed with `error_message` and return it."""
+def complete_and_claim(
+    conn: sqlite3.Connection, task_id: str, lease: str, result: Any = None, *, agent_type: str | None = None,
+) -> dict[str, Any] | None:
+    """Complete the task as complete() does and claim the next one as claim_next() does, in one transaction.
+
+    Return the task claimed (with its own lease), or None when none is claimable;
+    the completed task is not returned. One write transaction instead of two: a
+    worker that goes straight from one task to the next waits half as often for
+    the write lock.
+
+    :raises LeaseLostError: when `lease` is not the task's current one; nothing changes, nothing is claimed.
+    """
+    params = _owner_params(task_id, lease, "result_data", result)
+    if agent_type is not None:
+        _values.require_text(agent_type, TABLE, "agent_type")
+    with transaction(conn):
+        _transition(conn, "complete", (COMPLETE_ID_SQL, _COMPLETE[1]), params, decode=None)
+        return claim_next(conn, agent_type=agent_type)
+
+
+def fail(conn: sqlite3.Connection, task_id: str, lease: str, error_message: str) -> dict[str, Any]:
+    """Mark the task failed with `error_message` and return it.
+
+    With no retries left (``retry_count`` = ``max_retries``) the failure is final, and
+    the pending tasks waiting on it are cancelled (see cancel()). Otherwise they wait
+    for a retry.
+
+    :raises LeaseLostError: when `lease` is not the task's current one; nothing changes.
+    """
     _values.require_text(error_message, TABLE, "error_message")
-    return _transition(conn, "fail", _FAIL, {"id": task_id, "error_message": error_message})
+    params = _owner_params(task_id, lease, "error_message", error_message)
+    with transaction(conn):
+        failed = _transition(conn, "fail", _FAIL, params)
+        if failed["retry_count"] >= failed["max_retries"]:
+            _cancel_dependents(conn, failed["id"], _FAILED_HOW, params["now"])
+    return failed
+
+
+def release(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, Any]:
+    """Hand the task back: ``running`` to ``pending``, no retry used; return it.
+
+    For a worker that stops before finishing (SIGTERM, Ctrl-C): the task keeps its
+    place in the queue and the next claim takes it under a new lease.
+
+    :raises LeaseLostError: when `lease` is not the task's current one; nothing changes.
+    """
+    return _transition(conn, "release", _RELEASE, _owner_params(task_id, lease))
+
+
+def heartbeat(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, Any]:
+    """Record that the task is still being worked on, so requeue_stale leaves it alone; return it.
+
+    :raises LeaseLostError: when `lease` is not the task's current one (the work is
+        no longer the caller's: stop it); nothing changes.
+    """
+    return _transition(conn, "heartbeat", _HEARTBEAT, _owner_params(task_id, lease))
 
 
 def cancel(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
-    """Cancel the pending or running task and return it."""
-    return _transition(conn, "cancel", _CANCEL, {"id": task_id})
+    """Cancel the pending or running task (ending its lease, if any) and return it.
+
+    The pending tasks that wait on it, directly or through others, are cancelled too,
+    each with the dependency it waited on in ``error_message``.
+    """
+    _values.require_text(task_id, TABLE, "id")
+    params = {"id": task_id}
+    with transaction(conn):
+        cancelled = _transition(conn, "cancel", _CANCEL, params)
+        _cancel_dependents(conn, task_id, _CANCELLED_HOW, params["now"])
+    return cancelled
 
 
 def retry(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
@@ -346,42 +604,77 @@ def retry(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     return _transition(conn, "retry", _RETRY, {"id": task_id})
 
 
-def heartbeat(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
-    """Record that the running task is still being worked on, so requeue_stale leaves it alone."""
-    return _transition(conn, "heartbeat", _HEARTBEAT, {"id": task_id})
-
-
 def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[dict[str, Any]]:
-    """Return running tasks not updated for longer than their timeout to the queue; return them.
+    """Take back the running tasks not updated for longer than their timeout, ending their leases; return them.
 
     Each goes back to ``pending`` with ``retry_count`` + 1 while retries remain, else
-    to ``failed`` with a message saying so. `now` (an aware datetime or ISO string,
-    default the current time) is the moment to measure from.
+    to ``failed`` with a message saying so, which cancels the pending tasks waiting
+    on it. `now` (an aware datetime or ISO string, default the current time) is the
+    moment to measure from.
     """
     moment = _values.now() if now is None else _values.timestamp(now, TABLE, "now")
-    return write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
+    with transaction(conn):
+        requeued = write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
+        for task in requeued:
+            if task["status"] == "failed":
+                _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
+    return requeued
+
+
+def _owner_params(task_id: Any, lease: Any, field: str | None = None, value: Any = None) -> dict[str, Any]:
+    """Check an owner's call's task id and lease; return its parameters (`field` set to `value`, as JSON if a result)."""
+    _values.require_text(task_id, TABLE, "id")
+    if not isinstance(lease, str) or not _LEASE.fullmatch(lease):
+        raise ValidationError(
+            f"{TABLE}.lease: expected the lease claim_next returned with the task (32 hexadecimal digits),"
+            f" got {short_repr(lease)}"
+        )
+    params = {"id": task_id, "lease": lease}
+    if field == "result_data":
+        params[field] = None if value is None else _values.to_json(value, TABLE, "result_data")
+    elif field is not None:
+        params[field] = value
+    return params
+
+
+def _cancel_dependents(conn: sqlite3.Connection, task_id: str, how: str, now: str) -> None:
+    write(conn, TABLE, CANCEL_DEPENDENTS_SQL, {"id": task_id, "how": how, "now": now})
 
 
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
-                params: dict[str, Any]) -> dict[str, Any]:
+                params: dict[str, Any], decode: Any = decode_row) -> Any:
     sql, allowed = change
     _values.require_text(params["id"], TABLE, "id")
     params["now"] = _values.now()
     # The refusal is explained inside the same transaction, so it reports the status that refused.
     with transaction(conn):
-        changed = write(conn, TABLE, sql, params, decode_row)
+        changed = write(conn, TABLE, sql, params, decode)
         if not changed:
-            task = one(conn, TABLE, _STATUS_SQL, params)
-            if task is None:
-                raise NotFoundError(f"{TABLE}: no task with id {short_repr(params['id'])}")
-            status, retry_count, max_retries = task
-            if status not in allowed:
-                raise TransitionError(
-                    f"{TABLE}: cannot {operation} task {params['id']!r}: its status is"
-                    f" {status!r}, must be {' or '.join(map(repr, allowed))}"
-                )
-            raise TransitionError(
-                f"{TABLE}: cannot {operation} task {params['id']!r}: retries are used up"
-                f" ({retry_count} of {max_retries})"
-            )
+            raise _refusal(conn, operation, allowed, params)
     return changed[0]
+
+
+def _refusal(conn: sqlite3.Connection, operation: str, allowed: tuple[str, ...],
+             params: dict[str, Any]) -> TransitionError | NotFoundError:
+    """Return why `operation` changed nothing, read from the task as it is."""
+    task = one(conn, TABLE, _REFUSAL_SQL, params)
+    if task is None:
+        return NotFoundError(f"{TABLE}: no task with id {short_repr(params['id'])}")
+    status, retry_count, max_retries, lease, started_at, completed_at, last_updated_at, error_message = task
+    doing = f"{TABLE}: cannot {operation} task {params['id']!r}"
+    if "lease" in params:
+        if status == "running":
+            why = (f"it has been running under another lease since {started_at}" if lease is not None
+                   else "it is running without a lease (claimed before this version)")
+        elif status == "pending":
+            why = f"it went back to pending at {last_updated_at} (released, requeued as stale, or retried)"
+        elif status in ("completed", "cancelled"):
+            why = f"it was {status} at {completed_at}"
+        elif status == "failed":
+            why = f"it failed at {completed_at}: {error_message}"
+        else:
+            why = f"its status is {status!r}"
+        return LeaseLostError(f"{doing} with lease {params['lease']!r}: that lease is no longer the task's: {why}")
+    if status not in allowed:
+        return TransitionError(f"{doing}: its status is {status!r}, must be {' or '.join(map(repr, allowed))}")
+    return TransitionError(f"{doing}: retries are used up ({retry_count} of {max_retries})")

@@ -13,13 +13,14 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from threading import get_ident
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
 from .pool import _Connection, _in_transaction, close_connection
 
-__all__ = ["hold", "one", "rows", "transaction", "write"]
+__all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write"]
 
 _SAVEPOINT = "SAVEPOINT abathur_db"
 _RELEASE = "RELEASE abathur_db"
@@ -79,6 +80,81 @@ def _admit(conn: sqlite3.Connection) -> Any:
     if conn.closing and conn.blocks:
         return conn
     raise ConfigurationError(f"{conn.path}: the connection is closed (pool.close() closes them all)")
+
+
+class CommitSignal:
+    """Counts the package's commits to one database file in this process, and wakes the threads waiting for one."""
+
+    __slots__ = ("count", "_changed", "waiting")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition(threading.Lock())
+        self.waiting = 0
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a commit beyond the first `seen`; return whether one came."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count != seen, timeout)
+
+    def announce(self) -> None:
+        """Count a commit and wake every waiting thread."""
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+
+class _NoSignal:
+    """What a connection the package did not open waits on: nothing but the time."""
+
+    count = 0
+
+    @staticmethod
+    def wait(seen: int, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+
+# The signals of the files some thread of this process is waiting on, by id() of the
+# file's in-process write lock (which every connection of the package to that file
+# shares). Empty unless a thread waits, so a commit then costs one truth test.
+_SIGNALS: dict[int, CommitSignal] = {}
+_SIGNALS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def commit_signal(conn: sqlite3.Connection) -> Iterator[CommitSignal | _NoSignal]:
+    """Yield the commit signal of `conn`'s file, announced by every commit the package makes to it meanwhile.
+
+    A connection the package did not open has no such signal: the one yielded only
+    lets the time pass. Commits of other processes are never announced.
+    """
+    lock = getattr(conn, "write_lock", None)
+    if lock is None:
+        yield _NoSignal()
+        return
+    key = id(lock)  # the lock lives as long as the connection that holds it
+    with _SIGNALS_GUARD:
+        signal = _SIGNALS.setdefault(key, CommitSignal())
+        signal.waiting += 1
+    try:
+        yield signal
+    finally:
+        with _SIGNALS_GUARD:
+            signal.waiting -= 1
+            if not signal.waiting:
+                del _SIGNALS[key]
+
+
+def _forget_signals() -> None:
+    global _SIGNALS_GUARD
+    # A forked child has none of the parent's waiting threads, and new write locks
+    # whose id() may repeat a parent's.
+    _SIGNALS_GUARD = threading.Lock()
+    _SIGNALS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_signals)
 
 
 def hold(conn: sqlite3.Connection):
@@ -306,6 +382,10 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                     close_connection(conn)
                 elif state is not conn:
                     _PLAIN.pop(id(conn), None)
+        if exc_type is None and _SIGNALS and state.write_lock is not None:  # committed, and a thread waits
+            signal = _SIGNALS.get(id(state.write_lock))
+            if signal is not None:
+                signal.announce()
         return False
 
 

@@ -25,6 +25,7 @@ from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tas
 from abathur_db.errors import (
     AbathurDBError,
     ForeignKeyError,
+    LeaseLostError,
     NotFoundError,
     TransitionError,
     UniqueError,
@@ -272,15 +273,16 @@ class Number:
 
 @dataclasses.dataclass(frozen=True)
 class Json:
-    """A JSON value (or only an array / only an object) stored in `field`."""
+    """A JSON value (or only an array / only an object) stored in `field` (and returned, when `returned`)."""
 
     field: str
     kind: type | None = None
+    returned: bool = True
 
     def cases(self):
         for name, value in JSON_VALUES.items():
             if self.kind is None or isinstance(value, self.kind):
-                yield name, value, Stored(self.field, value)
+                yield name, value, Stored(self.field, value) if self.returned else ACCEPTED
             else:
                 yield name, value, ValidationError
         for name, value in NOT_JSON.items():
@@ -299,6 +301,54 @@ class Anything:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lease:
+    """The lease of a running task: its own is accepted, any other well-formed one is no longer the task's."""
+
+    current: str
+
+    def cases(self):
+        yield "current", self.current, ACCEPTED
+        yield "another", "0" * 32, LeaseLostError
+        for name, value in {**NOT_TEXT, "upper-case": self.current.upper(), "short": self.current[:31],
+                            "long": self.current + "0", "not-hex": "g" * 32, "sql": TEXT["sql"],
+                            "padded": f" {self.current}"}.items():
+            yield name, value, ValidationError
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """Seconds to wait at most: a finite number >= 0."""
+
+    def cases(self):
+        for name, value in {"none": None, "zero": 0, "fraction": 0.05, "int": 1}.items():
+            yield name, value, ACCEPTED
+        for name, value in {"negative": -1, "tiny-negative": -1e-300, "nan": float("nan"), "inf": float("inf"),
+                            "bool": True, "false": False, "text": "1", "empty": "", "list": [1]}.items():
+            yield name, value, ValidationError
+
+
+@dataclasses.dataclass(frozen=True)
+class After:
+    """The last row of the previous page: `good` is one; a row of another shape is refused."""
+
+    good: dict[str, Any]
+    unknown: Any = None  # what a row whose key matches no row gets (None: the key is not looked up)
+
+    def cases(self):
+        yield "none", None, ACCEPTED
+        yield "row", self.good, ACCEPTED
+        yield "longer-row", {**self.good, "extra": object()}, ACCEPTED
+        if self.unknown is not None:
+            yield "unknown", {**self.good, "id": "ghost"}, self.unknown
+        for name, value in {"int": 5, "text": "x", "list": [self.good], "empty": {}, "object": object()}.items():
+            yield name, value, ValidationError
+        for key in self.good:
+            yield f"without-{key}", {k: v for k, v in self.good.items() if k != key}, ValidationError
+            for name, value in {"none": None, "bool": True, "list": [1], "empty": "", "bytes": b"1"}.items():
+                yield f"{key}-{name}", {**self.good, key: value}, ValidationError
+
+
+@dataclasses.dataclass(frozen=True)
 class Dependencies:
     """A list of ids of existing tasks."""
 
@@ -308,6 +358,7 @@ class Dependencies:
         yield "none-listed", [], Stored("dependencies", [])
         yield "one", [self.existing], Stored("dependencies", [self.existing])
         yield "unknown", ["ghost"], ForeignKeyError
+        yield "cancelled", [CANCELLED], ValidationError
         yield "sql", [TEXT["sql"]], ForeignKeyError
         yield "1MB", [MEGABYTE], ForeignKeyError
         for name, value in {"text-not-list": self.existing, "none": None, "set": {self.existing},
@@ -378,16 +429,19 @@ class Time:
 # ---------------------------------------------------------------------------------------
 # The world every case starts from, and each function's specification.
 
-SESSION, TASK, RUNNING, FAILED, AGENT = "s-1", "t-1", "t-run", "t-fail", "a-1"
+SESSION, TASK, RUNNING, FAILED, CANCELLED, AGENT = "s-1", "t-1", "t-run", "t-fail", "t-cancelled", "a-1"
+LEASE = "1234567890abcdef" * 2  # the running task's
+T0 = "2024-01-01T00:00:00.000Z"
 
 
 def build_world(conn: sqlite3.Connection) -> None:
     """Create one row of everything the functions below refer to."""
     tasks.create(conn, "running", task_id=RUNNING, priority=10)
     tasks.claim_next(conn)
+    conn.execute("UPDATE tasks SET lease = ? WHERE id = ?", (LEASE, RUNNING))
     tasks.create(conn, "failed", task_id=FAILED, priority=9)
-    tasks.claim_next(conn)
-    tasks.fail(conn, FAILED, "boom")
+    tasks.fail(conn, FAILED, tasks.claim_next(conn)["lease"], "boom")
+    tasks.cancel(conn, tasks.create(conn, "cancelled", task_id=CANCELLED)["id"])
     sessions.create(conn, "app", "user", session_id=SESSION)
     tasks.create(conn, "pending", task_id=TASK, priority=0, session_id=SESSION)
     agents.spawn(conn, TASK, "worker", "coder", "model", agent_id=AGENT, session_id=SESSION)
@@ -458,14 +512,26 @@ SPECS = [
     Spec(tasks.list, {"status": "pending"}, {
         "status": Enum(tasks.STATUSES), "session_id": Ref(EMPTY), "parent_task_id": Ref(EMPTY),
         "submitted_since": Time(), "submitted_until": Time(), "limit": Int(1),
+        "after": After({"id": TASK, "priority": 0, "submitted_at": T0}, NOT_FOUND),
     }, exclusive=(("status",), ("session_id",), ("parent_task_id",), ("submitted_since", "submitted_until"))),
-    Spec(tasks.claim_next, {}, {"agent_type": Ref(Returns(None), optional=True)}),
-    Spec(tasks.heartbeat, {"task_id": RUNNING}, {"task_id": KEY}),
-    Spec(tasks.complete, {"task_id": RUNNING}, {"task_id": KEY, "result": Json("result_data")},
-         reread=lambda conn, row: tasks.get(conn, row["id"])),
-    Spec(tasks.fail, {"task_id": RUNNING, "error_message": "boom"}, {
-        "task_id": KEY, "error_message": Text("error_message"),
+    Spec(tasks.counts, {}, {}),
+    Spec(tasks.stale, {}, {
+        "now": Time(), "limit": Int(1),
+        "after": After({"id": RUNNING, "last_updated_at": T0, "max_execution_timeout_seconds": 60}, NOT_FOUND),
+    }),
+    Spec(tasks.claim_next, {}, {"agent_type": Ref(Returns(None), optional=True), "wait": Wait()}),
+    Spec(tasks.heartbeat, {"task_id": RUNNING, "lease": LEASE}, {"task_id": KEY, "lease": Lease(LEASE)}),
+    Spec(tasks.complete, {"task_id": RUNNING, "lease": LEASE}, {
+        "task_id": KEY, "lease": Lease(LEASE), "result": Json("result_data"),
     }, reread=lambda conn, row: tasks.get(conn, row["id"])),
+    Spec(tasks.complete_and_claim, {"task_id": RUNNING, "lease": LEASE}, {
+        "task_id": KEY, "lease": Lease(LEASE), "result": Json("result_data", returned=False),
+        "agent_type": Ref(Returns(None), optional=True),
+    }),
+    Spec(tasks.fail, {"task_id": RUNNING, "lease": LEASE, "error_message": "boom"}, {
+        "task_id": KEY, "lease": Lease(LEASE), "error_message": Text("error_message"),
+    }, reread=lambda conn, row: tasks.get(conn, row["id"])),
+    Spec(tasks.release, {"task_id": RUNNING, "lease": LEASE}, {"task_id": KEY, "lease": Lease(LEASE)}),
     Spec(tasks.cancel, {"task_id": TASK}, {"task_id": KEY}),
     Spec(tasks.retry, {"task_id": FAILED}, {"task_id": KEY}),
     Spec(tasks.requeue_stale, {}, {"now": Time()}),
@@ -480,7 +546,7 @@ SPECS = [
     Spec(agents.get, {"agent_id": AGENT}, {"agent_id": Ref(NOT_FOUND)}),
     Spec(agents.list, {"task_id": TASK}, {
         "task_id": Ref(EMPTY), "session_id": Ref(EMPTY), "spawned_since": Time(), "spawned_until": Time(),
-        "limit": Int(0),
+        "limit": Int(1), "after": After({"id": AGENT, "spawned_at": T0}, NOT_FOUND),
     }, exclusive=(("task_id",), ("session_id",), ("spawned_since", "spawned_until"))),
     Spec(agents.set_state, {"agent_id": AGENT, "state": "idle"}, {
         "agent_id": Ref(NOT_FOUND),
@@ -501,7 +567,7 @@ SPECS = [
     Spec(audit.list, {}, {
         "task_id": Ref(EMPTY, optional=True), "memory_entry_id": IntRef(EMPTY),
         "memory_operation_type": Enum(audit.MEMORY_OPERATION_TYPES, optional=True),
-        "since": Time(), "limit": Int(0),
+        "since": Time(), "limit": Int(1), "after": After({"timestamp": T0, "id": 1}),
     }),
     # checkpoints
     Spec(checkpoints.save, {"task_id": TASK, "iteration": 1, "state": {"s": 1}}, {
@@ -513,7 +579,7 @@ SPECS = [
     }, reread=lambda conn, row: checkpoints.load(conn, row["task_id"], row["iteration"])),
     Spec(checkpoints.list, {"task_id": TASK}, {
         "task_id": Ref(EMPTY), "session_id": Ref(EMPTY), "created_since": Time(), "created_until": Time(),
-        "limit": Int(0),
+        "limit": Int(1), "after": After({"iteration": 0}),
     }, exclusive=(("task_id",), ("session_id",), ("created_since", "created_until"))),
     Spec(checkpoints.prune, {"task_id": TASK, "keep_last": 0}, {
         "task_id": Ref(Returns(0)), "keep_last": Int(0),
@@ -535,7 +601,8 @@ SPECS = [
         "timestamp": Time("timestamp"),
     }, reread=lambda conn, row: _find(metrics.query(conn), row)),
     Spec(metrics.query, {}, {
-        "name": Ref(EMPTY, optional=True), "since": Time(), "until": Time(), "limit": Int(0, optional=True),
+        "name": Ref(EMPTY, optional=True), "since": Time(), "until": Time(), "limit": Int(1),
+        "after": After({"timestamp": T0, "id": 1}),
     }),
 ]
 

@@ -362,46 +362,97 @@ def test_what_cannot_be_carried_over_stops_the_upgrade_before_any_change(tmp_pat
 
 
 # ---------------------------------------------------------------------------------------
-# Version 3 to 4: memory_entries is rebuilt by the same mechanism.
+# Versions 3 and 4 to the latest: 0004 rebuilds memory_entries by the same mechanism, 0005
+# adds a column to tasks in place.
 
 
-def _open_at_version_3(path) -> sqlite3.Connection:
-    """Create a database with the files up to 0003 only; return a raw connection to it."""
-    old = path.parent / "schema-v3"
+def _open_at_version(path, version: int = 3) -> sqlite3.Connection:
+    """Create a database with the files up to `version` only; return a raw connection to it."""
+    old = path.parent / f"schema-v{version}"
     old.mkdir()
-    for file in FILES[:3]:
+    for file in FILES[:version]:
         shutil.copy(schema.schema_dir() / file.name, old / file.name)
     abathur_db.open(path, schema_dir=old).close()
     return sqlite3.connect(path, isolation_level=None)
 
 
-def test_version_3_database_upgrades_to_4_keeping_every_row(tmp_path):
-    """A version-3 database with rows in every table reaches version 4 with every row as it was."""
-    path = tmp_path / "v3.db"
-    _open_at_version_3(path).close()
-    with abathur_db.open(path, schema_dir=tmp_path / "schema-v3") as pool:
-        conn = pool.connection()
-        session = abathur_db.sessions.create(conn, "app", "user")["id"]
-        first = abathur_db.tasks.create(conn, "first", session_id=session)["id"]
-        abathur_db.tasks.create(conn, "second", dependencies=[first])
-        agent = abathur_db.agents.spawn(conn, first, "w", "s", "m", session_id=session)["id"]
-        conn.execute("INSERT INTO memory_entries (namespace, key, value, memory_type) VALUES "
-                     "('ns', 'a', '1', 'semantic'), ('ns', 'b', '2', 'episodic')")
-        abathur_db.audit.record(conn, "x", task_id=first, agent_id=agent, memory_entry_id=1,
-                                memory_operation_type="create")
-        abathur_db.checkpoints.save(conn, first, 0, {"i": 0}, session_id=session)
-        abathur_db.state.set(conn, first, "k", [1])
-        abathur_db.metrics.record(conn, "m", 1.0)
-        tables = [name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
-            " AND name <> 'schema_migrations'")]
-        before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+_open_at_version_3 = _open_at_version
+
+
+def _fill_at_version(path, version: int) -> dict[str, tuple[list[str], list]]:
+    """Write rows to every table by raw SQL (today's code needs today's schema); return each table's columns and rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.executescript("""
+            INSERT INTO sessions (id, app_name, user_id) VALUES ('s1', 'app', 'user');
+            INSERT INTO tasks (id, prompt, session_id) VALUES ('first', 'p', 's1');
+            INSERT INTO tasks (id, prompt, dependencies) VALUES ('second', 'p', '["first"]');
+            INSERT INTO tasks (id, prompt, status, started_at) VALUES ('old-run', 'p', 'running',
+                '2024-01-01T00:00:00.000Z');
+            INSERT INTO tasks (id, prompt, status, completed_at) VALUES ('old-done', 'p', 'completed',
+                '2024-01-01T00:00:00.000Z');
+            INSERT INTO agents (id, name, specialization, task_id, model, session_id)
+                VALUES ('a1', 'w', 's', 'first', 'm', 's1');
+            INSERT INTO memory_entries (namespace, key, value, memory_type)
+                VALUES ('ns', 'a', '1', 'semantic'), ('ns', 'b', '2', 'episodic');
+            INSERT INTO audit (task_id, agent_id, action_type, memory_entry_id, memory_operation_type)
+                VALUES ('first', 'a1', 'x', 1, 'create');
+            INSERT INTO checkpoints (task_id, iteration, state, session_id) VALUES ('first', 0, '{"i": 0}', 's1');
+            INSERT INTO state (task_id, key, value) VALUES ('first', 'k', '[1]');
+            INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1.0);
+        """)
+        assert conn.execute("SELECT unmet_dependencies FROM tasks WHERE id = 'second'").fetchone() == (1,)
+        return _tables(conn)
+    finally:
+        conn.close()
+
+
+def _tables(conn, columns: dict[str, list[str]] | None = None) -> dict[str, tuple[list[str], list]]:
+    """Return each table's columns (or the `columns` given) and its rows in key order."""
+    names = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+        " AND name <> 'schema_migrations'")]
+    found = {}
+    for table in names:
+        wanted = (columns or {}).get(table) or [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        found[table] = (wanted, conn.execute(f"SELECT {', '.join(wanted)} FROM {table} ORDER BY 1, 2").fetchall())
+    return found
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_version_3_and_4_databases_upgrade_keeping_every_row(tmp_path, version):
+    """A version-3 or -4 database with rows in every table reaches the latest version with every row as it was.
+
+    The tasks claimed before the upgrade keep running, without a lease; the new column is NULL everywhere.
+    """
+    path = tmp_path / f"v{version}.db"
+    _open_at_version(path, version).close()
+    before = _fill_at_version(path, version)
     with abathur_db.open(path) as pool:
-        assert pool.applied == [FILES[3].name] and pool.backup_path.endswith(".bak")
-        assert ".v3-" in pool.backup_path
+        assert pool.applied == [file.name for file in FILES[version:]] and pool.backup_path.endswith(".bak")
+        assert f".v{version}-" in pool.backup_path
         conn = pool.connection()
-        assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables} == before
+        assert _tables(conn, {table: columns for table, (columns, _) in before.items()}) == before
+        assert conn.execute("SELECT count(*) FROM tasks WHERE lease IS NOT NULL").fetchone()[0] == 0
         assert abathur_db.integrity_check(conn) == [] and conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert all(check.ok for check in abathur_db.check_catalog(conn))
+        assert abathur_db.tasks.get(conn, "old-run")["status"] == "running"
+        with pytest.raises(abathur_db.LeaseLostError, match="running without a lease"):
+            abathur_db.tasks.complete(conn, "old-run", "0" * 32)
+        assert abathur_db.tasks.requeue_stale(conn, now="2100-01-01T00:00:00Z")[0]["id"] == "old-run"
+
+
+def test_a_users_column_named_like_the_new_one_stops_the_upgrade_unchanged(tmp_path):
+    """A column of the user's named lease on tasks makes the upgrade to 0005 fail with SchemaError, changing nothing."""
+    path = tmp_path / "v4.db"
+    raw = _open_at_version(path, 4)
+    raw.execute("ALTER TABLE tasks ADD COLUMN lease INTEGER")
+    raw.close()
+    before = _contents(path)
+    with pytest.raises(SchemaError, match="0005_.*duplicate column name: lease"):
+        abathur_db.open(path)
+    assert _contents(path) == before
 
 
 def test_memory_entries_rebuild_keeps_the_users_column_index_and_trigger(tmp_path):
@@ -541,10 +592,7 @@ def test_a_retried_upgrade_from_version_3_reuses_its_backup(tmp_path, monkeypatc
     """A version-3 database (WITHOUT ROWID table included) whose upgrade failed reuses its backup on the retry."""
     path = tmp_path / "v3.db"
     _open_at_version_3(path).close()
-    with abathur_db.open(path, schema_dir=tmp_path / "schema-v3") as pool:
-        conn = pool.connection()
-        first = abathur_db.tasks.create(conn, "first")["id"]
-        abathur_db.tasks.create(conn, "second", dependencies=[first])
+    _fill_at_version(path, 3)
     with monkeypatch.context() as patch:
         patch.setattr(pool_module, "connect", _limited_connect(0))
         with pytest.raises(StorageFullError):
@@ -552,7 +600,7 @@ def test_a_retried_upgrade_from_version_3_reuses_its_backup(tmp_path, monkeypatc
     (first_backup,) = _backups(path)
     assert ".v3-" in first_backup
     with abathur_db.open(path) as pool:
-        assert pool.backup_path == first_backup and pool.applied == [FILES[3].name]
+        assert pool.backup_path == first_backup and pool.applied == [file.name for file in FILES[3:]]
 
 
 def test_a_file_named_like_a_backup_that_is_not_one_is_never_reused(tmp_path):

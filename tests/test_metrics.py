@@ -117,7 +117,6 @@ def series(conn):
     pytest.param({"since": dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc)}, [2, 4], id="open-end"),
     pytest.param({"name": "b", "until": "2024-01-04T00:00:00+00:00"}, [1], id="open-start"),
     pytest.param({"limit": 2}, [0, 1], id="limit"),
-    pytest.param({"name": "a", "limit": 0}, [], id="limit-zero"),
 ])
 def test_query_by_name_and_range(conn, series, kwargs, expected):
     """query filters by name and [since, until), orders by time then insertion, honours limit."""
@@ -130,6 +129,8 @@ def test_query_by_name_and_range(conn, series, kwargs, expected):
     pytest.param({"since": "soon"}, "metrics.since", id="bad-since"),
     pytest.param({"until": dt.datetime(2024, 1, 1)}, "metrics.until", id="naive-until"),
     pytest.param({"limit": -1}, "metrics.limit", id="negative-limit"),
+    pytest.param({"limit": 0}, "metrics.limit", id="zero-limit"),
+    pytest.param({"limit": None}, "metrics.limit", id="none-limit"),
     pytest.param({"limit": "5"}, "metrics.limit", id="text-limit"),
 ])
 def test_query_rejects_bad_arguments(conn, kwargs, shown):

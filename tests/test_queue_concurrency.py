@@ -24,7 +24,7 @@ def _drain(conn) -> list[str]:
     claimed = []
     while (task := tasks.claim_next(conn)) is not None:
         claimed.append(task["id"])
-        tasks.complete(conn, task["id"], {"pid": os.getpid(), "thread": threading.get_ident()})
+        tasks.complete(conn, task["id"], task["lease"], {"pid": os.getpid(), "thread": threading.get_ident()})
     return claimed
 
 

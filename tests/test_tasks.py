@@ -12,6 +12,7 @@ from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
     ForeignKeyError,
+    LeaseLostError,
     NotFoundError,
     StoredValueError,
     TransitionError,
@@ -44,12 +45,13 @@ def in_status(conn, status: str, **options) -> dict:
         return task
     if status == "cancelled":
         return tasks.cancel(conn, task["id"])
-    assert tasks.claim_next(conn)["id"] == task["id"]
+    claimed = tasks.claim_next(conn)
+    assert claimed["id"] == task["id"]
     if status == "completed":
-        return tasks.complete(conn, task["id"], {"ok": True})
+        return tasks.complete(conn, task["id"], claimed["lease"], {"ok": True})
     if status == "failed":
-        return tasks.fail(conn, task["id"], "boom")
-    return tasks.get(conn, task["id"])
+        return tasks.fail(conn, task["id"], claimed["lease"], "boom")
+    return claimed
 
 
 # --- create / get ---------------------------------------------------------------------------
@@ -120,8 +122,9 @@ def test_text_is_stored_and_returned_verbatim(conn, text):
     stored = tasks.get(conn, task["id"])
     assert stored["prompt"] == stored["agent_type"] == stored["created_by"] == text
     assert stored["input_data"] == {text: [text]}
-    assert tasks.claim_next(conn, agent_type=text)["id"] == task["id"]
-    assert tasks.complete(conn, task["id"], text)["result_data"] == text
+    claimed = tasks.claim_next(conn, agent_type=text)
+    assert claimed["id"] == task["id"]
+    assert tasks.complete(conn, task["id"], claimed["lease"], text)["result_data"] == text
     assert tasks.get(conn, task["id"])["result_data"] == text
 
 
@@ -388,13 +391,13 @@ def test_dependencies_are_completed_before_the_task_is_claimed(conn):
     second = tasks.create(conn, "second", priority=1, submitted_at=at(2))
     last = tasks.create(conn, "last", priority=10, submitted_at=at(0), dependencies=[first["id"], second["id"]])
     assert last["unmet_dependencies"] == 2
-    assert tasks.claim_next(conn)["id"] == first["id"]
-    assert tasks.claim_next(conn)["id"] == second["id"]
+    running = [tasks.claim_next(conn), tasks.claim_next(conn)]
+    assert [task["id"] for task in running] == [first["id"], second["id"]]
     assert tasks.claim_next(conn) is None
-    tasks.complete(conn, first["id"])
+    tasks.complete(conn, first["id"], running[0]["lease"])
     assert tasks.get(conn, last["id"])["unmet_dependencies"] == 1
     assert tasks.claim_next(conn) is None
-    tasks.complete(conn, second["id"])
+    tasks.complete(conn, second["id"], running[1]["lease"])
     assert tasks.claim_next(conn)["id"] == last["id"]
 
 
@@ -402,23 +405,15 @@ def test_a_failed_dependency_blocks_until_retried_and_completed(conn):
     """A task whose dependency failed stays blocked, and is claimable once a retry completes it."""
     dep = tasks.create(conn, "dep")
     blocked = tasks.create(conn, "blocked", dependencies=[dep["id"]])
-    tasks.claim_next(conn)
-    tasks.fail(conn, dep["id"], "boom")
-    assert tasks.claim_next(conn) is None
-    tasks.retry(conn, dep["id"])
-    assert tasks.claim_next(conn)["id"] == dep["id"]
-    assert tasks.claim_next(conn) is None
-    tasks.complete(conn, dep["id"])
-    assert tasks.claim_next(conn)["id"] == blocked["id"]
-
-
-def test_a_cancelled_dependency_blocks_for_good(conn):
-    """A task whose dependency was cancelled is never claimed."""
-    dep = tasks.create(conn, "dep")
-    blocked = tasks.create(conn, "blocked", dependencies=[dep["id"]])
-    tasks.cancel(conn, dep["id"])
+    tasks.fail(conn, dep["id"], tasks.claim_next(conn)["lease"], "boom")
     assert tasks.claim_next(conn) is None
     assert tasks.get(conn, blocked["id"])["status"] == "pending"
+    tasks.retry(conn, dep["id"])
+    again = tasks.claim_next(conn)
+    assert again["id"] == dep["id"]
+    assert tasks.claim_next(conn) is None
+    tasks.complete(conn, dep["id"], again["lease"])
+    assert tasks.claim_next(conn)["id"] == blocked["id"]
 
 
 def test_claim_skips_blocked_urgent_tasks(conn):
@@ -430,9 +425,10 @@ def test_claim_skips_blocked_urgent_tasks(conn):
     lower = tasks.create(conn, "lower", priority=1, submitted_at=at(600), agent_type="gatekeeper")
     assert tasks.claim_next(conn)["id"] == low["id"]
     assert tasks.claim_next(conn, agent_type="gatekeeper")["id"] == lower["id"]
-    assert tasks.claim_next(conn)["id"] == gate["id"]
+    running = tasks.claim_next(conn)
+    assert running["id"] == gate["id"]
     assert tasks.claim_next(conn) is None
-    tasks.complete(conn, gate["id"])
+    tasks.complete(conn, gate["id"], running["lease"])
     claimed = [tasks.claim_next(conn)["id"] for _ in range(300)]
     assert set(claimed) == blocked and tasks.claim_next(conn) is None
     assert claimed == sorted(blocked, key=lambda i: tasks.get(conn, i)["submitted_at"])
@@ -441,13 +437,13 @@ def test_claim_skips_blocked_urgent_tasks(conn):
 def test_complete_stores_the_result(conn):
     """complete() moves a running task to completed with its result and timestamps."""
     task = in_status(conn, "running")
-    done = tasks.complete(conn, task["id"], {"answer": [42, "ok"], "none": None})
+    done = tasks.complete(conn, task["id"], task["lease"], {"answer": [42, "ok"], "none": None})
     assert done == tasks.get(conn, task["id"])
     assert done["status"] == "completed" and done["result_data"] == {"answer": [42, "ok"], "none": None}
     assert done["completed_at"] == done["last_updated_at"] >= task["started_at"]
     assert done["started_at"] == task["started_at"]
     other = in_status(conn, "running")
-    assert tasks.complete(conn, other["id"])["result_data"] is None
+    assert tasks.complete(conn, other["id"], other["lease"])["result_data"] is None
 
 
 @pytest.mark.parametrize("result", [float("nan"), {"x": float("-inf")}, {1, 2}, object()])
@@ -455,14 +451,14 @@ def test_complete_rejects_a_result_that_is_not_json(conn, result):
     """A result that is not JSON raises ValidationError and the task stays running."""
     task = in_status(conn, "running")
     with pytest.raises(ValidationError, match="tasks.result_data"):
-        tasks.complete(conn, task["id"], result)
+        tasks.complete(conn, task["id"], task["lease"], result)
     assert tasks.get(conn, task["id"]) == task
 
 
 def test_fail_stores_the_error(conn):
     """fail() moves a running task to failed with its message and completed_at."""
     task = in_status(conn, "running")
-    failed = tasks.fail(conn, task["id"], "boom: it's \"broken\"")
+    failed = tasks.fail(conn, task["id"], task["lease"], "boom: it's \"broken\"")
     assert failed == tasks.get(conn, task["id"])
     assert failed["status"] == "failed" and failed["error_message"] == "boom: it's \"broken\""
     assert failed["completed_at"] == failed["last_updated_at"]
@@ -473,7 +469,7 @@ def test_fail_needs_a_message(conn, message):
     """fail() without a non-empty message raises ValidationError and changes nothing."""
     task = in_status(conn, "running")
     with pytest.raises(ValidationError, match="tasks.error_message"):
-        tasks.fail(conn, task["id"], message)
+        tasks.fail(conn, task["id"], task["lease"], message)
     assert tasks.get(conn, task["id"]) == task
 
 
@@ -490,14 +486,12 @@ def test_retry_until_the_retries_are_used_up(conn):
     """retry() requeues a failed task with retry_count + 1, until max_retries is reached."""
     task = tasks.create(conn, "p", max_retries=2)
     for attempt in (1, 2):
-        tasks.claim_next(conn)
-        tasks.fail(conn, task["id"], f"attempt {attempt}")
+        tasks.fail(conn, task["id"], tasks.claim_next(conn)["lease"], f"attempt {attempt}")
         again = tasks.retry(conn, task["id"])
         assert again == tasks.get(conn, task["id"])
         assert (again["status"], again["retry_count"]) == ("pending", attempt)
         assert again["started_at"] is None and again["completed_at"] is None
-    tasks.claim_next(conn)
-    failed = tasks.fail(conn, task["id"], "final")
+    failed = tasks.fail(conn, task["id"], tasks.claim_next(conn)["lease"], "final")
     with pytest.raises(TransitionError) as caught:
         tasks.retry(conn, task["id"])
     assert str(caught.value) == f"tasks: cannot retry task {task['id']!r}: retries are used up (2 of 2)"
@@ -516,40 +510,70 @@ def test_heartbeat_moves_last_updated_at(conn):
     """heartbeat() touches a running task's last_updated_at and nothing else."""
     task = in_status(conn, "running")
     conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
-    beat = tasks.heartbeat(conn, task["id"])
+    beat = tasks.heartbeat(conn, task["id"], task["lease"])
     assert beat == tasks.get(conn, task["id"])
     assert beat["last_updated_at"] > at(0)
     assert {k: v for k, v in beat.items() if k != "last_updated_at"} == {
         k: v for k, v in task.items() if k != "last_updated_at"}
 
 
+OTHER_LEASE = "f" * 32  # well formed, and never handed out by a claim of these tests
+
+
+def _lease(task: dict) -> str:
+    """Return the task's lease, or another one when it has none (it is not running)."""
+    return task["lease"] or OTHER_LEASE
+
+
+# operation: (call on a task dict, statuses it may start from, the status it leaves)
 OPERATIONS = {
-    "complete": (lambda conn, task_id: tasks.complete(conn, task_id, {"r": 1}), ("running",), "completed"),
-    "fail": (lambda conn, task_id: tasks.fail(conn, task_id, "boom"), ("running",), "failed"),
-    "cancel": (tasks.cancel, ("pending", "running"), "cancelled"),
-    "retry": (tasks.retry, ("failed",), "pending"),
-    "heartbeat": (tasks.heartbeat, ("running",), "running"),
+    "complete": (lambda conn, task: tasks.complete(conn, task["id"], _lease(task), {"r": 1}), ("running",),
+                 "completed"),
+    "fail": (lambda conn, task: tasks.fail(conn, task["id"], _lease(task), "boom"), ("running",), "failed"),
+    "release": (lambda conn, task: tasks.release(conn, task["id"], _lease(task)), ("running",), "pending"),
+    "heartbeat": (lambda conn, task: tasks.heartbeat(conn, task["id"], _lease(task)), ("running",), "running"),
+    "cancel": (lambda conn, task: tasks.cancel(conn, task["id"]), ("pending", "running"), "cancelled"),
+    "retry": (lambda conn, task: tasks.retry(conn, task["id"]), ("failed",), "pending"),
+}
+OWNER_OPERATIONS = ("complete", "fail", "release", "heartbeat")
+# What a LeaseLostError says of a task in each status.
+LOST_BECAUSE = {
+    "pending": "it went back to pending at ",
+    "running": "it has been running under another lease since ",
+    "completed": "it was completed at ",
+    "failed": "it failed at ",
+    "cancelled": "it was cancelled at ",
 }
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("status", tasks.STATUSES)
 def test_every_transition_is_allowed_or_refused_without_change(conn, status, operation):
-    """Each operation works from its allowed statuses; from any other it raises TransitionError, changing nothing."""
+    """Each operation works from its allowed statuses; from any other it raises TransitionError, changing nothing.
+
+    The owner's operations raise LeaseLostError, saying what became of the task.
+    """
     run, allowed, target = OPERATIONS[operation]
     task = in_status(conn, status)
-    dependent = tasks.create(conn, "dependent", dependencies=[task["id"]])
+    dependent = tasks.create(conn, "dependent", dependencies=[task["id"]]) if status != "cancelled" else None
     before = counts(conn)
     if status in allowed:
-        assert run(conn, task["id"])["status"] == target
+        assert run(conn, task)["status"] == target
         return
-    with pytest.raises(TransitionError) as caught:
-        run(conn, task["id"])
-    must = " or ".join(repr(s) for s in allowed)
-    assert str(caught.value) == (
-        f"tasks: cannot {operation} task {task['id']!r}: its status is {status!r}, must be {must}")
+    error = LeaseLostError if operation in OWNER_OPERATIONS else TransitionError
+    with pytest.raises(error) as caught:
+        run(conn, task)
+    assert type(caught.value) is error
+    if error is LeaseLostError:
+        assert str(caught.value).startswith(
+            f"tasks: cannot {operation} task {task['id']!r} with lease {_lease(task)!r}: that lease is no longer"
+            f" the task's: {LOST_BECAUSE[status]}")
+    else:
+        must = " or ".join(repr(s) for s in allowed)
+        assert str(caught.value) == (
+            f"tasks: cannot {operation} task {task['id']!r}: its status is {status!r}, must be {must}")
     assert tasks.get(conn, task["id"]) == task
-    assert tasks.get(conn, dependent["id"]) == dependent
+    assert dependent is None or tasks.get(conn, dependent["id"]) == dependent
     assert counts(conn) == before
 
 
@@ -559,7 +583,7 @@ def test_operations_on_an_unknown_task_raise_not_found(conn, operation):
     tasks.create(conn, "p")
     before = counts(conn)
     with pytest.raises(NotFoundError, match="'ghost'"):
-        OPERATIONS[operation][0](conn, "ghost")
+        OPERATIONS[operation][0](conn, {"id": "ghost", "lease": None})
     assert counts(conn) == before
 
 
@@ -570,7 +594,7 @@ def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
     conn.set_trace_callback(sent.append)
     try:
         with pytest.raises(TransitionError):
-            tasks.complete(conn, task["id"])
+            tasks.complete(conn, task["id"], OTHER_LEASE)
     finally:
         conn.set_trace_callback(None)
     lookup = next(i for i, s in enumerate(sent) if s.startswith("SELECT") and "FROM tasks WHERE id" in s)
@@ -627,7 +651,7 @@ def test_heartbeat_keeps_a_task_from_being_requeued(conn):
     assert len(tasks.requeue_stale(conn, now=at(61))) == 1
     task = tasks.claim_next(conn)
     conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
-    tasks.heartbeat(conn, task["id"])
+    tasks.heartbeat(conn, task["id"], task["lease"])
     assert tasks.requeue_stale(conn, now=at(61)) == []
     assert tasks.get(conn, task["id"])["status"] == "running"
 
@@ -660,8 +684,9 @@ def test_create_and_claim_join_a_rolled_back_transaction(conn):
         with transaction(conn):
             dep = tasks.create(conn, "inside")
             tasks.create(conn, "inside too", dependencies=[dep["id"], kept["id"]])
-            assert tasks.claim_next(conn)["id"] == kept["id"]
-            tasks.complete(conn, kept["id"])
+            claimed = tasks.claim_next(conn)
+            assert claimed["id"] == kept["id"]
+            tasks.complete(conn, kept["id"], claimed["lease"])
             raise RuntimeError("caller gives up")
     assert counts(conn) == before
     assert tasks.get(conn, kept["id"]) == kept
@@ -676,7 +701,7 @@ def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
         with pytest.raises(ForeignKeyError):
             tasks.create(conn, "bad", session_id="ghost")
         with pytest.raises(TransitionError):
-            tasks.complete(conn, first["id"])
+            tasks.complete(conn, first["id"], OTHER_LEASE)
         second = tasks.create(conn, "second", dependencies=[first["id"]])
     assert counts(conn) == (2, 1)
     assert tasks.get(conn, first["id"])["status"] == "pending"
@@ -721,10 +746,10 @@ def test_a_claim_whose_row_cannot_be_decoded_is_rolled_back(conn, input_data):
 
 def test_a_status_change_whose_row_cannot_be_decoded_changes_nothing(conn):
     """complete() on a running task whose input cannot be decoded raises StoredValueError and leaves it running."""
-    _legacy(conn, "INSERT INTO tasks (id, prompt, status, started_at, input_data)"
-                  " VALUES ('bad', 'p', 'running', '2024-01-01T00:00:00.000Z', '{oops')")
+    _legacy(conn, "INSERT INTO tasks (id, prompt, status, started_at, input_data, lease)"
+                  f" VALUES ('bad', 'p', 'running', '2024-01-01T00:00:00.000Z', '{{oops', '{OTHER_LEASE}')")
     with pytest.raises(StoredValueError, match="input_data holds '{oops'"):
-        tasks.complete(conn, "bad", {"ok": True})
+        tasks.complete(conn, "bad", OTHER_LEASE, {"ok": True})
     assert conn.execute("SELECT status, result_data FROM tasks WHERE id = 'bad'").fetchone() == ("running", None)
 
 
@@ -751,7 +776,7 @@ def test_a_failed_decode_inside_a_callers_block_rolls_the_whole_block_back(conn)
 
 
 class QueueModel:
-    """What the queue should hold: per task its status, retries, priority, age and dependencies."""
+    """What the queue should hold: per task its status, retries, lease, priority, age and dependencies."""
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict] = {}
@@ -762,33 +787,59 @@ class QueueModel:
                  and all(self.tasks[d]["status"] == "completed" for d in t["deps"])]
         return min(ready, key=lambda t: (-t["priority"], t["submitted_at"]))["id"] if ready else None
 
+    def dead(self, task_id: str) -> bool:
+        """Tell whether the task can never complete: cancelled, or failed with no retries left."""
+        task = self.tasks[task_id]
+        return task["status"] == "cancelled" or (
+            task["status"] == "failed" and task["retry_count"] >= task["max_retries"])
+
+    def end(self, task_id: str, status: str) -> None:
+        """Move a task to `status`; if it can never complete, cancel the pending tasks waiting on it, transitively."""
+        self.tasks[task_id].update(status=status, lease=None)
+        ended = [task_id] if self.dead(task_id) else []
+        while ended:
+            cause = ended.pop()
+            for task in self.tasks.values():
+                if cause in task["deps"] and task["status"] == "pending":
+                    task["status"] = "cancelled"
+                    ended.append(task["id"])
+
     def state(self) -> dict[str, tuple]:
-        """Return (status, retry_count, unmet dependencies) per task id."""
+        """Return (status, retry_count, unmet dependencies, lease) per task id."""
         return {i: (t["status"], t["retry_count"],
-                    sum(self.tasks[d]["status"] != "completed" for d in t["deps"]))
+                    sum(self.tasks[d]["status"] != "completed" for d in t["deps"]), t["lease"])
                 for i, t in self.tasks.items()}
 
 
 def _random_step(conn, rng: random.Random, model: QueueModel, number: int) -> str:
     """Apply one random operation to the database and the model; return a description."""
     ids = sorted(model.tasks)
-    operation = rng.choice(["create"] * 3 + ["claim"] * 3 + ["complete"] * 2 + ["fail", "retry", "cancel",
-                                                                               "heartbeat", "requeue"])
+    operation = rng.choice(["create"] * 3 + ["claim"] * 3 + ["complete"] * 2
+                           + ["fail", "retry", "cancel", "heartbeat", "release", "requeue"])
     if operation == "create" or not ids:
         task_id = f"t{number}"
         spec = {"priority": rng.randint(0, 3), "submitted_at": at(rng.randrange(10**6) + number / 1000),
                 "deps": rng.sample(ids, k=min(len(ids), rng.choice([0, 0, 1, 2]))),
                 "max_retries": rng.randint(0, 2)}
-        tasks.create(conn, "p", task_id=task_id, priority=spec["priority"], submitted_at=spec["submitted_at"],
-                     dependencies=spec["deps"], max_retries=spec["max_retries"])
-        model.tasks[task_id] = {"id": task_id, "status": "pending", "retry_count": 0, **spec}
+        create = lambda: tasks.create(  # noqa: E731
+            conn, "p", task_id=task_id, priority=spec["priority"], submitted_at=spec["submitted_at"],
+            dependencies=spec["deps"], max_retries=spec["max_retries"])
+        if any(model.dead(d) for d in spec["deps"]):
+            with pytest.raises(ValidationError, match="could never run"):
+                create()
+            return f"create {task_id} refused: {spec}"
+        create()
+        model.tasks[task_id] = {"id": task_id, "status": "pending", "retry_count": 0, "lease": None,
+                                "old_leases": [], **spec}
         return f"create {task_id} {spec}"
     if operation == "claim":
         expected = model.claimable()
         claimed = tasks.claim_next(conn)
         assert (claimed and claimed["id"]) == (expected or None), f"claimed {claimed and claimed['id']}"
         if expected:
-            model.tasks[expected]["status"] = "running"
+            task = model.tasks[expected]
+            task.update(status="running", lease=claimed["lease"])
+            task["old_leases"].append(claimed["lease"])
         return f"claim -> {expected}"
     if operation == "requeue":
         now = rng.choice([PAST, FUTURE])
@@ -797,28 +848,31 @@ def _random_step(conn, rng: random.Random, model: QueueModel, number: int) -> st
         for task_id in expected:
             task = model.tasks[task_id]
             if task["retry_count"] < task["max_retries"]:
-                task["status"], task["retry_count"] = "pending", task["retry_count"] + 1
+                task.update(status="pending", retry_count=task["retry_count"] + 1, lease=None)
             else:
-                task["status"] = "failed"
+                model.end(task_id, "failed")
         return f"requeue at {now} -> {expected}"
     task_id = rng.choice(ids)
     task = model.tasks[task_id]
     run, allowed, target = OPERATIONS[operation]
+    # An owner's call carries the current lease, or one of an earlier run of the task (a stale worker's).
+    lease = task["lease"] if rng.random() < 0.75 else rng.choice(task["old_leases"] or [OTHER_LEASE])
     legal = task["status"] in allowed and not (
-        operation == "retry" and task["retry_count"] >= task["max_retries"])
+        operation == "retry" and task["retry_count"] >= task["max_retries"]) and not (
+        operation in OWNER_OPERATIONS and lease != task["lease"])
     if legal:
-        assert run(conn, task_id)["status"] == target
-        task["status"] = target
+        assert run(conn, {"id": task_id, "lease": lease})["status"] == target
         task["retry_count"] += operation == "retry"
+        model.end(task_id, target) if target != "running" else None
     else:
-        with pytest.raises(TransitionError):
-            run(conn, task_id)
+        with pytest.raises(LeaseLostError if operation in OWNER_OPERATIONS else TransitionError):
+            run(conn, {"id": task_id, "lease": lease})
     return f"{operation} {task_id} from {task['status']} legal={legal}"
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_random_operations_match_a_model_of_the_queue(conn, seed):
-    """Random create/claim/complete/fail/retry/cancel/requeue steps keep the database equal to the model."""
+    """Random steps of owners (stale ones too) and operators keep the database equal to the model."""
     rng = random.Random(seed)
     model = QueueModel()
     history: list[str] = []
@@ -827,6 +881,6 @@ def test_random_operations_match_a_model_of_the_queue(conn, seed):
             history.append(_random_step(conn, rng, model, number))
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}, step {number}: {exc}; last steps: {history[-5:]}") from exc
-        stored = {i: (s, r, u) for i, s, r, u in conn.execute(
-            "SELECT id, status, retry_count, unmet_dependencies FROM tasks")}
+        stored = {i: tuple(row) for i, *row in conn.execute(
+            "SELECT id, status, retry_count, unmet_dependencies, lease FROM tasks")}
         assert stored == model.state(), f"seed {seed}, step {number}: last steps: {history[-5:]}"

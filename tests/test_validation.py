@@ -13,16 +13,38 @@ from abathur_db.catalog import CATALOG, CatalogQuery
 from abathur_db.errors import AbathurDBError, ValidationError
 
 CATALOG_BY_ID = {query.id: query for query in CATALOG}
+_T = "2026-01-01T00:00:00.000Z"
+_LEASE = "0" * 32
 # The package's keyed statements outside the catalog, held to the same check.
 OTHER_KEYED = (
-    CatalogQuery("T2 by agent_type", "next claimable task of one type", tasks.CLAIM_BY_AGENT_TYPE_SQL,
-                 {"now": "2026-01-01T00:00:00.000Z", "agent_type": "coder"}, ("idx_tasks_claimable",),
+    CatalogQuery("claim_next peek", "is a task claimable", tasks.PEEK_SQL, {}, ("idx_tasks_claimable",),
                  ordered_walk=True),
+    CatalogQuery("claim_next peek by type", "is a task of one type claimable", tasks.PEEK_BY_AGENT_TYPE_SQL,
+                 {"agent_type": "coder"}, ("idx_tasks_claimable_by_type",)),
+    CatalogQuery("tasks after: rest of a priority", "tasks by status after a row, its priority",
+                 tasks.LIST_SQL["status_rest"], {"status": "pending", "priority": 5, "start": _T, "start_rowid": 7,
+                                                 "limit": 10}, ("idx_tasks_status_priority",)),
+    CatalogQuery("tasks after: lower priorities", "tasks by status after a row, lower priorities",
+                 tasks.LIST_SQL["status_below"], {"status": "pending", "priority": 5, "limit": 10},
+                 ("idx_tasks_status_priority",)),
+    CatalogQuery("tasks.counts", "tasks per status", tasks.COUNTS_SQL, {}, ("idx_tasks_status_priority",)),
+    CatalogQuery("tasks after: rowid", "where a page after a task starts", tasks._ROWID_SQL, {"id": "t"},
+                 ("sqlite_autoindex_tasks_1",)),
+    *(CatalogQuery(f"tasks.{name}", f"{name} by id and lease", sql, {"id": "t", "lease": _LEASE, "now": _T,
+                                                                    "result_data": None, "error_message": "x"},
+                   ("sqlite_autoindex_tasks_1",))
+      for name, sql in (("complete", tasks.COMPLETE_SQL), ("complete_and_claim", tasks.COMPLETE_ID_SQL),
+                        ("fail", tasks._FAIL[0]), ("release", tasks._RELEASE[0]),
+                        ("heartbeat", tasks._HEARTBEAT[0]), ("cancel", tasks._CANCEL[0]))),
     CatalogQuery("agents.get", "agent by id", agents.GET_SQL, {"id": "a"}, ("sqlite_autoindex_agents_1",)),
+    CatalogQuery("agents after: rowid", "where a page after an agent starts", agents._ROWID_SQL, {"id": "a"},
+                 ("sqlite_autoindex_agents_1",)),
     CatalogQuery("checkpoints.load", "one checkpoint", checkpoints.LOAD_SQL, {"task_id": "t", "iteration": 1},
                  ("idx_checkpoints_task_id_iteration",)),
+    CatalogQuery("checkpoints after: rowid", "where a page after a checkpoint starts", checkpoints._ROWID_SQL,
+                 {"task_id": "t", "iteration": 1}, ("idx_checkpoints_task_id_iteration",)),
     CatalogQuery("checkpoints by task", "checkpoints of a task", checkpoints.LIST_SQL["task_id"],
-                 {"task_id": "t", "limit": 10}, ("idx_checkpoints_task_id_iteration",)),
+                 {"task_id": "t", "start": -1, "limit": 10}, ("idx_checkpoints_task_id_iteration",)),
     CatalogQuery("checkpoints.prune", "older checkpoints of a task", checkpoints._PRUNE,
                  {"task_id": "t", "keep_last": 2}, ("idx_checkpoints_task_id_iteration",)),
     CatalogQuery("state.delete", "one state key", state._DELETE, {"task_id": "t", "key": "k"},
@@ -86,7 +108,7 @@ def test_explain_returns_the_plan_lines(conn):
     ("UPDATE tasks SET prompt = 'changed'", ()),
     ("INSERT INTO tasks (id, prompt) VALUES ('t2', 'new')", ()),
     ("REPLACE INTO tasks (id, prompt) VALUES ('t1', 'replaced')", ()),
-    (tasks.CLAIM_SQL, {"now": "2030-01-01T00:00:00.000Z"}),
+    (tasks.CLAIM_SQL, {"now": "2030-01-01T00:00:00.000Z", "lease": "0" * 32}),
 ])
 def test_explain_never_executes_the_statement(conn, make_task, sql, params):
     """Explaining a write changes no row: the statement is planned, never run."""
