@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = {
     "meta", "machine", "coverage", "dataset", "catalog", "catalog_samples", "single_insert", "bulk_insert",
     "claim", "mixed", "fk_cost", "index_cost", "plans", "integrity", "sizes", "bars", "success_metrics",
-    "write_rows", "queue", "typed_claim",
+    "write_rows", "queue", "typed_claim", "pickup",
 }
 STATS = {"n", "median_us", "p95_us", "p99_us", "mean_us", "min_us", "max_us", "ops_per_s"}
 COMPARISON = {"package", "raw", "time_ratio", "p99_ratio", "throughput_ratio"}
@@ -36,7 +36,7 @@ PHASES = ("seeded tasks", "catalog queries", "single-row inserts", "bulk inserts
           "claim_next, 10 threads", "claim_next, 4 processes", "10 threads, 90 % reads", "foreign-key cost",
           "put: one task per commit", "bulk: N tasks in one call", "claim + complete, 1 thread",
           "claim + complete, 10 threads", "claim + complete, 3 processes × 4 threads", "seeding 2,000 claimable tasks",
-          "index cost", "query plans")
+          "index cost", "query plans", "pickup latency", "pickups by a worker in another process", "an idle worker")
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -142,6 +142,28 @@ def test_queue_workloads_have_three_sides(run, workload):
                     0, 0, 0), (side, measured[side].get("error_examples"))
         assert measured["minimal"]["ratio_to_minimal"] == 1.0
         assert measured["package_vs_raw_schema"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", ["claim_1", "threads", "processes"])
+def test_claim_workloads_also_run_the_fused_worker(run, workload):
+    """The claim workloads run the package's complete_and_claim worker too: every task done once, its bar judged on it."""
+    for figures in run[0]["queue"].values():
+        fused = figures[workload]["package_fused"]
+        assert fused["ops_per_s"] > 0 and fused["ratio_to_minimal"] > 0
+        assert (fused["duplicates"], fused["lost"], fused["other_errors"]) == (0, 0, 0), fused.get("error_examples")
+    (bar,) = [bar for bar in run[0]["bars"] if bar["id"] == f"queue_{workload}"]
+    assert "with complete_and_claim" in bar["value"] and "with claim_next + complete" in bar["value"]
+
+
+@pytest.mark.slow
+def test_pickup_latency_is_measured_in_and_across_processes(run):
+    """Enqueue-to-claim times are measured with the waiting worker in this process and in another, and idle CPU."""
+    pickup = run[0]["pickup"]
+    for key in ("same_process", "across_processes"):
+        assert pickup[key]["n"] == pickup["samples"] > 0 and {"median_us", "p99_us", "histogram"} <= set(pickup[key])
+    assert pickup["idle"]["seconds"] >= 1 and pickup["idle"]["cpu_pct"] >= 0
+    assert "## Pickup latency" in run[1]
 
 
 @pytest.mark.slow

@@ -37,22 +37,25 @@ class Scale:
     queue_items: tuple[int, ...]  # N of the queue workloads, each on fresh files
     typed_backlog: int  # claimable tasks of other types ahead of claim_next(agent_type=…)
     typed_claims: int  # per side
+    pickups: int  # enqueue-to-claim times, with the waiting worker in this process and in another
+    idle_seconds: float  # how long an idle worker's CPU is measured
 
 
 SCALES = {
     "tiny": Scale("tiny", 20, 2_000, 2_000, 10_000, 1_000, 100,
                   samples=40, bulk_rows=100, bulk_batches=3, write_rows=50, write_rounds=3,
                   claims=40, claims_per_worker=10, mixed_ops=40,
-                  queue_items=(240,), typed_backlog=2_000, typed_claims=40),
+                  queue_items=(240,), typed_backlog=2_000, typed_claims=40, pickups=20, idle_seconds=1),
     "small": Scale("small", 100, 20_000, 20_000, 100_000, 10_000, 1_000,
                    samples=1_000, bulk_rows=1_000, bulk_batches=6, write_rows=200, write_rounds=10,
                    claims=1_000, claims_per_worker=100, mixed_ops=500,
-                   queue_items=(5_000,), typed_backlog=100_000, typed_claims=100),
+                   queue_items=(5_000,), typed_backlog=100_000, typed_claims=100, pickups=200, idle_seconds=5),
     # SPEC §6 sizes: 200,000 tasks, 200,000 agents, 1,000,000 audit rows, 1,000 sessions.
     "large": Scale("large", 1_000, 200_000, 200_000, 1_000_000, 100_000, 10_000,
                    samples=2_000, bulk_rows=1_000, bulk_batches=10, write_rows=200, write_rounds=20,
                    claims=2_000, claims_per_worker=200, mixed_ops=1_500,
-                   queue_items=(5_000, 50_000), typed_backlog=100_000, typed_claims=200),
+                   queue_items=(5_000, 50_000), typed_backlog=100_000, typed_claims=200, pickups=500,
+                   idle_seconds=10),
 }
 
 WORDS = (
@@ -135,7 +138,7 @@ def restore_claimed(conn: sqlite3.Connection, data: Dataset) -> int:
     # Seeded running tasks started before the run; only the bench's own claims are later.
     with abathur_db.transaction(conn):
         return conn.execute(
-            "UPDATE tasks SET status = 'pending', started_at = NULL, last_updated_at = submitted_at"
+            "UPDATE tasks SET status = 'pending', started_at = NULL, last_updated_at = submitted_at, lease = NULL"
             " WHERE status = 'running' AND started_at > :now", {"now": ts(data.now_ms)}).rowcount
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import abathur_db
-from abathur_db import _values, agents, audit, catalog, checkpoints, metrics, sessions, state, tasks
+from abathur_db import _paging, _values, agents, audit, catalog, checkpoints, metrics, sessions, state, tasks
 
-from .dataset import DAY_MS, MEMORY_OPERATIONS, METRIC_NAMES, PRIORITY_WEIGHTS, WORDS, Dataset, Scale, ts
+from .dataset import AGENT_TYPES, DAY_MS, MEMORY_OPERATIONS, METRIC_NAMES, PRIORITY_WEIGHTS, WORDS, Dataset, Scale, ts
 from .raw import Tuning, decode, dumps, raw_write
 
 
@@ -86,6 +87,10 @@ class Bench:
     seed: int
 
 
+# Where a list's first page starts (abathur_db._paging): oldest first, newest first.
+ROWID_MIN = _paging.ROWID_MIN
+FIRST = {"start": _paging.FIRST, "start_rowid": ROWID_MIN}
+NEWEST = {"start": _paging.LAST, "start_rowid": _paging.ROWID_MAX}
 STALE_PER_REQUEUE = 5  # tasks each timed requeue_stale finds stale and requeues
 CHECKPOINT_ITERATIONS = itertools.count(1_000_000)  # iterations no seeded checkpoint uses
 _STATE_KEYS = itertools.count()
@@ -125,18 +130,19 @@ def build_ops(data: Dataset, limit: int = 100) -> dict[str, Op]:
          tasks.get, lambda p: {"id": p}, tc, tj, one=True)
     ops.append(Op("T2", "next claimable task (claim_next)", "write", lambda r: None,
                   lambda c, p: tasks.claim_next(c),
-                  lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T2"], {"now": _values.now()})]))
+                  lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T2"], claim_params())]))
     read("T3", "tasks by status, most urgent first",
          lambda r: r.choices(("pending", "running", "failed"), (6, 2, 2))[0],
          lambda c, p: tasks.list(c, status=p, limit=limit), lambda p: {"status": p, "limit": limit}, tc, tj)
     read("T4", "tasks of a session, newest first", lambda r: r.choice(data.session_ids),
-         lambda c, p: tasks.list(c, session_id=p, limit=limit), lambda p: {"session_id": p, "limit": limit}, tc, tj)
+         lambda c, p: tasks.list(c, session_id=p, limit=limit),
+         lambda p: {"session_id": p, "limit": limit, **NEWEST}, tc, tj)
     read("T5", "tasks submitted in a time range", lambda r: data.window(n_tasks, limit, r),
          lambda c, p: tasks.list(c, submitted_since=p[0], submitted_until=p[1], limit=limit),
-         lambda p: {"since": p[0], "until": p[1], "limit": limit}, tc, tj)
+         lambda p: {"start": p[0], "start_rowid": ROWID_MIN, "until": p[1], "limit": limit}, tc, tj)
     read("T6", "children of a parent task", lambda r: r.choice(data.parent_ids),
          lambda c, p: tasks.list(c, parent_task_id=p, limit=limit),
-         lambda p: {"parent_task_id": p, "limit": limit}, tc, tj)
+         lambda p: {"parent_task_id": p, "limit": limit, **FIRST}, tc, tj)
     ops.append(Op("T7", f"requeue of {STALE_PER_REQUEUE} stale running tasks (requeue_stale)", "write",
                   lambda r: None, lambda c, p: tasks.requeue_stale(c, now=now),
                   lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T7"], {"now": now})],
@@ -151,40 +157,48 @@ def build_ops(data: Dataset, limit: int = 100) -> dict[str, Op]:
 
     ops.append(Op("T8", "task by id with its session", "read", lambda r: r.choice(data.task_ids),
                   tasks.get_with_session, raw_t8))
+    ops.append(Op("T9", "next claimable task of one agent type (claim_next)", "write",
+                  lambda r: r.choice(AGENT_TYPES), lambda c, p: tasks.claim_next(c, agent_type=p),
+                  lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T9"], claim_params(agent_type=p))]))
+    read("T10", "stale running tasks, read only", lambda r: None, lambda c, p: tasks.stale(c, now=now, limit=limit),
+         lambda p: {"now": now, "limit": limit, **FIRST}, tc, tj)
     read("A1", "agents of a task", lambda r: r.choice(data.started_task_ids),
-         lambda c, p: agents.list(c, task_id=p, limit=limit), lambda p: {"task_id": p, "limit": limit}, ac, aj)
+         lambda c, p: agents.list(c, task_id=p, limit=limit),
+         lambda p: {"task_id": p, "limit": limit, **FIRST}, ac, aj)
     read("A2", "agents of a session, newest first", lambda r: r.choice(data.session_ids),
-         lambda c, p: agents.list(c, session_id=p, limit=limit), lambda p: {"session_id": p, "limit": limit}, ac, aj)
+         lambda c, p: agents.list(c, session_id=p, limit=limit),
+         lambda p: {"session_id": p, "limit": limit, **NEWEST}, ac, aj)
     read("A3", "agents spawned in a time range", lambda r: data.window(n_agents, limit, r),
          lambda c, p: agents.list(c, spawned_since=p[0], spawned_until=p[1], limit=limit),
-         lambda p: {"since": p[0], "until": p[1], "limit": limit}, ac, aj)
+         lambda p: {"start": p[0], "start_rowid": ROWID_MIN, "until": p[1], "limit": limit}, ac, aj)
     read("U1", "audit of a task, newest first", lambda r: r.choice(data.started_task_ids),
          lambda c, p: audit.list(c, task_id=p, limit=limit),
-         lambda p: {"task_id": p, "since": "", "limit": limit}, uc, uj)
+         lambda p: {"task_id": p, "since": "", "limit": limit, **NEWEST}, uc, uj)
     read("U2", "latest audit rows", lambda r: None,
-         lambda c, p: audit.list(c, limit=limit), lambda p: {"since": "", "limit": limit}, uc, uj)
+         lambda c, p: audit.list(c, limit=limit), lambda p: {"since": "", "limit": limit, **NEWEST}, uc, uj)
     read("U3", "audit of one memory operation type since a time",
          lambda r: (r.choice(MEMORY_OPERATIONS), ts(data.now_ms - r.randrange(3_600_000, 7 * DAY_MS))),
          lambda c, p: audit.list(c, memory_operation_type=p[0], since=p[1], limit=limit),
-         lambda p: {"memory_operation_type": p[0], "since": p[1], "limit": limit}, uc, uj)
+         lambda p: {"memory_operation_type": p[0], "since": p[1], "limit": limit, **NEWEST}, uc, uj)
     read("U4", "audit of a memory entry", lambda r: r.choice(data.memory_entry_ids),
          lambda c, p: audit.list(c, memory_entry_id=p, limit=limit),
-         lambda p: {"memory_entry_id": p, "since": "", "limit": limit}, uc, uj)
+         lambda p: {"memory_entry_id": p, "since": "", "limit": limit, **NEWEST}, uc, uj)
     read("C1", "latest checkpoint of a task", lambda r: r.choice(data.checkpoint_task_ids),
          checkpoints.load, lambda p: {"task_id": p}, cc, cj, one=True)
     read("C2", "checkpoints of a session", lambda r: r.choice(data.session_ids),
          lambda c, p: checkpoints.list(c, session_id=p, limit=limit),
-         lambda p: {"session_id": p, "limit": limit}, cc, cj)
+         lambda p: {"session_id": p, "limit": limit, **FIRST}, cc, cj)
     read("C3", "checkpoints created in a time range", lambda r: data.window(n_checkpoints, limit, r),
          lambda c, p: checkpoints.list(c, created_since=p[0], created_until=p[1], limit=limit),
-         lambda p: {"since": p[0], "until": p[1], "limit": limit}, cc, cj)
+         lambda p: {"start": p[0], "start_rowid": ROWID_MIN, "until": p[1], "limit": limit}, cc, cj)
     read("M1", "metrics in a time range", lambda r: data.window(n_metrics, limit, r),
-         lambda c, p: metrics.query(c, since=p[0], until=p[1]),
-         lambda p: {"since": p[0], "until": p[1], "limit": -1}, mc, mj)
+         lambda c, p: metrics.query(c, since=p[0], until=p[1], limit=limit),
+         lambda p: {"start": p[0], "start_rowid": ROWID_MIN, "until": p[1], "limit": limit}, mc, mj)
     read("M2", "one metric in a time range",
          lambda r: (r.choice(METRIC_NAMES), *data.window(n_metrics, limit * len(METRIC_NAMES), r)),
-         lambda c, p: metrics.query(c, name=p[0], since=p[1], until=p[2]),
-         lambda p: {"metric_name": p[0], "since": p[1], "until": p[2], "limit": -1}, mc, mj)
+         lambda c, p: metrics.query(c, name=p[0], since=p[1], until=p[2], limit=limit),
+         lambda p: {"metric_name": p[0], "start": p[1], "start_rowid": ROWID_MIN, "until": p[2], "limit": limit},
+         mc, mj)
     read("S1", "session by id", lambda r: r.choice(data.session_ids),
          sessions.get, lambda p: {"id": p}, sc, sj, one=True)
 
@@ -262,6 +276,11 @@ def _write_ops(data: Dataset) -> list[Op]:
            lambda r: (r.choice(data.recent_task_ids), f"bench-{next(_STATE_KEYS) % 50}", {"n": r.randrange(99)}),
            lambda c, p: state.set(c, p[0], p[1], p[2]), raw_state),
     ]
+
+
+def claim_params(**params) -> dict:
+    """Return a claim's parameters as claim_next builds them: the time, and a new lease (os.urandom, as it does)."""
+    return {"now": _values.now(), "lease": os.urandom(16).hex(), **params}
 
 
 TASK_INSERT_RETURNING = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)

@@ -4,12 +4,14 @@
   partial index for the claim): the physical anchor the SPEC §6 queue bars are ratios to.
 - ``raw_schema``: raw sqlite3 on the package's own schema, sending the package's own
   statements: the package minus its Python layers, so schema cost and wrapper cost split.
-- ``package``: abathur_db itself.
+- ``package``: abathur_db itself, its worker claiming and then completing with the lease.
 
 Every side runs each write in its own ``BEGIN IMMEDIATE … COMMIT``, as the package does.
 The worker's calls of each side sit in one ``work_one`` method: when the package's API
-changes (e.g. ``claim_next`` returning a lease that ``complete`` must carry), change
-``PackageQueue.work_one`` and ``SchemaQueue.work_one``, nothing else.
+changes, change ``PackageQueue.work_one`` and ``SchemaQueue.work_one``, nothing else.
+
+The claim workloads also run ``package_fused`` (WORKER_VARIANTS): the package's worker
+going from one task to the next with ``tasks.complete_and_claim``, one transaction a task.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import abathur_db
 from abathur_db import _values, tasks
 
+from .ops import claim_params
 from .raw import Tuning, decode, dumps, raw_connect, raw_write
 
 RESULT = {"ok": True}  # what every worker stores on completion
@@ -48,7 +51,7 @@ MINIMAL_COMPLETE = "UPDATE queue SET status = 2, result = ? WHERE id = ? AND sta
 # The package's own statements, so this side differs from the package only in the Python around them.
 SCHEMA_PUT = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
 SCHEMA_CLAIM = tasks.CLAIM_SQL
-SCHEMA_COMPLETE = tasks._COMPLETE[0]  # noqa: SLF001 - the exact statement complete() sends
+SCHEMA_COMPLETE = tasks.COMPLETE_SQL
 
 
 def items(count: int) -> list[tuple[str, int]]:
@@ -149,11 +152,11 @@ class SchemaQueue(_RawQueue):
 
     def work_one(self, conn: sqlite3.Connection) -> str | None:
         """Claim the next task and complete it with the package's two statements; return its id."""
-        rows = raw_write(conn, SCHEMA_CLAIM, {"now": _values.now()})
+        rows = raw_write(conn, SCHEMA_CLAIM, claim_params())
         if not rows:
             return None
         task = _decode_task(rows[0])
-        params = {"id": task["id"], "result_data": dumps(RESULT), "now": _values.now()}
+        params = {"id": task["id"], "lease": task["lease"], "result_data": dumps(RESULT), "now": _values.now()}
         _decode_task(raw_write(conn, SCHEMA_COMPLETE, params)[0])
         return task["id"]
 
@@ -187,9 +190,29 @@ class PackageQueue:
         task = tasks.claim_next(conn)
         if task is None:
             return None
-        tasks.complete(conn, task["id"], RESULT)
+        tasks.complete(conn, task["id"], task["lease"], RESULT)
+        return task["id"]
+
+
+class FusedPackageQueue(PackageQueue):
+    """abathur_db, its worker completing each task and claiming the next in one call (tasks.complete_and_claim)."""
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        super().__init__(path, tuning)
+        self._held: dict[int, dict] = {}  # by connection: the task the previous call claimed
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Complete the task claimed by the previous call (claiming one first if none) and claim the next."""
+        task = self._held.pop(id(conn), None) or tasks.claim_next(conn)
+        if task is None:
+            return None
+        following = tasks.complete_and_claim(conn, task["id"], task["lease"], RESULT)
+        if following is not None:
+            self._held[id(conn)] = following
         return task["id"]
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
-TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db"}
+WORKER_VARIANTS = {"package_fused": FusedPackageQueue}  # claim workloads only
+TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
+          "package_fused": "abathur_db, complete_and_claim"}

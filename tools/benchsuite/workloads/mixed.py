@@ -17,7 +17,7 @@ from ..raw import raw_connect
 from ..timing import CLOCK, latency, progress, ratio, stats
 from .claims import THREADS, TIMEOUT
 
-WRITES = ("T2", "T7", "insert_task", "insert_audit", "insert_checkpoint", "insert_metric", "set_state")
+WRITES = ("T2", "T7", "T9", "insert_task", "insert_audit", "insert_checkpoint", "insert_metric", "set_state")
 ROUNDS = ("package", "raw", "package", "raw")
 
 

@@ -1,6 +1,7 @@
 """The queue workloads of SPEC §6 against the physical anchor: put, bulk, claim + complete (1 thread,
 10 threads, 3 processes × 4 threads), each on the minimal raw queue, raw SQL on the package's schema
-and the package (see queues.py), N items per workload, every side on a fresh file of its own."""
+and the package (see queues.py), N items per workload, every side on a fresh file of its own. The
+claim workloads also run the package's worker with complete_and_claim (one transaction a task)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from abathur_db.errors import AbathurDBError, BusyError
 
 from ..markdown import Markdown, us, x
 from ..ops import Bench
-from ..queues import SIDES, TITLES, items
+from ..queues import SIDES, TITLES, WORKER_VARIANTS, items
 from ..raw import Tuning, raw_connect
 from ..timing import CLOCK, latency, progress, ratio
 
@@ -28,6 +29,8 @@ BULK_REPEATS = 3  # per side and run, each on a fresh file; the median counts
 MAX_ERRORS = 100  # a worker gives up after this many failed calls
 TIMEOUT = 900  # seconds; only reached if a worker hangs
 SIDE_NAMES = tuple(SIDES)
+CLAIM_SIDES = SIDE_NAMES + tuple(WORKER_VARIANTS)
+QUEUES = {**SIDES, **WORKER_VARIANTS}
 # (key, title, bar on the ratio to the minimal queue, bar on the per-task p99 in ms or None)
 WORKLOADS = (
     ("put", "put: one task per commit", 0.5, None),
@@ -67,8 +70,8 @@ def _with_ratios(sides: dict) -> dict:
 def _open(bench: Bench, root: str, side: str, label: str, fill: int = 0):
     """Create a fresh file for `side`, fill it with `fill` items (untimed); return the side's queue and path."""
     path = os.path.join(root, f"{label}-{side}.db")
-    SIDES[side].create(path)
-    queue = SIDES[side](path, bench.tuning)
+    QUEUES[side].create(path)
+    queue = QUEUES[side](path, bench.tuning)
     # A new connection reads the schema at its first statement: untimed here, on every side alike.
     queue.connection().execute("SELECT count(*) FROM sqlite_master").fetchall()
     if fill:
@@ -77,26 +80,27 @@ def _open(bench: Bench, root: str, side: str, label: str, fill: int = 0):
     return queue, path
 
 
-def _order(turn: int) -> tuple[str, ...]:
+def _order(turn: int, sides: tuple[str, ...] = SIDE_NAMES) -> tuple[str, ...]:
     """Return the sides in the order of this turn: each leads as often as the others."""
-    k = turn % len(SIDE_NAMES)
-    return SIDE_NAMES[k:] + SIDE_NAMES[:k]
+    k = turn % len(sides)
+    return sides[k:] + sides[:k]
 
 
-def _one_thread(bench: Bench, n: int, root: str, label: str, step, fill: int = 0) -> dict[str, dict]:
+def _one_thread(bench: Bench, n: int, root: str, label: str, step, fill: int = 0,
+                sides: tuple[str, ...] = SIDE_NAMES) -> dict[str, dict]:
     """Call step(queue, conn, i) for i < N on each side, one thread, sides alternating every BLOCK calls.
 
     Return per side its items/s (over the time spent in the calls), per-call latency and what the calls returned.
     """
-    queues = {side: _open(bench, root, side, label, fill)[0] for side in SIDE_NAMES}
+    queues = {side: _open(bench, root, side, label, fill)[0] for side in sides}
     conns = {side: queue.connection() for side, queue in queues.items()}
-    samples: dict[str, list[int]] = {side: [] for side in SIDE_NAMES}
-    returned: dict[str, list] = {side: [] for side in SIDE_NAMES}
+    samples: dict[str, list[int]] = {side: [] for side in sides}
+    returned: dict[str, list] = {side: [] for side in sides}
     gc.collect()
     gc.disable()
     try:
         for turn, start in enumerate(range(0, n, BLOCK)):
-            for side in _order(turn):
+            for side in _order(turn, sides):
                 queue, conn, times, got = queues[side], conns[side], samples[side], returned[side]
                 for i in range(start, min(start + BLOCK, n)):
                     t0 = CLOCK()
@@ -121,7 +125,8 @@ def _put(bench: Bench, n: int, root: str) -> dict:
 
 def _claim_1(bench: Bench, n: int, root: str) -> dict:
     """Claim and complete N items from one thread on each side's file, filled with N items beforehand."""
-    sides = _one_thread(bench, n, root, "claim1", lambda queue, conn, i: queue.work_one(conn), fill=n)
+    sides = _one_thread(bench, n, root, "claim1", lambda queue, conn, i: queue.work_one(conn), fill=n,
+                        sides=CLAIM_SIDES)
     for side in sides.values():
         ids = side.pop("returned")
         side.update(workers=1, completed=len(ids) - ids.count(None), duplicates=len(ids) - len(set(ids)),
@@ -190,7 +195,7 @@ def _threads(queue, count: int, barrier) -> list[dict]:
 def _child(side: str, path: str, tuning: Tuning, count: int, barrier, out) -> None:
     """In a worker process: open the side's queue, run `count` worker threads, send their results back."""
     try:
-        queue = SIDES[side](path, tuning)
+        queue = QUEUES[side](path, tuning)
         gc.disable()
         out.put(_threads(queue, count, barrier))
         queue.close()
@@ -207,7 +212,7 @@ def _failed(exc: BaseException) -> dict:
 def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str) -> dict:
     """Fill each side's fresh file with N items, then claim + complete them all with the given workers."""
     figures = {}
-    for side in _order(n + processes + threads):
+    for side in _order(n + processes + threads, CLAIM_SIDES):
         queue, path = _open(bench, root, side, label, fill=n)
         results: list[dict] = []
         gc.collect()
@@ -268,21 +273,26 @@ _WORKLOAD_FUNCTIONS = {
 
 
 def bars(figures: dict) -> list[dict]:
-    """Judge the SPEC §6 queue bars at every N: ratios to the minimal queue, p99s, duplicates, the wrapper."""
+    """Judge the SPEC §6 queue bars at every N: ratios to the minimal queue, p99s, duplicates, the wrapper.
+
+    The claim workloads are judged on the worker loop the README recommends (complete_and_claim),
+    the figures of claim_next + complete beside them.
+    """
     result = []
     for key, title, bar, p99_ms in WORKLOADS:
         rows = {n: f[key] for n, f in figures["queue"].items()}
-        package = {n: r["package"] for n, r in rows.items()}
+        judged = "package_fused" if all("package_fused" in r for r in rows.values()) else "package"
+        package = {n: r[judged] for n, r in rows.items()}
         met = all(p["ratio_to_minimal"] >= bar for p in package.values())
         target = f">= {bar}x the minimal queue"
         if p99_ms is not None:
             target += f", per-task p99 <= {p99_ms} ms, 0 duplicates, 0 lock errors"
             met = met and all(p["latency"]["p99_us"] <= p99_ms * 1000 and p["duplicates"] == 0 and p["lost"] == 0
                               and p["lock_errors"] == 0 and p["other_errors"] == 0 for p in package.values())
-        value = "; ".join(f"N={int(n):,}: {x(p['ratio_to_minimal'])}"
-                          + (f", p99 {p['latency']['p99_us'] / 1000:.1f} ms, {p['duplicates']} dup, "
-                             f"{p['lock_errors']} locked" if p99_ms is not None else "")
-                          for n, p in package.items())
+        value = "; ".join(f"N={int(n):,}: " + (
+            f"{_figure(r['package_fused'], p99_ms)} with complete_and_claim, {_figure(r['package'], p99_ms)} with"
+            " claim_next + complete" if judged == "package_fused" else _figure(r["package"], p99_ms))
+            for n, r in rows.items())
         result.append({"id": f"queue_{key}", "what": f"queue: {title}", "target": target, "value": value,
                        "met": bool(met), "detail": _detail(rows)})
     wrapper = {(n, key): f[key]["package_vs_raw_schema"] for n, f in figures["queue"].items() for key, *_ in WORKLOADS}
@@ -293,6 +303,14 @@ def bars(figures: dict) -> list[dict]:
                    "met": wrapper[worst] >= WRAPPER_BAR,
                    "detail": ", ".join(f"{k} N={int(n):,} {x(v)}" for (n, k), v in wrapper.items())})
     return result
+
+
+def _figure(side: dict, p99_ms: float | None) -> str:
+    """Return one side's ratio to the minimal queue, and its p99 and errors where the bar has a p99."""
+    if p99_ms is None:
+        return x(side["ratio_to_minimal"])
+    return (f"{x(side['ratio_to_minimal'])} (p99 {side['latency']['p99_us'] / 1000:.1f} ms, {side['duplicates']} dup,"
+            f" {side['lock_errors']} locked)")
 
 
 def _detail(rows: dict) -> str:
@@ -307,7 +325,7 @@ def report(figures: dict, md: Markdown) -> None:
         rows = []
         for key, title, bar, p99_ms in WORKLOADS:
             w = workloads[key]
-            for side in SIDE_NAMES:
+            for side in (side for side in CLAIM_SIDES if side in w):
                 s = w[side]
                 lat = s.get("latency")
                 rows.append([title if side == "minimal" else "", TITLES[side], f"{s['ops_per_s']:,.0f}",
@@ -327,4 +345,6 @@ def report(figures: dict, md: Markdown) -> None:
         f"every {BLOCK} items; items/s is items over the time spent in the calls (threads and processes: over",
         "the wall time, from the moment all workers start). Bulk is the median of",
         f"{BULK_REPEATS} calls per side. Per-task times are claim + complete of one task; with several runs their",
-        "percentiles pool every run's samples (1 % buckets), never a median of per-run percentiles.")
+        "percentiles pool every run's samples (1 % buckets), never a median of per-run percentiles. The claim",
+        "workloads also run the package's worker that completes each task and claims the next in one call",
+        "(`tasks.complete_and_claim`, one write transaction a task); their bars are judged on it.")

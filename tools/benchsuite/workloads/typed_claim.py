@@ -6,10 +6,10 @@ import gc
 import os
 
 import abathur_db
-from abathur_db import _values, tasks
+from abathur_db import tasks
 
 from ..markdown import Markdown, us, x
-from ..ops import Bench
+from ..ops import Bench, claim_params
 from ..raw import decode, raw_write
 from ..timing import compare, paired, progress
 
@@ -43,7 +43,7 @@ def measure(bench: Bench) -> dict:
                 ("untyped", lambda c: tasks.claim_next(c), tasks.CLAIM_SQL, {})):
             def raw_claim(_, sql=sql, params=params):
                 return [decode(row, columns, json_columns)
-                        for row in raw_write(conn, sql, {**params, "now": _values.now()})]
+                        for row in raw_write(conn, sql, claim_params(**params))]
 
             gc.collect()
             package_ns, raw_ns = paired(lambda _: package(conn), raw_claim, [None] * (claims + 10), 10)
