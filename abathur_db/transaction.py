@@ -142,7 +142,7 @@ def commit_signal(conn: sqlite3.Connection) -> Iterator[CommitSignal | _NoSignal
     finally:
         with _SIGNALS_GUARD:
             signal.waiting -= 1
-            if not signal.waiting:
+            if not signal.waiting and _SIGNALS.get(key) is signal:
                 del _SIGNALS[key]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import datetime
 import multiprocessing
 import os
 import threading
@@ -76,3 +77,128 @@ def test_threads_and_processes_claim_each_task_exactly_once(pool, db_path):
     assert sum(map(len, by_process)) > 0 and sum(map(len, by_thread)) > 0  # both kinds really competed
     statuses = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
     assert statuses == {"completed": TASKS}
+
+
+# --- the worker contract across processes ---------------------------------------------------
+
+
+def _owner(path: str, commands, results) -> None:
+    """In a worker process: run each (operation, task_id, lease, argument) command; send back its outcome."""
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        while (command := commands.get(timeout=TIMEOUT)) is not None:
+            operation, task_id, lease, argument = command
+            try:
+                if operation == "claim":
+                    outcome = tasks.claim_next(conn)
+                elif operation == "complete":
+                    outcome = tasks.complete(conn, task_id, lease, argument)
+                else:
+                    outcome = getattr(tasks, operation)(conn, task_id, lease)
+            except abathur_db.AbathurDBError as exc:
+                outcome = (type(exc).__name__, str(exc))
+            results.put(outcome)
+
+
+def test_a_stale_worker_cannot_touch_the_task_a_new_owner_holds(pool, db_path):
+    """Two processes: the first owner, requeued as stale, gets LeaseLostError for every call; the new owner's run stands."""
+    conn = pool.connection()
+    task = tasks.create(conn, "slow work", max_execution_timeout_seconds=1)
+    context = multiprocessing.get_context("spawn")
+    owners = [(context.Queue(), context.Queue()) for _ in range(2)]
+    processes = [context.Process(target=_owner, args=(str(db_path), *queues)) for queues in owners]
+    for process in processes:
+        process.start()
+
+    def ask(owner: int, *command):
+        commands, results = owners[owner]
+        commands.put(command)
+        return results.get(timeout=TIMEOUT)
+
+    try:
+        first = ask(0, "claim", None, None, None)
+        assert [t["id"] for t in tasks.requeue_stale(conn, now="2100-01-01T00:00:00Z")] == [task["id"]]
+        second = ask(1, "claim", None, None, None)
+        assert second["id"] == task["id"] and second["lease"] != first["lease"]
+        for operation in ("heartbeat", "complete", "release"):
+            error, message = ask(0, operation, task["id"], first["lease"], {"by": "first"})
+            assert error == "LeaseLostError" and "running under another lease" in message, message
+            assert tasks.get(conn, task["id"]) == second
+        done = ask(1, "complete", task["id"], second["lease"], {"by": "second"})
+        assert (done["status"], done["result_data"], done["retry_count"]) == ("completed", {"by": "second"}, 1)
+    finally:
+        for commands, _ in owners:
+            commands.put(None)
+        for process in processes:
+            process.join(TIMEOUT)
+    assert [process.exitcode for process in processes] == [0, 0]
+
+
+def _release_all(path: str, held: list[tuple[str, str]], releasing, results) -> None:
+    """In a worker process: release each held task as fast as it can; send back which releases succeeded."""
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        released = []
+        for task_id, lease in held:
+            try:
+                tasks.release(conn, task_id, lease)
+                released.append(task_id)
+            except abathur_db.LeaseLostError:
+                pass
+            releasing.set()
+        results.put(released)
+
+
+def test_release_racing_requeue_stale_ends_each_run_once(pool, db_path):
+    """A process releasing 300 tasks while another requeues them as stale: each run ends once, by one of the two.
+
+    Task i times out after i + 1 seconds; once the releases have begun from the last
+    timeout down, the requeues step through time from the first one up, so they meet.
+    """
+    conn = pool.connection()
+    ids = tasks.create_many(conn, [{"prompt": f"t{i}", "max_execution_timeout_seconds": i + 1}
+                                   for i in range(300)])
+    claimed = [tasks.claim_next(conn) for _ in ids]
+    held = [(task["id"], task["lease"]) for task in claimed]
+    claimed_at = datetime.datetime.fromisoformat(max(task["last_updated_at"] for task in claimed))
+    context = multiprocessing.get_context("spawn")
+    releasing, results = context.Event(), context.Queue()
+    releaser = context.Process(target=_release_all, args=(str(db_path), held[::-1], releasing, results))
+    releaser.start()
+    assert releasing.wait(TIMEOUT)
+    requeued = []
+    for seconds in range(1, 302):
+        now = claimed_at + datetime.timedelta(seconds=seconds, milliseconds=1)
+        requeued += [t["id"] for t in tasks.requeue_stale(conn, now=now)]
+    released = results.get(timeout=TIMEOUT)
+    releaser.join(TIMEOUT)
+    assert released and requeued, "the race never happened: one side ended every run"
+    assert sorted(released + requeued) == sorted(ids)  # every run ended exactly once
+    rows = {i: (s, r, lease) for i, s, r, lease in conn.execute("SELECT id, status, retry_count, lease FROM tasks")}
+    assert {i: row for i, row in rows.items() if i in released} == {i: ("pending", 0, None) for i in released}
+    assert {i: row for i, row in rows.items() if i in requeued} == {i: ("pending", 1, None) for i in requeued}
+
+
+def _wait_for_work(path: str, waiting, results) -> None:
+    """In a worker process: claim with a long wait, saying when it waits; send back what it claimed."""
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        conn.set_trace_callback(lambda sql: sql == "PRAGMA data_version" and waiting.set())
+        task = tasks.claim_next(conn, wait=60)
+        conn.set_trace_callback(None)
+        results.put(task and task["id"])
+
+
+def test_a_waiting_worker_is_woken_by_a_commit_in_another_process(pool, db_path):
+    """A worker process waiting in claim_next(wait=60) claims a task another process commits, long before 60 s."""
+    context = multiprocessing.get_context("spawn")
+    waiting, results = context.Event(), context.Queue()
+    worker = context.Process(target=_wait_for_work, args=(str(db_path), waiting, results))
+    worker.start()
+    try:
+        assert waiting.wait(TIMEOUT)
+        created = tasks.create(pool.connection(), "arrives")
+        assert results.get(timeout=10) == created["id"]
+    finally:
+        worker.join(TIMEOUT)
+    assert tasks.get(pool.connection(), created["id"])["status"] == "running"

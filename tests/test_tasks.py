@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import random
+import re
+import sqlite3
+import threading
+import time
 
 import pytest
 
+import abathur_db
 from abathur_db import sessions, tasks, transaction
+from abathur_db.transaction import _SIGNALS
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
+    ConfigurationError,
     ForeignKeyError,
     LeaseLostError,
     NotFoundError,
@@ -671,6 +679,329 @@ def test_requeue_stale_rejects_a_bad_now(conn, now):
     with pytest.raises(ValidationError, match="tasks.now"):
         tasks.requeue_stale(conn, now=now)
     assert tasks.get(conn, task["id"]) == task
+
+
+# --- leases: the owner's calls --------------------------------------------------------------
+
+
+def test_every_claim_starts_a_run_with_a_new_lease(conn):
+    """Each claim hands out a new lease, kept on the task while it runs and cleared when the run ends."""
+    task = tasks.create(conn, "p")
+    first = tasks.claim_next(conn)
+    assert re.fullmatch(r"[0-9a-f]{32}", first["lease"]) and tasks.get(conn, task["id"])["lease"] == first["lease"]
+    assert tasks.release(conn, task["id"], first["lease"])["lease"] is None
+    second = tasks.claim_next(conn)
+    assert second["id"] == task["id"] and second["lease"] not in (None, first["lease"])
+    assert tasks.complete(conn, task["id"], second["lease"])["lease"] is None
+
+
+def test_a_stale_worker_changes_nothing_once_the_task_runs_again(conn):
+    """After a requeue and a new claim, the first owner's every call raises LeaseLostError; the new owner's work stands."""
+    tasks.create(conn, "p", max_execution_timeout_seconds=60)
+    stale = tasks.claim_next(conn)
+    assert [t["id"] for t in tasks.requeue_stale(conn, now=FUTURE)] == [stale["id"]]
+    owner = tasks.claim_next(conn)
+    calls = {"complete": lambda: tasks.complete(conn, stale["id"], stale["lease"], {"by": "stale"}),
+             "fail": lambda: tasks.fail(conn, stale["id"], stale["lease"], "stale"),
+             "heartbeat": lambda: tasks.heartbeat(conn, stale["id"], stale["lease"]),
+             "release": lambda: tasks.release(conn, stale["id"], stale["lease"])}
+    for operation, call in calls.items():
+        with pytest.raises(LeaseLostError) as caught:
+            call()
+        assert str(caught.value) == (
+            f"tasks: cannot {operation} task {stale['id']!r} with lease {stale['lease']!r}: that lease is no longer"
+            f" the task's: it has been running under another lease since {owner['started_at']}")
+        assert tasks.get(conn, owner["id"]) == owner
+    done = tasks.complete(conn, owner["id"], owner["lease"], {"by": "owner"})
+    assert (done["status"], done["result_data"], done["retry_count"]) == ("completed", {"by": "owner"}, 1)
+
+
+@pytest.mark.parametrize("end, because", [
+    (lambda conn, task: tasks.cancel(conn, task["id"]), "it was cancelled at "),
+    (lambda conn, task: tasks.requeue_stale(conn, now=FUTURE), "it went back to pending at "),
+    (lambda conn, task: tasks.complete(conn, task["id"], task["lease"]), "it was completed at "),
+    (lambda conn, task: tasks.release(conn, task["id"], task["lease"]), "it went back to pending at "),
+    (lambda conn, task: tasks.fail(conn, task["id"], task["lease"], "it broke"), "it failed at "),
+])
+def test_a_run_that_ended_refuses_its_lease_saying_how_it_ended(conn, end, because):
+    """Once a run ends (operator or owner), its lease is refused, the message saying what became of the task."""
+    task = in_status(conn, "running", max_execution_timeout_seconds=60)
+    end(conn, task)
+    after = tasks.get(conn, task["id"])
+    with pytest.raises(LeaseLostError, match=re.escape(because)) as caught:
+        tasks.heartbeat(conn, task["id"], task["lease"])
+    assert after["lease"] is None and tasks.get(conn, task["id"]) == after
+    if after["status"] == "failed":
+        assert str(caught.value).endswith("it broke")
+
+
+def test_release_hands_the_task_back_in_its_place_without_a_retry(conn):
+    """release() puts a running task back to pending with its retries and its place in the queue unchanged."""
+    first = tasks.create(conn, "first", priority=9, submitted_at=at(0))
+    tasks.create(conn, "second", priority=9, submitted_at=at(1))
+    claimed = tasks.claim_next(conn)
+    released = tasks.release(conn, first["id"], claimed["lease"])
+    assert released == tasks.get(conn, first["id"])
+    assert (released["status"], released["retry_count"], released["started_at"]) == ("pending", 0, None)
+    assert released["last_updated_at"] >= claimed["started_at"] and released["completed_at"] is None
+    assert tasks.claim_next(conn)["id"] == first["id"]
+
+
+def test_complete_and_claim_is_one_transaction_that_hands_over_the_next_task(conn):
+    """complete_and_claim completes under one BEGIN IMMEDIATE … COMMIT and claims the next task, its dependent included."""
+    dep = tasks.create(conn, "dep", priority=1)
+    dependent = tasks.create(conn, "dependent", priority=9, dependencies=[dep["id"]])
+    tasks.create(conn, "other", priority=0)
+    running = tasks.claim_next(conn)
+    assert running["id"] == dep["id"]
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        following = tasks.complete_and_claim(conn, dep["id"], running["lease"], {"ok": 1})
+    finally:
+        conn.set_trace_callback(None)
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT" and sent.count("COMMIT") == 1, sent
+    assert following["id"] == dependent["id"] and following["status"] == "running" and following["lease"]
+    done = tasks.get(conn, dep["id"])
+    assert (done["status"], done["result_data"], done["lease"]) == ("completed", {"ok": 1}, None)
+    assert tasks.complete_and_claim(conn, following["id"], following["lease"], agent_type="nobody") is None
+    assert tasks.get(conn, following["id"])["status"] == "completed"
+
+
+def test_complete_and_claim_with_a_lost_lease_changes_and_claims_nothing(conn):
+    """With a lease that is no longer the task's, complete_and_claim raises LeaseLostError and claims nothing."""
+    task = in_status(conn, "running")
+    waiting = tasks.create(conn, "waiting")
+    tasks.cancel(conn, task["id"])
+    before = tasks.get(conn, task["id"])
+    with pytest.raises(LeaseLostError, match="it was cancelled at "):
+        tasks.complete_and_claim(conn, task["id"], task["lease"], {"late": True})
+    assert tasks.get(conn, task["id"]) == before and tasks.get(conn, waiting["id"]) == waiting
+
+
+# --- no dead ends ---------------------------------------------------------------------------
+
+
+def _statuses(conn) -> dict[str, tuple[str, str | None]]:
+    return {i: (s, m) for i, s, m in conn.execute("SELECT id, status, error_message FROM tasks")}
+
+
+def test_cancelling_a_task_cancels_a_chain_of_dependents(conn):
+    """Cancelling the head of a chain cancels every pending task down the chain, each naming its own dependency."""
+    tasks.create(conn, "head", task_id="c0")
+    for i in range(1, 5):
+        tasks.create(conn, f"link {i}", task_id=f"c{i}", dependencies=[f"c{i - 1}"])
+    tasks.create(conn, "unrelated", task_id="free")
+    cancelled = tasks.cancel(conn, "c0")
+    assert cancelled["status"] == "cancelled" and cancelled["error_message"] is None
+    assert _statuses(conn) == {
+        "c0": ("cancelled", None),
+        **{f"c{i}": ("cancelled", f"cancelled because dependency 'c{i - 1}' was cancelled") for i in range(1, 5)},
+        "free": ("pending", None),
+    }
+    for i in range(1, 5):
+        task = tasks.get(conn, f"c{i}")
+        assert task["completed_at"] == task["last_updated_at"] == cancelled["completed_at"]
+
+
+def test_cancelling_a_task_cancels_a_diamond_of_dependents_once(conn):
+    """Through a diamond (two paths to one task) every dependent is cancelled once; a task off the paths stays."""
+    for task_id, dependencies in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]), ("y", []),
+                                  ("e", ["d", "y"]), ("z", ["y"])):
+        tasks.create(conn, task_id, task_id=task_id, dependencies=dependencies)
+    changes = conn.total_changes
+    tasks.cancel(conn, "a")
+    statuses = _statuses(conn)
+    assert {i for i, (s, _) in statuses.items() if s == "cancelled"} == {"a", "b", "c", "d", "e"}
+    assert statuses["d"][1] in ("cancelled because dependency 'b' was cancelled",
+                                "cancelled because dependency 'c' was cancelled")
+    assert statuses["e"] == ("cancelled", "cancelled because dependency 'd' was cancelled")
+    assert conn.total_changes - changes == 5  # each task written once
+    assert tasks.claim_next(conn)["id"] == "y"
+
+
+def test_a_long_chain_is_cancelled_whole(conn):
+    """A chain of 2,000 tasks is cancelled in one statement: no limit of trigger recursion applies."""
+    tasks.create_many(conn, [{"prompt": "p", "task_id": "n0"}] + [
+        {"prompt": "p", "task_id": f"n{i}", "dependencies": [f"n{i - 1}"]} for i in range(1, 2000)])
+    tasks.cancel(conn, "n0")
+    assert tasks.counts(conn)["cancelled"] == 2000
+    assert tasks.get(conn, "n1999")["error_message"] == "cancelled because dependency 'n1998' was cancelled"
+
+
+@pytest.mark.parametrize("give_up", ["fail", "requeue_stale"])
+def test_failing_for_good_cancels_the_dependents(conn, give_up):
+    """A dependency that fails with no retries left (fail(), or requeue_stale giving up) cancels its dependents."""
+    task = in_status(conn, "running", max_retries=0, max_execution_timeout_seconds=60)
+    child = tasks.create(conn, "child", dependencies=[task["id"]])
+    grandchild = tasks.create(conn, "grandchild", dependencies=[child["id"]])
+    if give_up == "fail":
+        tasks.fail(conn, task["id"], task["lease"], "broken")
+    else:
+        assert tasks.requeue_stale(conn, now=FUTURE)[0]["status"] == "failed"
+    assert _statuses(conn)[child["id"]] == (
+        "cancelled", f"cancelled because dependency {task['id']!r} failed with no retries left")
+    assert _statuses(conn)[grandchild["id"]] == (
+        "cancelled", f"cancelled because dependency {child['id']!r} was cancelled")
+
+
+@pytest.mark.parametrize("give_up", ["fail", "requeue_stale"])
+def test_failing_with_retries_left_leaves_the_dependents_waiting(conn, give_up):
+    """A failure that can still be retried cancels nothing: the dependents wait for the retry."""
+    task = in_status(conn, "running", max_retries=1, max_execution_timeout_seconds=60)
+    child = tasks.create(conn, "child", dependencies=[task["id"]])
+    if give_up == "fail":
+        tasks.fail(conn, task["id"], task["lease"], "broken")
+    else:
+        tasks.requeue_stale(conn, now=FUTURE)
+    assert tasks.get(conn, child["id"]) == child
+
+
+def test_the_cascade_passes_only_through_pending_tasks(conn):
+    """A dependent that is not pending (here a legacy row running without its dependency) stops the cascade."""
+    tasks.create(conn, "root", task_id="root")
+    conn.execute("INSERT INTO tasks (id, prompt, status, dependencies) VALUES ('odd', 'p', 'running', '[\"root\"]')")
+    tasks.create(conn, "below", task_id="below", dependencies=["odd"])
+    tasks.cancel(conn, "root")
+    statuses = _statuses(conn)
+    assert (statuses["odd"][0], statuses["below"][0]) == ("running", "pending")
+
+
+def test_the_cascade_reads_by_key(conn):
+    """The cascade's plan searches tasks and task_dependencies by key; only its own working set is scanned."""
+    plan = abathur_db.explain_query_plan(conn, tasks.CANCEL_DEPENDENTS_SQL, {"id": "t", "how": "", "now": FUTURE})
+    scans = [line for line in plan if line.startswith("SCAN")]
+    assert scans == ["SCAN doomed", "SCAN doomed"], plan
+    assert "SEARCH d USING PRIMARY KEY (depends_on_task_id=?)" in plan
+    assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
+
+
+@pytest.mark.parametrize("create", ["create", "create_many"])
+def test_a_dependency_that_can_never_complete_is_refused(conn, create):
+    """create() and create_many() refuse a cancelled dependency or one failed with no retries left, storing nothing."""
+    cancelled = in_status(conn, "cancelled")
+    failed_for_good = in_status(conn, "failed", max_retries=0)
+    retryable = in_status(conn, "failed", max_retries=1)
+    before = counts(conn)
+    for dead, how in ((cancelled, "was cancelled"), (failed_for_good, "failed with no retries left")):
+        with pytest.raises(ValidationError) as caught:
+            if create == "create":
+                tasks.create(conn, "p", dependencies=[retryable["id"], dead["id"]])
+            else:
+                tasks.create_many(conn, [{"prompt": "p"}, {"prompt": "p", "dependencies": [dead["id"]]}])
+        assert str(caught.value) == (
+            f"tasks.dependencies: task {dead['id']!r} {how}: a task waiting on it could never run")
+        assert counts(conn) == before
+    assert tasks.create(conn, "p", dependencies=[retryable["id"]])["unmet_dependencies"] == 1
+
+
+# --- waiting for work -------------------------------------------------------------------------
+
+
+def _waiting(connect, **options) -> tuple[concurrent.futures.Future, concurrent.futures.Executor]:
+    """Start claim_next(**options) on another thread's connection (`connect()`); return it once it waits."""
+    waiting = threading.Event()
+
+    def claim():
+        conn = connect()
+        # The wait reads data_version before it sleeps: a commit from then on is seen.
+        conn.set_trace_callback(lambda sql: sql == "PRAGMA data_version" and waiting.set())
+        try:
+            return tasks.claim_next(conn, **options)
+        finally:
+            conn.set_trace_callback(None)
+
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    future = executor.submit(claim)
+    assert waiting.wait(10), future.exception(timeout=0) if future.done() else "the claim never started to wait"
+    return future, executor
+
+
+def test_a_commit_of_this_process_wakes_a_waiting_claim(pool):
+    """A task created while another thread waits in claim_next(wait=…) is claimed by it, long before the wait ends."""
+    future, executor = _waiting(pool.connection, wait=60)
+    with executor:
+        created = tasks.create(pool.connection(), "arrives")
+        claimed = future.result(timeout=10)
+    assert claimed["id"] == created["id"] and claimed["status"] == "running"
+    assert not _SIGNALS  # the waiter is gone: commits announce nothing any more
+
+
+def test_a_waiting_claim_holds_no_lock(pool):
+    """While a claim waits, other connections write freely; a task of another type leaves it waiting."""
+    future, executor = _waiting(pool.connection, agent_type="coder", wait=60)
+    with executor:
+        conn = pool.connection()
+        with transaction(conn):  # the write lock, taken and given back while the claim waits
+            tasks.create(conn, "not for it", agent_type="writer")
+        assert not future.done()
+        tasks.create(conn, "for it", agent_type="coder")
+        assert future.result(timeout=10)["prompt"] == "for it"
+    assert tasks.counts(conn) == {"pending": 1, "running": 1, "completed": 0, "failed": 0, "cancelled": 0}
+
+
+def test_a_wait_ends_with_none_and_does_not_poll_busily(conn):
+    """claim_next(wait=…) on an empty queue returns None after the wait, reading data_version once a poll interval."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    started = time.monotonic()
+    try:
+        assert tasks.claim_next(conn, wait=0.3) is None
+    finally:
+        conn.set_trace_callback(None)
+    assert time.monotonic() - started >= 0.3
+    assert sum(s.startswith("UPDATE") for s in sent) == 1  # the one claim before waiting; nothing to peek at since
+    assert sent.count("PRAGMA data_version") <= 0.3 / tasks.WAIT_POLL_SECONDS + 3
+
+
+def test_a_plain_connection_waits_for_commits_of_other_connections(pool, db_path):
+    """A plain sqlite3 connection's wait sees another connection's commit through PRAGMA data_version."""
+    plain = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    try:
+        future, executor = _waiting(lambda: plain, wait=60)
+        with executor:
+            created = tasks.create(pool.connection(), "arrives")
+            assert future.result(timeout=10)["id"] == created["id"]
+    finally:
+        plain.close()
+
+
+def test_a_wait_inside_a_transaction_block_is_refused(conn):
+    """Waiting inside a transaction block would hold the write lock: ConfigurationError; wait=0 just claims."""
+    task = tasks.create(conn, "p")
+    with transaction(conn):
+        with pytest.raises(ConfigurationError, match="would hold the write lock"):
+            tasks.claim_next(conn, wait=1)
+        assert tasks.claim_next(conn, wait=0)["id"] == task["id"]
+
+
+# --- seeing without touching ------------------------------------------------------------------
+
+
+def test_counts_has_every_status(conn):
+    """counts() returns each status with its number of tasks, 0 included; an unknown stored status is left out."""
+    for status in ("running", "failed", "cancelled", "pending", "pending"):
+        in_status(conn, status)
+    _legacy(conn, "INSERT INTO tasks (id, prompt, status) VALUES ('odd', 'p', 'paused')")
+    assert tasks.counts(conn) == {"pending": 2, "running": 1, "completed": 0, "failed": 1, "cancelled": 1}
+
+
+def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn):
+    """stale() returns the running tasks past their deadline, earliest deadline first, in pages, writing nothing."""
+    running = [in_status(conn, "running", max_execution_timeout_seconds=seconds) for seconds in (30, 10, 20, 3600)]
+    for task in running:
+        conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (at(0), task["id"]))
+    in_status(conn, "pending", max_execution_timeout_seconds=1)
+    changes = conn.total_changes
+    expected = [running[1]["id"], running[2]["id"], running[0]["id"]]
+    assert [t["id"] for t in tasks.stale(conn, now=at(100))] == expected
+    first = tasks.stale(conn, now=at(100), limit=2)
+    assert [t["id"] for t in first] == expected[:2]
+    assert [t["id"] for t in tasks.stale(conn, now=at(100), limit=2, after=first[-1])] == expected[2:]
+    assert [t["id"] for t in tasks.stale(conn, now=at(25))] == expected[:2]
+    assert tasks.stale(conn, now=at(5)) == [] and conn.total_changes == changes
+    assert {t["id"] for t in tasks.requeue_stale(conn, now=at(100))} == set(expected)
+    assert tasks.stale(conn, now=at(100)) == []
 
 
 # --- transactions ---------------------------------------------------------------------------
