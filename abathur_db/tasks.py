@@ -494,15 +494,17 @@ def claim_next(
             " it waits; wait outside the block"
         )
     with commit_signal(conn) as signal:
+        # Each look for a task is preceded by a reading of both counters, so that a
+        # commit made while it looks is seen as a change, never lost.
+        seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
         claimed = write(conn, TABLE, sql, params, decode_row)
         while not claimed:
-            # Read before looking, so that a commit made after the look is seen.
-            seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
             while signal.count == seen and one(conn, None, _DATA_VERSION)[0] == version:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 signal.wait(seen, min(remaining, WAIT_POLL_SECONDS))
+            seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
             if one(conn, TABLE, peek, params) is not None:
                 params["now"], params["lease"] = _values.now(), _new_lease()
                 claimed = write(conn, TABLE, sql, params, decode_row)

@@ -344,8 +344,9 @@ class After:
             yield name, value, ValidationError
         for key in self.good:
             yield f"without-{key}", {k: v for k, v in self.good.items() if k != key}, ValidationError
-            for name, value in {"none": None, "bool": True, "list": [1], "empty": "", "bytes": b"1"}.items():
-                yield f"{key}-{name}", {**self.good, key: value}, ValidationError
+            yield f"{key}-list", {**self.good, key: [1]}, ValidationError
+        for name, value in {"none": None, "bool": True, "empty": "", "bytes": b"1"}.items():
+            yield f"every-value-{name}", dict.fromkeys(self.good, value), ValidationError
 
 
 @dataclasses.dataclass(frozen=True)

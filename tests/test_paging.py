@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, tasks
 from abathur_db.errors import NotFoundError, ValidationError
 
@@ -14,30 +15,44 @@ MOMENTS = ("2024-01-01T00:00:00.000Z", "2024-01-01T00:00:01.000Z", "2024-01-02T0
 ROWS = 23
 
 
-@pytest.fixture(params=range(3))
-def world(request, conn):
-    """Fill every table with rows that tie on their list's order (seeded at random); return the seed's Random."""
+@pytest.fixture(scope="module", params=range(3))
+def world(request, tmp_path_factory):
+    """Fill every table with rows that tie on their list's order (seeded at random); return the file and seed."""
     seed = request.param
     rng = random.Random(seed)
-    session = sessions.create(conn, "app", "user", session_id="s")["id"]
-    parent = tasks.create(conn, "parent", task_id="parent")["id"]
-    conn.execute("INSERT INTO memory_entries (id, namespace, key, value, memory_type) VALUES (1, 'n', 'k', '1', 'semantic')")
-    for i in range(ROWS):
-        task = tasks.create(conn, f"task {i}", task_id=f"t{i:02d}", priority=rng.choice((3, 7)), session_id=session,
-                            parent_task_id=parent, submitted_at=rng.choice(MOMENTS), max_execution_timeout_seconds=60)
-        agent = agents.spawn(conn, task["id"] if i % 2 else "t00", "a", "s", "m", agent_id=f"a{i:02d}",
-                             session_id=session)
-        audit.record(conn, "act", task_id="t00", agent_id=agent["id"], memory_operation_type="update",
-                     memory_entry_id=1)
-        checkpoints.save(conn, "t00" if i % 2 else task["id"], i, {"i": i}, session_id=session)
-        metrics.record(conn, "m", i, timestamp=rng.choice(MOMENTS))
-    for table, column in (("agents", "spawned_at"), ("audit", "timestamp"), ("checkpoints", "created_at")):
-        for (rowid,) in conn.execute(f"SELECT rowid FROM {table}").fetchall():
-            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (rng.choice(MOMENTS), rowid))
-    running = [tasks.claim_next(conn) for _ in range(ROWS // 2)]
-    for task in running:
-        conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (rng.choice(MOMENTS), task["id"]))
-    return seed
+    path = tmp_path_factory.mktemp(f"paging-{seed}") / "world.db"
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        session = sessions.create(conn, "app", "user", session_id="s")["id"]
+        parent = tasks.create(conn, "parent", task_id="parent")["id"]
+        conn.execute("INSERT INTO memory_entries (id, namespace, key, value, memory_type)"
+                     " VALUES (1, 'n', 'k', '1', 'semantic')")
+        for i in range(ROWS):
+            task = tasks.create(conn, f"task {i}", task_id=f"t{i:02d}", priority=rng.choice((3, 7)),
+                                session_id=session, parent_task_id=parent, submitted_at=rng.choice(MOMENTS),
+                                max_execution_timeout_seconds=60)
+            agent = agents.spawn(conn, task["id"] if i % 2 else "t00", "a", "s", "m", agent_id=f"a{i:02d}",
+                                 session_id=session)
+            audit.record(conn, "act", task_id="t00", agent_id=agent["id"], memory_operation_type="update",
+                         memory_entry_id=1)
+            checkpoints.save(conn, "t00" if i % 2 else task["id"], i, {"i": i}, session_id=session)
+            metrics.record(conn, "m", i, timestamp=rng.choice(MOMENTS))
+        for table, column in (("agents", "spawned_at"), ("audit", "timestamp"), ("checkpoints", "created_at")):
+            for (rowid,) in conn.execute(f"SELECT rowid FROM {table}").fetchall():
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (rng.choice(MOMENTS), rowid))
+        running = [tasks.claim_next(conn) for _ in range(ROWS // 2)]
+        for task in running:
+            conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = ?", (rng.choice(MOMENTS), task["id"]))
+    return path, seed
+
+
+@pytest.fixture
+def reader(world):
+    """Return a connection to the world's file (the tests only read) and the world's seed."""
+    path, seed = world
+    conn = abathur_db.connect(path)
+    yield conn, seed
+    conn.close()
 
 
 def _key(row: dict) -> object:
@@ -85,8 +100,9 @@ def _rowids(conn, function) -> dict:
 
 @pytest.mark.parametrize("case", LISTS, ids=_name)
 @pytest.mark.parametrize("limit", [1, 2, 5])
-def test_pages_return_every_row_once_in_order(conn, world, case, limit):
+def test_pages_return_every_row_once_in_order(reader, case, limit):
     """Paging with after=<last row> returns every row exactly once, in the list's order, ties included."""
+    conn, world = reader
     function, kwargs, order, *newest_first = case
     whole = function(conn, **kwargs, limit=1000)
     rowids = _rowids(conn, function)

@@ -7,7 +7,14 @@ import concurrent.futures
 import datetime
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
+
+import pytest
 
 import abathur_db
 from abathur_db import tasks, transaction
@@ -179,11 +186,28 @@ def test_release_racing_requeue_stale_ends_each_run_once(pool, db_path):
     assert {i: row for i, row in rows.items() if i in requeued} == {i: ("pending", 1, None) for i in requeued}
 
 
+def _on_second_data_version(waiting):
+    """Return a trace callback that sets `waiting` once claim_next waits: its second PRAGMA data_version.
+
+    The first is read before the claim it tries at once; the second, after that claim
+    found nothing, as the wait begins.
+    """
+    seen = []
+
+    def trace(sql: str) -> None:
+        if sql == "PRAGMA data_version":
+            seen.append(sql)
+            if len(seen) == 2:
+                waiting.set()
+
+    return trace
+
+
 def _wait_for_work(path: str, waiting, results) -> None:
     """In a worker process: claim with a long wait, saying when it waits; send back what it claimed."""
     with abathur_db.open(path) as pool:
         conn = pool.connection()
-        conn.set_trace_callback(lambda sql: sql == "PRAGMA data_version" and waiting.set())
+        conn.set_trace_callback(_on_second_data_version(waiting))
         task = tasks.claim_next(conn, wait=60)
         conn.set_trace_callback(None)
         results.put(task and task["id"])
@@ -202,3 +226,36 @@ def test_a_waiting_worker_is_woken_by_a_commit_in_another_process(pool, db_path)
     finally:
         worker.join(TIMEOUT)
     assert tasks.get(pool.connection(), created["id"])["status"] == "running"
+
+
+def _readme_example(heading: str) -> str:
+    """Return the first Python code block of the README after `heading`."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("\n```", start)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_readme_worker_hands_back_its_tasks_when_signalled(tmp_path, signum):
+    """The README's worker example, run as a process and signalled mid-work, exits 0 leaving no task running."""
+    path = tmp_path / "worker.db"
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        ids = tasks.create_many(conn, [{"prompt": f"job {i}", "agent_type": "coder", "input_data": {"steps": 600}}
+                                       for i in range(6)])
+        worker = subprocess.Popen([sys.executable, "-c", _readme_example("#### Example: a worker process")],
+                                  cwd=Path(__file__).resolve().parent.parent, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "ABATHUR_DB": str(path)})
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while tasks.counts(conn)["running"] < 4:  # each of its four threads holds a task
+                assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
+                time.sleep(0.05)
+            worker.send_signal(signum)
+            _, stderr = worker.communicate(timeout=TIMEOUT)
+        finally:
+            worker.kill()
+        assert worker.returncode == 0, stderr
+        rows = conn.execute("SELECT status, retry_count, started_at, lease FROM tasks").fetchall()
+        assert rows == [("pending", 0, None, None)] * len(ids)

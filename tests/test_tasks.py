@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import os
 import random
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 import abathur_db
 from abathur_db import sessions, tasks, transaction
 from abathur_db.transaction import _SIGNALS
+from test_queue_concurrency import _on_second_data_version
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
@@ -904,8 +906,7 @@ def _waiting(connect, **options) -> tuple[concurrent.futures.Future, concurrent.
 
     def claim():
         conn = connect()
-        # The wait reads data_version before it sleeps: a commit from then on is seen.
-        conn.set_trace_callback(lambda sql: sql == "PRAGMA data_version" and waiting.set())
+        conn.set_trace_callback(_on_second_data_version(waiting))
         try:
             return tasks.claim_next(conn, **options)
         finally:
@@ -940,6 +941,40 @@ def test_a_waiting_claim_holds_no_lock(pool):
     assert tasks.counts(conn) == {"pending": 1, "running": 1, "completed": 0, "failed": 0, "cancelled": 0}
 
 
+def test_one_commit_wakes_every_waiting_claim_and_one_gets_the_task(pool, tmp_path):
+    """Two claims wait on one file: a task wakes both, one claims it and the other waits on; another file's commits wake neither."""
+    first, first_executor = _waiting(pool.connection, wait=60)
+    second, second_executor = _waiting(pool.connection, wait=60)
+    with first_executor, second_executor, abathur_db.open(tmp_path / "other.db") as other:
+        tasks.create(other.connection(), "elsewhere")
+        conn = pool.connection()
+        created = tasks.create(conn, "one")
+        done, waiting = concurrent.futures.wait([first, second], timeout=10,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
+        assert [future.result()["id"] for future in done] == [created["id"]] and len(waiting) == 1
+        assert len(_SIGNALS) == 1  # the other still waits on this file's signal
+        again = tasks.create(conn, "two")
+        assert waiting.pop().result(timeout=10)["id"] == again["id"]
+    assert not _SIGNALS
+
+
+def test_a_forked_child_forgets_the_waits_of_its_parent(pool):
+    """A child forked while a thread of its parent waits has no commit signal left to announce to."""
+    future, executor = _waiting(pool.connection, wait=60)
+    with executor:
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's lines run in another process
+            os.write(write, str(len(_SIGNALS)).encode())
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 10) == b"0" and os.waitpid(child, 0)[1] == 0
+        os.close(read)
+        assert len(_SIGNALS) == 1
+        tasks.create(pool.connection(), "ends the wait")
+        assert future.result(timeout=10) is not None
+
+
 def test_a_wait_ends_with_none_and_does_not_poll_busily(conn):
     """claim_next(wait=…) on an empty queue returns None after the wait, reading data_version once a poll interval."""
     sent: list[str] = []
@@ -966,6 +1001,16 @@ def test_a_plain_connection_waits_for_commits_of_other_connections(pool, db_path
         plain.close()
 
 
+def test_closing_the_pool_ends_a_wait(pool):
+    """pool.close() from another thread ends a waiting claim with ConfigurationError, well before its wait is over."""
+    future, executor = _waiting(pool.connection, wait=60)
+    with executor:
+        pool.close()
+        with pytest.raises(ConfigurationError, match="closed"):
+            future.result(timeout=10)
+    assert not _SIGNALS
+
+
 def test_a_wait_inside_a_transaction_block_is_refused(conn):
     """Waiting inside a transaction block would hold the write lock: ConfigurationError; wait=0 just claims."""
     task = tasks.create(conn, "p")
@@ -973,6 +1018,13 @@ def test_a_wait_inside_a_transaction_block_is_refused(conn):
         with pytest.raises(ConfigurationError, match="would hold the write lock"):
             tasks.claim_next(conn, wait=1)
         assert tasks.claim_next(conn, wait=0)["id"] == task["id"]
+
+
+def test_a_status_this_version_does_not_know_refuses_an_owners_call(conn):
+    """An owner's call on a task in a status this version does not know raises LeaseLostError naming the status."""
+    _legacy(conn, f"INSERT INTO tasks (id, prompt, status, lease) VALUES ('odd', 'p', 'paused', '{OTHER_LEASE}')")
+    with pytest.raises(LeaseLostError, match="its status is 'paused'"):
+        tasks.complete(conn, "odd", OTHER_LEASE)
 
 
 # --- seeing without touching ------------------------------------------------------------------
@@ -1002,6 +1054,13 @@ def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn
     assert tasks.stale(conn, now=at(5)) == [] and conn.total_changes == changes
     assert {t["id"] for t in tasks.requeue_stale(conn, now=at(100))} == set(expected)
     assert tasks.stale(conn, now=at(100)) == []
+
+
+def test_stale_refuses_a_row_whose_deadline_never_comes(conn):
+    """A page after a row whose timeout runs past the calendar raises ValidationError: no stale task has it."""
+    task = in_status(conn, "running")
+    with pytest.raises(ValidationError, match="never runs out"):
+        tasks.stale(conn, after={**task, "max_execution_timeout_seconds": 2**62})
 
 
 # --- transactions ---------------------------------------------------------------------------

@@ -160,8 +160,11 @@ def build_ops(data: Dataset, limit: int = 100) -> dict[str, Op]:
     ops.append(Op("T9", "next claimable task of one agent type (claim_next)", "write",
                   lambda r: r.choice(AGENT_TYPES), lambda c, p: tasks.claim_next(c, agent_type=p),
                   lambda c, p: [decode(row, tc, tj) for row in raw_write(c, sql["T9"], claim_params(agent_type=p))]))
-    read("T10", "stale running tasks, read only", lambda r: None, lambda c, p: tasks.stale(c, now=now, limit=limit),
-         lambda p: {"now": now, "limit": limit, **FIRST}, tc, tj)
+    # An hour and five minutes on: the running tasks without an update for five minutes or more are stale
+    # then (T7 has taken back the seeded stale ones by the time T10 runs).
+    later = ts(data.now_ms + 3_900_000)
+    read("T10", "stale running tasks, read only", lambda r: None, lambda c, p: tasks.stale(c, now=later, limit=limit),
+         lambda p: {"now": later, "limit": limit, **FIRST}, tc, tj)
     read("A1", "agents of a task", lambda r: r.choice(data.started_task_ids),
          lambda c, p: agents.list(c, task_id=p, limit=limit),
          lambda p: {"task_id": p, "limit": limit, **FIRST}, ac, aj)
