@@ -39,16 +39,26 @@ UPGRADE_WAIT_SECONDS = 600
 _BUSY_TIMEOUT_MS = dict(PRAGMAS)["busy_timeout"]
 
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+# The first file is applied to every database and never edited, so its checksum
+# tells this package's schema folder from any other.
+_LEDGER_FILE = "0001_schema_ledger.sql"
+_LEDGER_SHA256 = "b8c56cec95a9f385f5c711ffdbc32b200a0b0ec2a70e766be8b7c659fae9185b"
 
 
 @dataclass(frozen=True)
 class SchemaFile:
-    """One schema file: its version, file name, SQL text and the text's sha256."""
+    """One schema file: its version, file name, SQL text (LF line ends) and that text's sha256."""
 
     version: int
     name: str
     sql: str
     sha256: str
+
+    def matches(self, recorded: str) -> bool:
+        """Tell whether a ledger's `recorded` sha256 is this file's, with LF or CRLF line ends."""
+        # Databases record the hash of the text they were given: LF from a normal
+        # checkout, CRLF from one with git's autocrlf before line ends were normalised.
+        return recorded in (self.sha256, _sha256(self.sql.replace("\n", "\r\n")))
 
 
 @dataclass
@@ -84,14 +94,32 @@ def schema_dir() -> Path:
 
     An installed package carries them in ``abathur_db/sql``; a checkout, or the
     package folder copied next to a script together with ``schema/``, has them
-    beside the package folder.
+    beside the package folder. A folder counts only when it holds this package's
+    own first file, so a script's unrelated ``schema/`` folder is passed over.
     """
     package = Path(__file__).resolve().parent
-    candidates = (package / "sql", package.parent / "schema")
-    for candidate in candidates:
-        if candidate.is_dir():
+    tried = []
+    for candidate in (package / "sql", package.parent / "schema"):
+        ledger = candidate / _LEDGER_FILE
+        if not candidate.is_dir():
+            tried.append(f"{candidate} (no such folder)")
+        elif not ledger.is_file():
+            tried.append(f"{candidate} (no {_LEDGER_FILE}: not abathur_db's schema folder)")
+        elif _sha256(_read_sql(ledger)) != _LEDGER_SHA256:
+            tried.append(f"{candidate} ({_LEDGER_FILE} is not abathur_db's)")
+        else:
             return candidate
-    raise SchemaError(f"no schema folder: looked in {' and '.join(map(str, candidates))}")
+    raise SchemaError(f"no schema folder of abathur_db: tried {'; '.join(tried)}. Copy the package's schema/ "
+                      f"files into {package / 'sql'}, or pass schema_dir= to abathur_db.open()")
+
+
+def _read_sql(path: Path) -> str:
+    # git may check a file out with CRLF line ends: the same file, so the same text and checksum.
+    return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
@@ -102,9 +130,8 @@ def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
         match = _FILE_NAME.fullmatch(path.name)
         if match is None:
             raise SchemaError(f"{path.name}: schema files are named NNNN_description.sql")
-        data = path.read_bytes()
-        files.append(SchemaFile(int(match.group(1)), path.name, data.decode("utf-8"),
-                                hashlib.sha256(data).hexdigest()))
+        sql = _read_sql(path)
+        files.append(SchemaFile(int(match.group(1)), path.name, sql, _sha256(sql)))
     versions = [f.version for f in files]
     if versions != list(range(1, len(files) + 1)):
         raise SchemaError(f"{directory}: schema versions must run 1, 2, 3… without gaps; found {versions}")
@@ -146,7 +173,7 @@ def status(conn: sqlite3.Connection, files: list[SchemaFile]) -> SchemaStatus:
         user_version=user_version,
         applied=applied,
         pending=[f for f in files if f.version not in applied],
-        changed=[f for f in files if f.version in applied and applied[f.version][1] != f.sha256],
+        changed=[f for f in files if f.version in applied and not f.matches(applied[f.version][1])],
         unknown=sorted({v for v in applied if v not in known}
                        | ({user_version} if user_version > newest_file else set())),
     )

@@ -135,7 +135,7 @@ def _schema(conn: sqlite3.Connection) -> dict:
     ledger = []
     for version, (name, sha256, applied_at) in sorted(status.applied.items()):
         file = by_version.get(version)
-        state = "missing file" if file is None else "match" if file.sha256 == sha256 else "changed"
+        state = "missing file" if file is None else "match" if file.matches(sha256) else "changed"
         ledger.append({"version": version, "name": name, "sha256": sha256,
                        "applied_at": applied_at, "file": state})
     latest = max(by_version, default=0)
