@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sqlite3
 import stat
 import tempfile
+import time
 from typing import NamedTuple
 
 from .errors import (
@@ -23,6 +25,8 @@ __all__ = ["CHECKPOINT_MODES", "CheckpointResult", "backup", "checkpoint", "inte
            "structural_problems"]
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+log = logging.getLogger("abathur_db")
 
 
 class CheckpointResult(NamedTuple):
@@ -87,6 +91,7 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     :raises StorageFullError: the disk is full; nothing is left behind.
     """
     dest = os.fspath(dest_path)
+    started = time.monotonic()
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")
@@ -117,6 +122,8 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
         _sync_folder(folder)
     finally:
         os.unlink(partial)
+    log.info("%s: backup written to %s (%d bytes in %.1f s)", source or "a temporary database", dest,
+             os.path.getsize(dest), time.monotonic() - started)
     return dest
 
 

@@ -216,7 +216,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
             pending = [(file, list(statements(file.sql))) for file in current.pending]
             if not pending:
                 return [], None
-            log.info("abathur_db: %s: upgrading from schema version %d: %s pending", db_path,
+            log.info("%s: upgrading from schema version %d: %s pending", db_path,
                      current.user_version, ", ".join(file.name for file, _ in pending))
             has_tables = _refuse_foreign(conn, db_path, current)
             problems, owned = _rebuild.preflight(conn, [file_statements for _, file_statements in pending])
@@ -227,7 +227,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
                 plan = _rebuild.plan(conn, file_statements, package_tables)
                 _refuse_losses(db_path, plan.problems)
                 if plan.tables:
-                    log.info("abathur_db: %s: %s %s", db_path, file.name, plan.summary())
+                    log.info("%s: %s %s", db_path, file.name, plan.summary())
                 _apply(conn, db_path, file, plan)
     finally:
         conn.execute("PRAGMA ignore_check_constraints = OFF")
@@ -235,7 +235,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
         conn.execute("PRAGMA foreign_keys = ON")
         if conn.execute("PRAGMA foreign_keys").fetchone()[0] != 1:  # pragma: no cover - defensive
             raise SchemaError(f"{db_path}: foreign keys could not be switched back on")
-    log.info("abathur_db: %s: at schema version %d after %.1f s", db_path, files[-1].version,
+    log.info("%s: at schema version %d after %.1f s", db_path, files[-1].version,
              time.monotonic() - started)
     return [file.name for file, _ in pending], backup_path
 
@@ -253,7 +253,7 @@ def _write_transaction(conn: sqlite3.Connection, db_path: str) -> Iterator[None]
         try:
             stack.push(_entered(conn, 0))
         except BusyError:
-            log.info("abathur_db: %s: another connection is writing (upgrading the schema?); waiting up to %s s",
+            log.info("%s: another connection is writing (upgrading the schema?); waiting up to %s s",
                      db_path, UPGRADE_WAIT_SECONDS)
             try:
                 stack.push(_entered(conn, UPGRADE_WAIT_SECONDS * 1000))
@@ -307,7 +307,7 @@ def _backup(db_path: str, version: int) -> str:
     try:
         for candidate in sorted(glob.glob(glob.escape(db_path) + f".v{version}-*.bak"), reverse=True):
             if _holds_the_same(reader, candidate):
-                log.info("abathur_db: %s: reusing the complete backup %s", db_path, candidate)
+                log.info("%s: reusing the complete backup %s", db_path, candidate)
                 return candidate
         # Only this process writes these (it holds the write lock): any left are a killed backup's.
         for partial in glob.glob(glob.escape(db_path) + ".v*-*.bak.*.partial*"):
@@ -315,12 +315,9 @@ def _backup(db_path: str, version: int) -> str:
                 os.unlink(partial)
         stamp = _values.now().replace("-", "").replace(":", "").replace(".", "")
         destination = f"{db_path}.v{version}-{stamp}.bak"
-        started = time.monotonic()
-        backup(reader, destination)
+        backup(reader, destination)  # logs the copy it wrote
     finally:
         reader.close()
-    log.info("abathur_db: %s: backup written to %s (%d bytes in %.1f s)", db_path, destination,
-             os.path.getsize(destination), time.monotonic() - started)
     return destination
 
 
@@ -369,4 +366,4 @@ def _apply(conn: sqlite3.Connection, db_path: str, file: SchemaFile, plan: _rebu
                 raise StorageFullError(f"{db_path}: the disk is full: the upgrade stopped in {file.name} and the "
                                        f"database was not changed (at {code[0]!r}: {exc})") from exc
             raise SchemaError(f"{db_path}: {file.name} failed at {code[0]!r}: {exc}") from exc
-    log.info("abathur_db: %s: ran %s in %.1f s", db_path, file.name, time.monotonic() - started)
+    log.info("%s: ran %s in %.1f s", db_path, file.name, time.monotonic() - started)
