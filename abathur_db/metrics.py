@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from . import _values
+from . import _retention, _values
 from .transaction import write
 
 TABLE = "metrics"
@@ -78,3 +78,21 @@ def query(
         query_sql = QUERY_SQL["name"]
         params["metric_name"] = name
     return [decode_row(row) for row in conn.execute(query_sql, params).fetchall()]
+
+
+PRUNE_SQL = _retention.prune_sql(TABLE)
+
+
+def prune(conn: sqlite3.Connection, *, before: Any = None, older_than: Any = None,
+          batch_size: int = _retention.BATCH_SIZE) -> int:
+    """Delete the measurements stamped before `before`, or older than `older_than`; return how many went.
+
+    Give exactly one: `before` an aware datetime or ISO 8601 string, `older_than` a
+    ``datetime.timedelta`` back from now. Rows go oldest first, at most `batch_size`
+    per write transaction, with the write lock left free between batches, so other
+    writers wait behind one batch at most; rows deleted by earlier batches stay
+    deleted if a later one fails. Call it outside a transaction.
+
+    :raises ConfigurationError: `conn` is inside a transaction.
+    """
+    return _retention.prune(conn, TABLE, PRUNE_SQL, before, older_than, batch_size)
