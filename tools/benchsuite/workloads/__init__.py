@@ -7,7 +7,7 @@ add a line to MEASURED and to SECTIONS.
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, write_cost
+from . import catalog, claims, inserts, mixed, prune, write_cost
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -18,7 +18,8 @@ MEASURED = (
     ("mixed", f"{claims.THREADS} threads, 90 % reads / 10 % writes", mixed.measure),
     ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
     ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
+    ("prune", "writers beside audit.prune (on a copy of the database)", prune.measure),
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report)
+            claims.report, mixed.report, prune.report)
