@@ -18,6 +18,7 @@ log = logging.getLogger("abathur_db")
 # audit table), so a batch holds the write lock for about 20 ms there; a writer
 # beside a prune kept its p99 near 20 ms (tools/benchsuite, workload "prune").
 BATCH_SIZE = 500
+_EARLIEST = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 
 
 def prune_sql(table: str) -> str:
@@ -72,4 +73,7 @@ def _cutoff(table: str, before: Any, older_than: Any) -> str:
         return _values.timestamp(before, table, "before")
     if not isinstance(older_than, _dt.timedelta) or older_than < _dt.timedelta(0):
         raise ValidationError(f"{table}.older_than: expected a timedelta >= 0, got {short_repr(older_than)}")
-    return _values.format_datetime(_dt.datetime.now(_dt.timezone.utc) - older_than)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    # An age beyond the calendar's start (timedelta.max) leaves nothing old enough.
+    moment = now - older_than if older_than < now - _EARLIEST else _EARLIEST
+    return _values.format_datetime(moment)

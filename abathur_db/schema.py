@@ -27,8 +27,8 @@ from .maintenance import backup, integrity_check, structural_problems
 from .pool import PRAGMAS, connect
 from .transaction import transaction
 
-__all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "load_files", "migrate", "schema_dir",
-           "statements", "status"]
+__all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "indexes", "load_files", "migrate",
+           "schema_dir", "statements", "status"]
 
 log = logging.getLogger("abathur_db")
 
@@ -136,6 +136,23 @@ def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
     if versions != list(range(1, len(files) + 1)):
         raise SchemaError(f"{directory}: schema versions must run 1, 2, 3… without gaps; found {versions}")
     return files
+
+
+def indexes(files: list[SchemaFile]) -> dict[str, str]:
+    """Return the indexes the schema files create, by name: the CREATE INDEX text SQLite keeps for each.
+
+    The files are applied to an empty in-memory database, so an index a later file
+    drops or redefines appears as the last file leaves it.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for file in files:
+            for statement in statements(file.sql):
+                conn.execute(statement).fetchall()
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                                 " ORDER BY tbl_name, name").fetchall())
+    finally:
+        conn.close()
 
 
 def statements(sql: str) -> Iterator[str]:

@@ -69,6 +69,14 @@ def test_older_than_counts_back_from_now(conn, module):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_an_age_beyond_the_calendar_deletes_nothing(conn, module):
+    """older_than=timedelta.max reaches back before year 1: nothing is that old, and nothing overflows."""
+    kept = _seed(conn, module, ["0001-01-01T00:00:00.000Z", _day(1)])
+    assert module.prune(conn, older_than=dt.timedelta.max) == 0
+    assert _ids(conn, module) == kept
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_each_batch_is_its_own_write_transaction(conn, module):
     """Seven old rows with batch_size=3 go in three BEGIN IMMEDIATE … COMMIT blocks, oldest first."""
     ids = _seed(conn, module, [_day(n) for n in (7, 1, 6, 2, 5, 3, 4)])

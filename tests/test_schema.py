@@ -324,14 +324,18 @@ def test_a_foreign_schema_folder_is_never_applied(tmp_path):
 
 
 def test_a_foreign_first_file_of_the_same_name_is_recognised(tmp_path, monkeypatch):
-    """A folder whose 0001_schema_ledger.sql is not the package's is passed over and named as such."""
+    """A folder without the package's 0001_schema_ledger.sql, or with another file of that name, is passed over."""
     package = tmp_path / "pkg"
     package.mkdir()
     (tmp_path / "schema").mkdir()
     (tmp_path / "schema" / "0001_schema_ledger.sql").write_text("CREATE TABLE schema_migrations (x);\n")
+    (package / "sql").mkdir()
     monkeypatch.setattr(schema, "__file__", str(package / "schema.py"))
-    with pytest.raises(SchemaError, match=r"schema \(0001_schema_ledger.sql is not abathur_db's\)"):
+    with pytest.raises(SchemaError) as caught:
         schema.schema_dir()
+    assert f"tried {package / 'sql'} (no 0001_schema_ledger.sql: not abathur_db's schema folder); " \
+           f"{tmp_path / 'schema'} (0001_schema_ledger.sql is not abathur_db's)" in str(caught.value)
+    (package / "sql").rmdir()
     shutil.copytree(SCHEMA_DIR, package / "sql")
     assert schema.schema_dir() == package / "sql"
 
