@@ -40,9 +40,13 @@ def prune(conn: sqlite3.Connection, table: str, sql: str, before: Any, older_tha
     """Delete `table`'s rows stamped before a moment, batch by batch; return how many went.
 
     The moment is `before`, or the current time less `older_than`: exactly one is
-    given. Each batch is one write transaction of at most `batch_size` rows, and the
-    write lock is free for as long again before the next, so other writers never
-    wait behind more than one batch.
+    given. Rows go oldest first, each batch one write transaction of at most
+    `batch_size` rows, and the write lock stays free for as long again before the
+    next, so other writers never wait behind more than one batch. Rows deleted by
+    earlier batches stay deleted if a later one fails.
+
+    :raises ConfigurationError: `conn` is inside a transaction (the batches could not commit).
+    :raises ForeignKeyError: a table of the user's refers to a row of the batch.
     """
     cutoff = _cutoff(table, before, older_than)
     _values.require_int(batch_size, table, "batch_size", 1)

@@ -87,12 +87,7 @@ def prune(conn: sqlite3.Connection, *, before: Any = None, older_than: Any = Non
           batch_size: int = _retention.BATCH_SIZE) -> int:
     """Delete the measurements stamped before `before`, or older than `older_than`; return how many went.
 
-    Give exactly one: `before` an aware datetime or ISO 8601 string, `older_than` a
-    ``datetime.timedelta`` back from now. Rows go oldest first, at most `batch_size`
-    per write transaction, with the write lock left free between batches, so other
-    writers wait behind one batch at most; rows deleted by earlier batches stay
-    deleted if a later one fails. Call it outside a transaction.
-
-    :raises ConfigurationError: `conn` is inside a transaction.
+    Exactly one of the two: `before` an aware datetime or ISO 8601 string, `older_than`
+    a ``datetime.timedelta`` back from now. See ``_retention.prune`` for the batches.
     """
     return _retention.prune(conn, TABLE, PRUNE_SQL, before, older_than, batch_size)

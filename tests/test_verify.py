@@ -42,6 +42,15 @@ def _raw(path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
+def _execute(path, script: str) -> None:
+    """Run `script` on a raw connection to `path`, which keeps none of the package's settings."""
+    conn = _raw(path)
+    try:
+        conn.executescript(script)
+    finally:
+        conn.close()
+
+
 def _check_line(out: str, name: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(name + " "))
 
@@ -200,9 +209,7 @@ def test_upgrade_upgrades_a_legacy_database_and_checks_it(tmp_path, capsys):
     """--upgrade applies every file after a backup, says so, keeps every row, and the checks run."""
     path = tmp_path / "legacy.db"
     build_legacy(path)
-    conn = _raw(path)
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
+    _execute(path, "DELETE FROM agents WHERE task_id = 'no-such-task'")
     code, out, _ = _run(capsys, path, "--upgrade")
     assert code == 0, out
     assert f"  upgraded: applied {', '.join(FILE_NAMES)}; backup written to {path}.v0-" in out
@@ -229,10 +236,7 @@ def test_an_upgraded_legacy_orphan_is_listed_with_its_missing_key(tmp_path, caps
 def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys):
     """Dropped indexes fail with "run with --repair"; --repair recreates them as the schema files write them."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP INDEX idx_tasks_claimable")
-    conn.execute("DROP INDEX idx_audit_timestamp")
-    conn.close()
+    _execute(db_path, "DROP INDEX idx_tasks_claimable; DROP INDEX idx_audit_timestamp")
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     assert _fail_lines(out) == [
@@ -255,9 +259,7 @@ def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys)
 def test_repair_says_what_it_created_in_json(db_path, capsys):
     """--json names each recreated index and the statement that made it."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP INDEX idx_metrics_timestamp")
-    conn.close()
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
     code, out, _ = _run(capsys, db_path, "--repair", "--json")
     assert code == 0
     report = json.loads(out)
@@ -269,9 +271,7 @@ def test_repair_says_what_it_created_in_json(db_path, capsys):
 def test_a_repair_that_cannot_run_is_a_one_line_error(db_path, capsys):
     """An index whose table is gone cannot be recreated: one stderr line, exit 1."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP TABLE metrics")
-    conn.close()
+    _execute(db_path, "DROP TABLE metrics")
     code, out, err = _run(capsys, db_path, "--repair")
     assert code == 1 and out == ""
     _assert_one_line_error(err, "--repair could not recreate the missing indexes", "no such table")
@@ -280,69 +280,37 @@ def test_a_repair_that_cannot_run_is_a_one_line_error(db_path, capsys):
 # --- every failure says what to do next -------------------------------------------------------
 
 
-def _drop_metrics(path) -> None:
-    conn = _raw(path)
-    conn.execute("DROP TABLE metrics")
-    conn.close()
-
-
-def _journal_delete(path) -> None:
-    conn = _raw(path)
-    conn.execute("PRAGMA journal_mode = DELETE")
-    conn.close()
-
-
-def _user_version_off(path) -> None:
-    conn = _raw(path)
-    conn.execute("PRAGMA user_version = 3")
-    conn.close()
-
-
-def _edit_ledger(path) -> None:
-    conn = _raw(path)
-    conn.execute("UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2")
-    conn.close()
-
-
-def _newer(path) -> None:
-    conn = _raw(path)
-    conn.execute("INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 'def', 'x')")
-    conn.close()
-
-
-def _index_out_of_step(path) -> None:
-    """Give a table of the user's an index whose entries no longer match its definition."""
-    conn = _raw(path)
-    conn.executescript("""
-        CREATE TABLE notes (a, b); INSERT INTO notes VALUES (1, 2), (3, 4); CREATE INDEX notes_a ON notes (a);
-        PRAGMA writable_schema = ON;
-        UPDATE sqlite_master SET sql = 'CREATE INDEX notes_a ON notes (b)' WHERE name = 'notes_a';
-    """)
-    conn.close()
-
-
-def _bad_value(path) -> None:
-    conn = _raw(path)
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', -5)")
-    conn.close()
+ORPHAN = ("PRAGMA foreign_keys = OFF; INSERT INTO agents (id, name, specialization, task_id, model)"
+          " VALUES ('orphan-0', 'n', 's', 'no-such-task', 'm')")
+EDITED_LEDGER = "UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2"
+NEWER_LEDGER = "INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 'def', 'x')"
+# A table of the user's whose index no longer matches its definition: integrity_check finds rows missing from it.
+INDEX_OUT_OF_STEP = """
+    CREATE TABLE notes (a, b); INSERT INTO notes VALUES (1, 2), (3, 4); CREATE INDEX notes_a ON notes (a);
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master SET sql = 'CREATE INDEX notes_a ON notes (b)' WHERE name = 'notes_a';
+"""
 
 
 @pytest.mark.parametrize("damage, check, step", [
-    (_plant_orphans, "foreign_key_check", "point each row listed below at an existing row"),
-    (_bad_value, "integrity_check", "fix or delete the rows listed below"),
-    (_index_out_of_step, "integrity_check", "restore the newest backup, or salvage the rows with the sqlite3 "
-                                            "shell's .recover"),
-    (_drop_metrics, "tables", "restore the newest backup: a table of the schema was dropped"),
-    (_journal_delete, "pragmas", "open the database once with abathur_db.open(), which switches it to WAL"),
-    (_user_version_off, "schema", "restore the newest backup"),
-    (_edit_ledger, "schema", "restore each changed file as it was applied"),
-    (_newer, "schema", "use the abathur_db release that wrote this database, or a newer one"),
+    pytest.param(ORPHAN, "foreign_key_check", "point each row listed below at an existing row", id="orphan"),
+    pytest.param("PRAGMA ignore_check_constraints = ON; INSERT INTO metrics (metric_name, metric_value)"
+                 " VALUES ('m', -5)", "integrity_check", "fix or delete the rows listed below", id="rule"),
+    pytest.param(INDEX_OUT_OF_STEP, "integrity_check", "restore the newest backup, or salvage the rows with the "
+                 "sqlite3 shell's .recover", id="index-out-of-step"),
+    pytest.param("DROP TABLE metrics", "tables", "restore the newest backup: a table of the schema was dropped",
+                 id="dropped-table"),
+    pytest.param("PRAGMA journal_mode = DELETE", "pragmas", "open the database once with abathur_db.open(), "
+                 "which switches it to WAL", id="journal-mode"),
+    pytest.param("PRAGMA user_version = 3", "schema", "restore the newest backup", id="user-version"),
+    pytest.param(EDITED_LEDGER, "schema", "restore each changed file as it was applied", id="edited-file"),
+    pytest.param(NEWER_LEDGER, "schema", "use the abathur_db release that wrote this database, or a newer one",
+                 id="newer"),
 ])
 def test_every_failure_ends_with_its_next_step(db_path, capsys, damage, check, step):
     """Each FAIL line ends with what to do next, and --json carries it as next_step."""
     _create(db_path)
-    damage(db_path)
+    _execute(db_path, damage)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     lines = _fail_lines(out)
@@ -378,9 +346,7 @@ def test_a_plan_that_fails_with_every_index_present_points_to_the_docs(db_path, 
 
 def test_a_database_of_another_application_is_named_as_such(db_path, capsys):
     """Tables without a ledger or a tasks table: "not an Abathur database", even with --upgrade, and untouched."""
-    conn = _raw(db_path)
-    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
-    conn.close()
+    _execute(db_path, "CREATE TABLE customers (id INTEGER PRIMARY KEY)")
     before = _fingerprint(db_path)
     code, out, _ = _run(capsys, db_path, "--upgrade", "--create")
     assert code == 1
@@ -405,10 +371,8 @@ def test_a_dangling_reference_names_the_row_the_column_the_value_and_the_missing
 def test_a_dangling_reference_in_a_user_table_without_rowid_is_still_listed(db_path, capsys):
     """A WITHOUT ROWID table's orphan (SQLite names no row) is listed by table, column and parent."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("CREATE TABLE notes (k TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks (id)) WITHOUT ROWID")
-    conn.execute("INSERT INTO notes VALUES ('n1', 'gone')")
-    conn.close()
+    _execute(db_path, "CREATE TABLE notes (k TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks (id)) WITHOUT ROWID;"
+                      " INSERT INTO notes VALUES ('n1', 'gone')")
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     assert "    notes (a row without rowid): task_id -> no such tasks row" in out
@@ -430,10 +394,8 @@ def test_legacy_value_breaking_a_check_fails_integrity_check(tmp_path, capsys):
     """A legacy row kept despite a CHECK it breaks is listed by table, row, column and value (exit 1)."""
     path = tmp_path / "legacy.db"
     build_legacy(path)
-    conn = _raw(path)
-    conn.execute("UPDATE metrics SET timestamp = 'yesterday-ish' WHERE id = 2")
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
+    _execute(path, "UPDATE metrics SET timestamp = 'yesterday-ish' WHERE id = 2;"
+                   " DELETE FROM agents WHERE task_id = 'no-such-task'")
     code, out, _ = _run(capsys, path, "--upgrade")
     assert code == 1
     assert _check_line(out, "integrity_check").startswith(
@@ -445,9 +407,7 @@ def _legacy_with_rule_breakers(tmp_path) -> Path:
     """Return an upgraded legacy database whose only problems are kept legacy values that break a rule."""
     path = tmp_path / "legacy.db"
     build_legacy(path, "non_json", "out_of_enum")
-    conn = _raw(path)
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
+    _execute(path, "DELETE FROM agents WHERE task_id = 'no-such-task'")
     _create(path)
     return path
 
@@ -501,9 +461,7 @@ def test_long_and_binary_values_are_shortened_in_json(db_path, capsys):
 def test_extra_tables_are_shown_but_do_not_fail(db_path, capsys):
     """A table the schema does not define is listed, and verify still passes."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.close()
+    _execute(db_path, "CREATE TABLE notes (body TEXT)")
     code, out, _ = _run(capsys, db_path)
     assert code == 0
     assert "tables             PASS    10 of 10 present; also found notes" in out
@@ -595,8 +553,7 @@ def test_errors_that_stop_verify_say_what_to_do_next(db_path, capsys, monkeypatc
 def test_ledger_rows_are_shown_against_the_files(db_path, capsys):
     """Each ledger row is shown as match, changed or missing file."""
     _create(db_path)
-    _edit_ledger(db_path)
-    _newer(db_path)
+    _execute(db_path, EDITED_LEDGER + ";" + NEWER_LEDGER)
     report = verify.gather(str(db_path))
     ledger = {row["name"]: row["file"] for row in report["checks"]["schema"]["ledger"]}
     assert ledger[FILE_NAMES[0]] == "match"
@@ -642,9 +599,7 @@ def test_json_report_of_failures(db_path, capsys):
     """--json on a failing database has ok false, and each violation and failing query as data."""
     _create(db_path)
     _plant_orphans(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP INDEX idx_metrics_timestamp")
-    conn.close()
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
     code, out, _ = _run(capsys, db_path, "--json", "--check-only")
     assert code == 1
     report = json.loads(out)
