@@ -191,6 +191,10 @@ def _user_tables(conn: sqlite3.Connection) -> list[str]:
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"))
 
 
+def _index_names(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
 def _foreign(tables: list[str], current: schema.SchemaStatus) -> bool:
     """Tell whether a database with these tables and this ledger is another application's (see schema.migrate)."""
     return bool(tables) and not current.applied and "tasks" not in tables
@@ -198,7 +202,7 @@ def _foreign(tables: list[str], current: schema.SchemaStatus) -> bool:
 
 def _repair(path: str, files: list[schema.SchemaFile], reader: sqlite3.Connection) -> dict:
     """Recreate each index of the schema missing from the database; return their names and statements."""
-    present = {name for (name,) in reader.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    present = _index_names(reader)
     missing = {name: sql for name, sql in schema.indexes(files).items() if name not in present}
     if missing:
         writer = connect(path)
@@ -292,7 +296,7 @@ def _tables(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
 
 
 def _indexes(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
-    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    present = _index_names(conn)
     expected = list(schema.indexes(files))
     missing = [name for name in expected if name not in present]
     core_missing = [name for name in CORE_INDEXES if name not in present]
@@ -362,7 +366,7 @@ def _query_plans(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> di
     summary = f"{len(results) - len(failed)} of {len(results)} use their index"
     if failed:
         summary += "; failing: " + ", ".join(failed)
-    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    present = _index_names(conn)
     missing = any(name not in present for query in CATALOG if query.id in failed for name in query.indexes)
     step = ("run with --repair" if missing else "a plan changed without a missing index (an index of yours, or "
             "ANALYZE statistics?): see the plans below and docs/verify.md")
