@@ -409,7 +409,8 @@ def _write_lines(report: dict) -> list[str]:
     if not report["writes_allowed"]:
         lines.append("opened read-only: nothing was written (--create, --upgrade and --repair write)")
     elif not lines:
-        lines.append(f"nothing to write: --{', --'.join(report['writes_allowed'])} found nothing to do")
+        why = "" if report["checks"]["schema"]["ok"] else ", the schema check below says why"
+        lines.append(f"--{', --'.join(report['writes_allowed'])}: nothing written{why}")
     return lines
 
 
