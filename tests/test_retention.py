@@ -78,7 +78,7 @@ def test_an_age_beyond_the_calendar_deletes_nothing(conn, module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_batch_is_its_own_write_transaction(conn, module):
-    """Seven old rows with batch_size=3 go in three BEGIN IMMEDIATE … COMMIT blocks, oldest first."""
+    """Seven old rows with batch_size=3 go in three BEGIN IMMEDIATE … COMMIT blocks."""
     ids = _seed(conn, module, [_day(n) for n in (7, 1, 6, 2, 5, 3, 4)])
     sent: list[str] = []
     conn.set_trace_callback(sent.append)
