@@ -89,14 +89,18 @@ def _beside(path: str, tuning: Tuning, work) -> tuple[dict[str, list[int]], obje
 def _write(path: str, tuning: Tuning, started, stop) -> list[int]:
     """Record an audit row, pause, and again until `stop` is set; return each record's duration in ns."""
     times = []
-    with abathur_db.open(path) as pool:
-        conn = tuning.apply(pool.connection())
-        started.wait(TIMEOUT)
-        while not stop.is_set():
-            t0 = CLOCK()
-            audit.record(conn, "beside_prune", action_data={"step": len(times)})
-            times.append(CLOCK() - t0)
-            time.sleep(WRITE_PAUSE_S)
+    try:
+        with abathur_db.open(path) as pool:
+            conn = tuning.apply(pool.connection())
+            started.wait(TIMEOUT)
+            while not stop.is_set():
+                t0 = CLOCK()
+                audit.record(conn, "beside_prune", action_data={"step": len(times)})
+                times.append(CLOCK() - t0)
+                time.sleep(WRITE_PAUSE_S)
+    except BaseException:
+        started.abort()  # the others stop waiting for this writer at once
+        raise
     return times
 
 
