@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sqlite3
 import stat
 import tempfile
+import time
 from typing import NamedTuple
 
 from .errors import (
@@ -26,6 +28,8 @@ __all__ = ["CHECKPOINT_MODES", "CHECKPOINT_WAIT_MS", "CheckpointResult", "backup
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 CHECKPOINT_WAIT_MS = 100  # how long checkpoint() waits for a writer or readers
+
+log = logging.getLogger("abathur_db")
 
 
 class CheckpointResult(NamedTuple):
@@ -100,6 +104,7 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
 
 
 def _backup(conn: sqlite3.Connection, dest: str) -> str:
+    started = time.monotonic()
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")
@@ -130,6 +135,8 @@ def _backup(conn: sqlite3.Connection, dest: str) -> str:
         _sync_folder(folder)
     finally:
         os.unlink(partial)
+    log.info("%s: backup written to %s (%d bytes in %.1f s)", source or "a temporary database", dest,
+             os.path.getsize(dest), time.monotonic() - started)
     return dest
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import logging
 import sqlite3
 from typing import Any, Iterable
 
@@ -359,7 +360,12 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[di
     default the current time) is the moment to measure from.
     """
     moment = _values.now() if now is None else _values.timestamp(now, TABLE, "now")
-    return write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
+    requeued = write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
+    if requeued:
+        failed = sum(task["status"] == "failed" for task in requeued)
+        logging.getLogger("abathur_db").info("requeue_stale: %d stale task(s) back to pending, %d failed with "
+                                             "no retries left", len(requeued) - failed, failed)
+    return requeued
 
 
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],

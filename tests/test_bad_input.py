@@ -375,6 +375,20 @@ class Time:
             yield name, value, ValidationError
 
 
+@dataclasses.dataclass(frozen=True)
+class Age:
+    """A timedelta >= 0 counted back from now (a prune's older_than)."""
+
+    def cases(self):
+        for name, value in {"zero": dt.timedelta(0), "thirty-days": dt.timedelta(days=30),
+                            "longest": dt.timedelta.max}.items():
+            yield name, value, ACCEPTED
+        for name, value in {"negative": dt.timedelta(seconds=-1), "none": None, "days-int": 30, "float": 1.5,
+                            "text": "30d", "bool": True, "datetime": dt.datetime(2024, 1, 1, tzinfo=UTC),
+                            "1MB": MEGABYTE}.items():
+            yield name, value, ValidationError
+
+
 # ---------------------------------------------------------------------------------------
 # The world every case starts from, and each function's specification.
 
@@ -503,6 +517,9 @@ SPECS = [
         "memory_operation_type": Enum(audit.MEMORY_OPERATION_TYPES, optional=True),
         "since": Time(), "limit": Int(0),
     }),
+    Spec(audit.prune, {"before": "2000-01-01T00:00:00Z"}, {
+        "before": Time(), "older_than": Age(), "batch_size": Int(1),
+    }, exclusive=(("before",), ("older_than",))),
     # checkpoints
     Spec(checkpoints.save, {"task_id": TASK, "iteration": 1, "state": {"s": 1}}, {
         "task_id": Ref(ForeignKeyError), "iteration": Int(0, field="iteration", at_low=UniqueError),
@@ -537,6 +554,9 @@ SPECS = [
     Spec(metrics.query, {}, {
         "name": Ref(EMPTY, optional=True), "since": Time(), "until": Time(), "limit": Int(0, optional=True),
     }),
+    Spec(metrics.prune, {"before": "2000-01-01T00:00:00Z"}, {
+        "before": Time(), "older_than": Age(), "batch_size": Int(1),
+    }, exclusive=(("before",), ("older_than",))),
 ]
 
 

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 import abathur_db
-from abathur_db import agents, checkpoints, state, tasks, validation
+from abathur_db import agents, audit, checkpoints, metrics, state, tasks, validation
 from abathur_db.catalog import CATALOG, CatalogQuery
 from abathur_db.errors import AbathurDBError, ValidationError
 
@@ -27,6 +27,10 @@ OTHER_KEYED = (
                  {"task_id": "t", "keep_last": 2}, ("idx_checkpoints_task_id_iteration",)),
     CatalogQuery("state.delete", "one state key", state._DELETE, {"task_id": "t", "key": "k"},
                  ("sqlite_autoindex_state_1",)),
+    CatalogQuery("audit.prune", "a batch of the oldest audit rows", audit.PRUNE_SQL,
+                 {"before": "2026-01-01T00:00:00.000Z", "limit": 500}, ("idx_audit_timestamp",)),
+    CatalogQuery("metrics.prune", "a batch of the oldest measurements", metrics.PRUNE_SQL,
+                 {"before": "2026-01-01T00:00:00.000Z", "limit": 500}, ("idx_metrics_timestamp",)),
 )
 KEYED = CATALOG + OTHER_KEYED
 # Every index these statements name that can be dropped (a primary key's automatic index cannot).

@@ -8,7 +8,7 @@ add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar:
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, queue, typed_claim, write_cost
+from . import catalog, claims, inserts, mixed, prune, queue, typed_claim, write_cost
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -21,10 +21,11 @@ MEASURED = (
     ("typed_claim", "claim_next(agent_type=…) behind a backlog of other types", typed_claim.measure),
     ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
     ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
+    ("prune", "writers beside audit.prune (on a copy of the database)", prune.measure),
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report, queue.report, typed_claim.report)
+            claims.report, mixed.report, queue.report, typed_claim.report, prune.report)
 
 # Bars judged by the workloads' own modules, after those of verdicts.evaluate.
 BARS = (queue.bars, typed_claim.bars)
