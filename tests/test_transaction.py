@@ -236,6 +236,34 @@ def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path)
         waiter.close()
 
 
+def test_a_thread_writing_in_a_tight_loop_does_not_starve_another(pool, db_path):
+    """A thread committing write after write lets another thread's writes in well within its busy_timeout."""
+    from abathur_db import audit
+
+    started, stop = threading.Event(), threading.Event()
+
+    def hammer():
+        conn = pool.connection()
+        started.set()
+        while not stop.is_set():
+            audit.record(conn, "tight loop")
+
+    conn = pool.connection()
+    # The taker of a freed lock is the thread that asks first, so without the hand-off
+    # to a long waiter the hammering thread takes it every time and this one times out.
+    conn.execute("PRAGMA busy_timeout = 1000")
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        assert started.wait(30)
+        for _ in range(20):
+            audit.record(conn, "between")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert len(audit.list(conn, limit=1000)) > 20
+
+
 # ---------------------------------------------------------------------------------------
 # An exception at any point: a signal handler's exception can surface wherever the
 # interpreter checks for pending signals, which is right after a call returns and at
