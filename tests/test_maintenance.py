@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
+import re
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -13,7 +16,18 @@ import textwrap
 import pytest
 
 import abathur_db
-from abathur_db import agents, audit, checkpoints, integrity_check, maintenance, metrics, sessions, state, transaction
+from abathur_db import (
+    agents,
+    audit,
+    checkpoints,
+    integrity_check,
+    maintenance,
+    metrics,
+    schema,
+    sessions,
+    state,
+    transaction,
+)
 from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
 from abathur_db.pool import connect
@@ -82,6 +96,31 @@ def test_backup_is_owner_only_and_never_wider_than_the_source(conn, db_path, tmp
     assert mode_of(dest) & 0o077 == 0 and mode_of(dest) & ~source_mode == 0
 
 
+def test_the_copy_is_written_owner_only_under_a_temporary_name_beside_the_destination(conn, tmp_path, monkeypatch):
+    """While it is written the copy is <dest>.<random>.partial beside dest, owner-only whatever the umask."""
+    dest = tmp_path / "copy.db"
+    seen = []
+    real = maintenance._copy_and_check
+
+    def watched(source, partial, final):
+        seen.append((partial, mode_of(partial), dest.exists()))
+        real(source, partial, final)
+        seen.append((partial, mode_of(partial), dest.exists()))
+
+    monkeypatch.setattr(maintenance, "_copy_and_check", watched)
+    old = os.umask(0)
+    try:
+        assert backup(conn, dest) == str(dest)
+    finally:
+        os.umask(old)
+    (partial, mode, named), (_, mode_written, named_written) = seen
+    assert os.path.dirname(partial) == str(tmp_path)
+    assert re.fullmatch(r"copy\.db\.[^./]+\.partial", os.path.basename(partial)), partial
+    assert mode & 0o077 == 0 and mode_written & 0o077 == 0, (oct(mode), oct(mode_written))
+    assert not named and not named_written
+    assert not os.path.exists(partial) and mode_of(dest) == 0o600
+
+
 def test_backup_ignores_a_permissive_umask(conn, tmp_path):
     """A umask of 0 does not widen the copy."""
     old = os.umask(0)
@@ -90,6 +129,50 @@ def test_backup_ignores_a_permissive_umask(conn, tmp_path):
     finally:
         os.umask(old)
     assert mode_of(dest) == 0o600
+
+
+# A UTC time to the millisecond, with or without separators: 2024-05-06T07:08:09.010Z or 20240506T070809010Z.
+_UTC_TIME = re.compile(r"(\d{4})-?(\d\d)-?(\d\d)T(\d\d):?(\d\d):?(\d\d)\.?(\d{3})Z")
+
+
+def _to_the_millisecond(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def test_each_upgrade_backup_is_named_after_the_old_version_and_the_utc_time(tmp_path):
+    """An upgrade's backup is <db>.v<old version>-<UTC time>.bak, timed when written: two of one version never collide."""
+    older = tmp_path / "schema-v3"
+    older.mkdir()
+    for file in schema.load_files()[:3]:
+        (older / file.name).write_text(file.sql, encoding="utf-8")
+    pristine = tmp_path / "v3.db"
+    abathur_db.open(pristine, schema_dir=older).close()
+    db_path = tmp_path / "abathur.db"
+    written = []
+    for rows in (1, 2):  # other row counts, so the second upgrade cannot reuse the first backup
+        shutil.copyfile(pristine, db_path)
+        plain = sqlite3.connect(db_path)
+        plain.executemany("INSERT INTO tasks (id, prompt) VALUES (?, 'p')", [(f"t{i}",) for i in range(rows)])
+        plain.commit()
+        plain.close()
+        before = _to_the_millisecond(dt.datetime.now(dt.timezone.utc))
+        with abathur_db.open(db_path) as pool:
+            name = pool.backup_path
+        after = dt.datetime.now(dt.timezone.utc)
+        assert name.startswith(f"{db_path}.v3-") and name.endswith(".bak"), name
+        stamp = _UTC_TIME.fullmatch(name[len(f"{db_path}.v3-"):-len(".bak")])
+        assert stamp, name
+        *fields, millis = map(int, stamp.groups())
+        assert before <= dt.datetime(*fields, millis * 1000, tzinfo=dt.timezone.utc) <= after, (before, name, after)
+        written.append(name)
+    assert written[0] != written[1]
+    for rows, name in zip((1, 2), written):
+        copy = sqlite3.connect(name)
+        try:
+            assert copy.execute("SELECT count(*) FROM tasks").fetchone()[0] == rows
+            assert copy.execute("PRAGMA user_version").fetchone()[0] == 3
+        finally:
+            copy.close()
 
 
 def test_backup_refuses_an_existing_destination(conn, tmp_path):
@@ -183,14 +266,19 @@ def test_copy_with_a_rule_breaker_the_source_lacks_is_refused(filled, tmp_path, 
     assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
-def test_copy_of_a_structurally_broken_database_is_refused(conn, make_task, tmp_path):
-    """An index that disagrees with its table is a structural problem: refused even though the source has it."""
+def damage_an_index(conn, make_task) -> None:
+    """Make idx_tasks_submitted_at disagree with its table (the tables themselves stay sound)."""
     for i in range(5):
         make_task(f"t{i}", priority=i)
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'submitted_at)', 'prompt)')"
                  " WHERE name = 'idx_tasks_submitted_at'")
     conn.execute("PRAGMA writable_schema = OFF")
+
+
+def test_copy_of_a_structurally_broken_database_is_refused(conn, make_task, tmp_path):
+    """An index that disagrees with its table is a structural problem: refused even though the source has it."""
+    damage_an_index(conn, make_task)
     dest = tmp_path / "copy.db"
     with pytest.raises(DatabaseFileError, match="idx_tasks_submitted_at"):
         backup(conn, dest)
@@ -297,6 +385,19 @@ def test_integrity_check_reports_a_violated_check(conn, quick):
     break_a_check(conn)
     problems = integrity_check(conn, quick=quick)
     assert problems and any("metrics" in problem for problem in problems), problems
+
+
+def test_only_the_full_integrity_check_compares_indexes_with_their_tables(conn, make_task, db_path):
+    """integrity_check() (the default) finds an index that disagrees with its table; quick=True skips that comparison."""
+    damage_an_index(conn, make_task)
+    damaged = connect(db_path)  # a new connection reads the changed schema
+    try:
+        problems = integrity_check(damaged)
+        assert problems and all("idx_tasks_submitted_at" in problem for problem in problems), problems
+        assert integrity_check(damaged, quick=False) == problems
+        assert integrity_check(damaged, quick=True) == []
+    finally:
+        damaged.close()
 
 
 def test_backup_of_an_in_memory_database_is_owner_only(tmp_path):
