@@ -206,6 +206,29 @@ def test_backup_refuses_another_threads_connection(conn, tmp_path):
     assert not dest.exists()
 
 
+def _deny_pragmas(conn) -> None:
+    conn.set_authorizer(lambda action, *names: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_PRAGMA else sqlite3.SQLITE_OK)
+
+
+@pytest.mark.parametrize("opened_by", [abathur_db.connect, sqlite3.connect], ids=["package", "sqlite3"])
+@pytest.mark.parametrize("spoil, error", [
+    pytest.param(lambda conn: conn.close(), ConfigurationError, id="closed by hand"),
+    pytest.param(_deny_pragmas, abathur_db.AbathurDBError, id="PRAGMA refused"),
+])
+def test_an_sqlite3_error_inside_backup_is_the_package_error(tmp_path, opened_by, spoil, error):
+    """A source connection SQLite refuses to read raises the package's error, sqlite3's chained, and leaves no file."""
+    source = opened_by(tmp_path / "source.db")
+    spoil(source)
+    dest = tmp_path / "copy.db"
+    try:
+        with pytest.raises(error) as caught:
+            backup(source, dest)
+    finally:
+        source.close()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
+
+
 def test_backup_into_a_missing_directory(conn, tmp_path):
     """A destination that cannot be created raises DatabaseFileError naming it."""
     dest = tmp_path / "no such dir" / "copy.db"
