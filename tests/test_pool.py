@@ -757,6 +757,15 @@ def test_a_write_through_a_read_only_connection_fails_and_changes_nothing(db_pat
         pool.close()
 
 
+def test_a_read_only_connection_has_every_pragma(pool, db_path):
+    """connect(readonly=True) reads journal_mode and sets every other PRAGMA, as a writing connection does."""
+    reader = abathur_db.connect(db_path, readonly=True)
+    try:
+        assert _pragmas(reader) == EXPECTED
+    finally:
+        reader.close()
+
+
 def test_a_read_only_connection_never_creates_the_file(tmp_path):
     """connect(readonly=True) on a missing file raises DatabaseFileError naming it, and creates nothing."""
     missing = tmp_path / "missing.db"
