@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from abathur_db import _values, agents, audit, checkpoints, metrics, sessions, state, tasks
-from abathur_db.errors import StoredValueError, ValidationError
+from abathur_db.errors import StoredValueError, TransitionError, ValidationError, short_repr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_values.__file__)))
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -359,7 +359,31 @@ def test_a_tzinfo_without_an_offset_is_refused():
     moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=_NoOffset())
     with pytest.raises(ValidationError, match=r"t\.f: .*no time zone") as caught:
         _values.timestamp(moment, "t", "f")
-    assert repr(moment) in str(caught.value)
+    assert "datetime.datetime(2024, 1, 2, 3, 4, 5" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["2024-06-01T10:00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"])
+def test_a_refused_time_quotes_the_text_given(text):
+    """A time text refused after parsing (no offset, out of range in UTC) is quoted as given, not as parsed."""
+    with pytest.raises(ValidationError, match=r"t\.f: ") as caught:
+        _values.timestamp(text, "t", "f")
+    assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [{"k": "\ud800"}, ["ok", "\udfff"], {"\udfff": 1}])
+def test_a_json_value_with_a_lone_surrogate_is_quoted_as_given(value):
+    """A JSON value holding a lone surrogate is refused quoting the value passed, not its JSON text."""
+    with pytest.raises(ValidationError, match=r"t\.f: .*lone surrogate") as caught:
+        _values.to_json(value, "t", "f")
+    assert short_repr(value) in str(caught.value)
+
+
+def test_a_refused_transition_names_the_field_and_both_values():
+    """A status change the state machine refuses names the row, the field, the current and the wanted value."""
+    with pytest.raises(TransitionError) as caught:
+        _values.require_transition({"a": ("b",)}, "a", "c", "t: row 'r1'", "status")
+    message = str(caught.value)
+    assert message.startswith("t: row 'r1'") and "status" in message and "'a'" in message and "'c'" in message
 
 
 _IN_ANOTHER_TIME_ZONE = """
