@@ -278,8 +278,9 @@ def test_fork_handler_closes_idle_copies_and_keeps_busy_ones(db_path, monkeypatc
 
 def test_a_path_sqlite_cannot_open_is_a_database_file_error(tmp_path):
     """connect() on a path SQLite cannot open (a directory) raises DatabaseFileError naming it."""
-    with pytest.raises(abathur_db.DatabaseFileError, match="cannot open"):
+    with pytest.raises(abathur_db.DatabaseFileError, match="cannot open") as caught:
         pool_module.connect(tmp_path)
+    assert str(tmp_path) in str(caught.value)
 
 
 def test_pool_repr_names_the_file_and_its_connections(pool, db_path):
