@@ -547,6 +547,35 @@ def test_checkpoint_reports_a_reader_that_holds_the_wal(pool, db_path):
     assert checkpoint(conn) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("busy_timeout, waited", [(5000, maintenance.CHECKPOINT_WAIT_MS), (20, 20)])
+def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back(conn, busy_timeout, waited):
+    """checkpoint() waits CHECKPOINT_WAIT_MS (100 ms, as documented) or less, around its PRAGMA only, then restores busy_timeout."""
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        abathur_db.checkpoint(conn, "passive")
+    finally:
+        conn.set_trace_callback(None)
+    assert maintenance.CHECKPOINT_WAIT_MS == 100
+    assert sent == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {waited}", "PRAGMA wal_checkpoint(PASSIVE)",
+                    f"PRAGMA busy_timeout = {busy_timeout}"]
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_timeout
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_backup_leaves_no_file_descriptor_open(conn, tmp_path):
+    """A backup closes every file it opened: the process holds as many descriptors after it as before."""
+    backup(conn, tmp_path / "warm-up.db")  # SQLite opens what it keeps for the connection's life once
+    before = _open_descriptors()
+    backup(conn, tmp_path / "copy.db")
+    assert _open_descriptors() == before
+
+
 def test_checkpoint_of_a_database_not_in_wal_mode(tmp_path):
     """Without a WAL there is nothing to copy: SQLite reports -1 frames."""
     from abathur_db.maintenance import checkpoint
