@@ -563,6 +563,28 @@ def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_timeout
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_the_backups_name_is_made_durable(conn, tmp_path, monkeypatch):
+    """Once the copy has its name, its folder is synced to disk, so a crash cannot forget the name."""
+    events = []
+    real_link, real_fsync = os.link, os.fsync
+
+    def link(source, target):
+        real_link(source, target)
+        events.append(("link", os.fspath(target)))
+
+    def fsync(handle):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{handle}")))
+        real_fsync(handle)
+
+    monkeypatch.setattr(maintenance.os, "link", link)
+    monkeypatch.setattr(maintenance.os, "fsync", fsync)
+    dest = backup(conn, tmp_path / "copy.db")
+    folder = os.path.realpath(tmp_path)
+    assert ("link", dest) in events and ("fsync", folder) in events
+    assert events.index(("link", dest)) < events.index(("fsync", folder))
+
+
 def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
