@@ -13,12 +13,16 @@ from abathur_db.errors import translate
 from abathur_db.transaction import write
 
 
-def _raised(conn, sql, params=()):
+def _raised_by(call) -> sqlite3.Error:
     try:
-        conn.execute(sql, params)
+        call()
     except sqlite3.Error as exc:
         return exc
-    raise AssertionError(f"no error from {sql}")  # pragma: no cover - only when the test fails
+    raise AssertionError("no error")  # pragma: no cover - only when the test fails
+
+
+def _raised(conn, sql, params=()):
+    return _raised_by(lambda: conn.execute(sql, params))
 
 
 def test_every_error_shares_one_base_class():
@@ -179,3 +183,66 @@ def test_short_repr_of_a_value_nested_too_deeply_to_show():
     for _ in range(100_000):
         nested = [nested]
     assert errors.short_repr(nested) == "<a list nested too deeply to show>"
+
+
+def _sqlite_error(code: int) -> sqlite3.Error:
+    """Return an sqlite3 error carrying result code `code`, as sqlite3 raises them."""
+    exc = sqlite3.OperationalError(f"an error with result code {code}")
+    exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize("code, error", [
+    (sqlite3.SQLITE_BUSY, errors.BusyError),
+    (sqlite3.SQLITE_BUSY_SNAPSHOT, errors.BusyError),
+    (sqlite3.SQLITE_LOCKED, errors.BusyError),
+    (sqlite3.SQLITE_LOCKED_SHAREDCACHE, errors.BusyError),
+    (sqlite3.SQLITE_FULL, errors.StorageFullError),
+    (sqlite3.SQLITE_IOERR_SHMSIZE, errors.StorageFullError),
+    (sqlite3.SQLITE_READONLY, errors.DatabaseFileError),
+    (sqlite3.SQLITE_READONLY_DBMOVED, errors.DatabaseFileError),
+    (sqlite3.SQLITE_CORRUPT, errors.DatabaseFileError),
+    (sqlite3.SQLITE_CORRUPT_INDEX, errors.DatabaseFileError),
+    (sqlite3.SQLITE_CANTOPEN, errors.DatabaseFileError),
+    (sqlite3.SQLITE_CANTOPEN_ISDIR, errors.DatabaseFileError),
+    (sqlite3.SQLITE_NOTADB, errors.DatabaseFileError),
+    (sqlite3.SQLITE_IOERR, errors.AbathurDBError),
+    (sqlite3.SQLITE_IOERR_READ, errors.AbathurDBError),
+    (sqlite3.SQLITE_MISUSE, errors.AbathurDBError),
+], ids=lambda value: str(value))
+def test_each_sqlite_result_code_becomes_its_package_error(code, error):
+    """Each SQLite result code, extended forms included, becomes its package error, prefixed with the table."""
+    translated = translate(_sqlite_error(code), "tasks")
+    assert type(translated) is error
+    assert str(translated).startswith("tasks: ")
+
+
+def test_a_table_locked_by_an_unfinished_statement_of_the_same_connection_is_a_busy_error(conn):
+    """SQLITE_LOCKED (a table in use by another statement of the connection) is BusyError, like SQLITE_BUSY."""
+    conn.execute("CREATE TABLE scratch (x)")
+    conn.executemany("INSERT INTO scratch VALUES (?)", [(1,), (2,)])
+    reading = conn.execute("SELECT x FROM scratch")
+    reading.fetchone()
+    try:
+        exc = _raised(conn, "DROP TABLE scratch")
+    finally:
+        reading.fetchall()
+    assert exc.sqlite_errorcode == sqlite3.SQLITE_LOCKED
+    assert type(translate(exc, "scratch")) is errors.BusyError
+
+
+def test_only_a_closed_connection_is_a_configuration_error(tmp_path):
+    """sqlite3's error for a closed connection is ConfigurationError naming the table; another misuse is not."""
+    plain = sqlite3.connect(tmp_path / "plain.db")
+    plain.close()
+    closed = _raised_by(lambda: plain.execute("SELECT 1"))
+    translated = translate(closed, "tasks")
+    assert type(translated) is errors.ConfigurationError
+    assert str(translated).startswith("tasks: ") and str(closed) in str(translated)
+    other = sqlite3.connect(tmp_path / "other.db")
+    try:
+        misuse = _raised_by(lambda: other.execute("SELECT ?", (1, 2)))
+    finally:
+        other.close()
+    assert isinstance(misuse, sqlite3.ProgrammingError)
+    assert type(translate(misuse, "tasks")) is errors.AbathurDBError
