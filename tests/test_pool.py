@@ -175,10 +175,18 @@ def test_new_database_files_are_private(pool, db_path):
 
 def test_pragma_read_back_mismatch_is_an_error(db_path, monkeypatch):
     """A PRAGMA whose read-back differs from the value set fails the connection, which is closed."""
+    opened = []
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
     monkeypatch.setattr(pool_module, "PRAGMAS", (("foreign_keys", 2),))
+    monkeypatch.setattr(pool_module.sqlite3, "connect", connect)
     with pytest.raises(ConfigurationError, match="foreign_keys"):
         pool_module.connect(db_path)
-    (refused,) = [conn for conn in pool_module._CONNECTIONS if conn.path == str(db_path)]
+    (refused,) = opened
     with pytest.raises(sqlite3.ProgrammingError):  # closed before the error was raised
         refused.execute("SELECT 1")
 
