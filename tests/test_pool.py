@@ -719,7 +719,7 @@ def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_pol
     class Recording(threading.Condition):
         def wait(self, timeout=None):
             waiting.set()
-            notified = super().wait(timeout)
+            notified = super().wait(30)  # not the lock's short polling cap: only a notify ends this in time
             woken.append(notified)
             return notified
 
