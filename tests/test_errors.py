@@ -78,7 +78,8 @@ def test_constraint_failures_name_table_field_and_value(conn, sql, params, error
 @pytest.mark.parametrize("params", [("prompt",), ["prompt"], None], ids=["tuple", "list", "none"])
 def test_a_constraint_failure_with_positional_parameters_names_the_field(conn, params):
     """Positional parameters, which carry no names, never make translate() fail: the field is still named."""
-    sql = "INSERT INTO tasks (id, prompt) VALUES (?, NULL)" if params else "INSERT INTO tasks (id, prompt) VALUES ('t', NULL)"
+    key = "?" if params else "'t'"
+    sql = f"INSERT INTO tasks (id, prompt) VALUES ({key}, NULL)"
     translated = translate(_raised(conn, sql, params or ()), "tasks", params, conn)
     assert type(translated) is errors.ValidationError
     assert str(translated).startswith("tasks: ") and "tasks.prompt" in str(translated)
@@ -87,14 +88,14 @@ def test_a_constraint_failure_with_positional_parameters_names_the_field(conn, p
 def test_a_foreign_key_failure_through_write_with_positional_parameters_is_a_foreign_key_error(conn):
     """write() with positional parameters that break a foreign key raises ForeignKeyError naming the table."""
     with pytest.raises(errors.ForeignKeyError) as caught:
-        write(conn, "agents", "INSERT INTO agents (id, name, specialization, task_id, model) VALUES (?, 'n', 's', ?, 'm')",
-              ("a1", "ghost"))
+        write(conn, "agents", "INSERT INTO agents (id, name, specialization, task_id, model)"
+                              " VALUES (?, 'n', 's', ?, 'm')", ("a1", "ghost"))
     assert str(caught.value).startswith("agents: ")
     assert conn.execute("SELECT count(*) FROM agents").fetchone()[0] == 0
 
 
 def test_foreign_key_failure_names_the_missing_parent(conn):
-    """With the connection at hand, a foreign-key failure names the table, the column, the value and the parent table."""
+    """With the connection at hand, a foreign-key failure names the table, the column, the value and the parent."""
     conn.execute("INSERT INTO tasks (id, prompt) VALUES ('t1', 'p')")
     params = {"id": "a1", "task_id": "t1", "session_id": "nope"}
     exc = _raised(conn, "INSERT INTO agents (id, name, specialization, task_id, model, session_id) "

@@ -39,7 +39,7 @@ def _run(*command, **options) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_an_installed_copy_opens_a_database_from_the_schema_files_it_carries(tmp_path):
-    """pip install of the checkout into a new venv ships the schema in abathur_db/sql, and open() applies it from there."""
+    """pip install of the checkout into a new venv ships the schema in abathur_db/sql; open() applies it from there."""
     source = tmp_path / "checkout"
     source.mkdir()
     for name in SOURCES:

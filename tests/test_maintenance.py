@@ -140,7 +140,7 @@ def _to_the_millisecond(moment: dt.datetime) -> dt.datetime:
 
 
 def test_each_upgrade_backup_is_named_after_the_old_version_and_the_utc_time(tmp_path):
-    """An upgrade's backup is <db>.v<old version>-<UTC time>.bak, timed when written: two of one version never collide."""
+    """An upgrade's backup is <db>.v<old version>-<UTC time>.bak, timed when written: two never share a name."""
     older = tmp_path / "schema-v3"
     older.mkdir()
     for file in schema.load_files()[:3]:
@@ -207,7 +207,10 @@ def test_backup_refuses_another_threads_connection(conn, tmp_path):
 
 
 def _deny_pragmas(conn) -> None:
-    conn.set_authorizer(lambda action, *names: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_PRAGMA else sqlite3.SQLITE_OK)
+    def authorize(action, *names):
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_PRAGMA else sqlite3.SQLITE_OK
+
+    conn.set_authorizer(authorize)
 
 
 @pytest.mark.parametrize("opened_by", [abathur_db.connect, sqlite3.connect], ids=["package", "sqlite3"])
@@ -411,7 +414,7 @@ def test_integrity_check_reports_a_violated_check(conn, quick):
 
 
 def test_only_the_full_integrity_check_compares_indexes_with_their_tables(conn, make_task, db_path):
-    """integrity_check() (the default) finds an index that disagrees with its table; quick=True skips that comparison."""
+    """integrity_check() (by default) finds an index that disagrees with its table; quick=True skips that check."""
     damage_an_index(conn, make_task)
     damaged = connect(db_path)  # a new connection reads the changed schema
     try:
@@ -549,7 +552,7 @@ def test_checkpoint_reports_a_reader_that_holds_the_wal(pool, db_path):
 
 @pytest.mark.parametrize("busy_timeout, waited", [(5000, maintenance.CHECKPOINT_WAIT_MS), (20, 20)])
 def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back(conn, busy_timeout, waited):
-    """checkpoint() waits CHECKPOINT_WAIT_MS (100 ms, as documented) or less, around its PRAGMA only, then restores busy_timeout."""
+    """checkpoint() waits CHECKPOINT_WAIT_MS (100 ms, as documented) or less, around its PRAGMA only."""
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
     sent: list[str] = []
     conn.set_trace_callback(sent.append)

@@ -649,7 +649,7 @@ def _closed_not_kept(conn) -> bool:
 
 @pytest.mark.parametrize("how", ["BEGIN IMMEDIATE of its own", "transaction block never left"])
 def test_a_connection_whose_thread_ends_inside_a_transaction_is_closed_and_rolled_back(pool, db_path, how):
-    """A thread ending inside a transaction leaves its connection closed (not parked), its writes undone, the lock free."""
+    """A thread ending inside a transaction leaves its connection closed (not parked), its writes undone."""
     def worker():
         conn = pool.connection()
         if how == "BEGIN IMMEDIATE of its own":
