@@ -287,8 +287,9 @@ def test_copy_with_a_rule_breaker_the_source_lacks_is_refused(filled, tmp_path, 
     """A copy that breaks a rule where the source does not raises DatabaseFileError; nothing is left."""
     monkeypatch.setattr(maintenance, "_open_copy", lambda path: sqlite3.connect(path, factory=_Tampered))
     dest = tmp_path / "copy.db"
-    with pytest.raises(DatabaseFileError, match=r"metrics id 1: metric_value breaks CHECK metric_value"):
+    with pytest.raises(DatabaseFileError, match=r"metrics id 1: metric_value breaks CHECK metric_value") as caught:
         backup(filled, dest)
+    assert str(dest) in str(caught.value)
     assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
@@ -333,8 +334,9 @@ def test_a_partial_file_that_cannot_be_created(conn, tmp_path, monkeypatch, erro
 
     monkeypatch.setattr(maintenance.tempfile, "mkstemp", refuse)
     dest = tmp_path / "copy.db"
-    with pytest.raises(raised, match="cannot create the backup"):
+    with pytest.raises(raised, match="cannot create the backup") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value) and os.strerror(error) in str(caught.value)
     assert not dest.exists()
 
 
@@ -347,8 +349,9 @@ def test_destination_that_appears_during_the_copy_is_never_replaced(conn, tmp_pa
         return sqlite3.connect(path)
 
     monkeypatch.setattr(maintenance, "_open_copy", racing)
-    with pytest.raises(ConfigurationError, match="exists"):
+    with pytest.raises(ConfigurationError, match="exists") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value)
     assert dest.read_bytes() == b"someone else's" and _no_partial_copies(tmp_path)
 
 
@@ -359,8 +362,9 @@ def test_a_name_that_cannot_be_given_is_a_database_file_error(conn, tmp_path, mo
 
     monkeypatch.setattr(maintenance.os, "link", no_links)
     dest = tmp_path / "copy.db"
-    with pytest.raises(DatabaseFileError, match="cannot name the finished backup"):
+    with pytest.raises(DatabaseFileError, match="cannot name the finished backup") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value)
     assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
@@ -509,10 +513,11 @@ def test_checkpoint_refuses_an_unknown_mode(conn, mode):
     sent: list[str] = []
     conn.set_trace_callback(sent.append)
     try:
-        with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE"):
+        with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE") as caught:
             checkpoint(conn, mode)
     finally:
         conn.set_trace_callback(None)
+    assert repr(mode) in str(caught.value)
     assert sent == []
 
 
