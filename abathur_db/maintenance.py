@@ -99,7 +99,9 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     :raises StorageFullError: the disk is full; nothing is left behind.
     """
     dest = os.fspath(dest_path)
-    with hold(conn):  # another thread's connection is refused; pool.close() waits for the copy
+    # hold: another thread's connection is refused, and pool.close() waits for the copy.
+    # translated: even reading conn.in_transaction raises sqlite3's error once conn is closed.
+    with hold(conn), translated():
         return _backup(conn, dest)
 
 
@@ -108,10 +110,7 @@ def _backup(conn: sqlite3.Connection, dest: str) -> str:
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")
-    try:
-        source = conn.execute("PRAGMA database_list").fetchone()[2]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    source = conn.execute("PRAGMA database_list").fetchone()[2]
     mode = 0o600
     if source:
         mode &= stat.S_IMODE(os.stat(source).st_mode)
