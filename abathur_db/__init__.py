@@ -7,6 +7,7 @@ functions, e.g. ``abathur_db.tasks.claim_next(conn)``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 
@@ -38,6 +39,10 @@ from .transaction import transaction  # noqa: E402
 from .validation import PlanCheck, check_catalog, check_plan, explain_query_plan, validate_foreign_keys  # noqa: E402
 
 __version__ = "0.1.0"
+
+# A library leaves logging to its application: without a handler configured there,
+# the package's INFO lines go nowhere (not to Python's last-resort stderr handler).
+logging.getLogger("abathur_db").addHandler(logging.NullHandler())
 
 __all__ = [
     "AbathurDBError",

@@ -50,6 +50,7 @@ def format_datetime(moment: _dt.datetime) -> str:
 
 def timestamp(value: Any, table: str, field: str) -> str:
     """Return `value` (an aware datetime or an ISO 8601 string with an offset) as a timestamp."""
+    given = value  # messages quote what the caller passed, not what it was parsed into
     if isinstance(value, str):
         try:
             parsed = _dt.datetime.fromisoformat(value)
@@ -61,11 +62,11 @@ def timestamp(value: Any, table: str, field: str) -> str:
     if not isinstance(value, _dt.datetime):
         raise ValidationError(f"{table}.{field}: expected a datetime or ISO 8601 string, got {short_repr(value)}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(f"{table}.{field}: {value!r} has no time zone; pass an aware datetime")
+        raise ValidationError(f"{table}.{field}: {short_repr(given)} has no time zone; pass an aware datetime")
     try:
         return format_datetime(value)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00, which is in year 0 in UTC
-        raise ValidationError(f"{table}.{field}: {value!r} is out of range once moved to UTC") from None
+        raise ValidationError(f"{table}.{field}: {short_repr(given)} is out of range once moved to UTC") from None
 
 
 def time_range(since: Any, until: Any, table: str, prefix: str = "") -> dict[str, str]:
@@ -92,7 +93,7 @@ def to_json(value: Any, table: str, field: str, kind: type | None = None) -> str
         text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{table}.{field}: {short_repr(value)} is not valid JSON: {exc}") from None
-    _require_utf8(text, table, field)
+    _require_utf8(text, table, field, value)
     return text
 
 
@@ -153,7 +154,7 @@ def require_text(value: Any, table: str, field: str, *, optional: bool = False) 
     _require_utf8(value, table, field)
 
 
-def _require_utf8(text: str, table: str, field: str) -> None:
+def _require_utf8(text: str, table: str, field: str, value: Any = None) -> None:
     # SQLite stores text as UTF-8, which cannot hold a lone surrogate ("\ud800"):
     # sqlite3 would raise UnicodeEncodeError while binding it.
     if text.isascii():  # O(1): CPython knows it already
@@ -161,8 +162,10 @@ def _require_utf8(text: str, table: str, field: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
+        # `value`, when given, is what the caller passed and `text` its JSON.
+        shown, place = (text, "") if value is None else (value, " of its JSON text")
         raise ValidationError(
-            f"{table}.{field}: {short_repr(text)} holds a lone surrogate at index {exc.start},"
+            f"{table}.{field}: {short_repr(shown)} holds a lone surrogate at index {exc.start}{place},"
             " which UTF-8 text cannot store"
         ) from None
 
@@ -206,7 +209,7 @@ def require_transition(transitions: Mapping[str, Iterable[str]], current: Any, w
     if wanted not in transitions.get(current, ()):
         known = "" if current in transitions else (
             f" (a {field} this version does not know: not one of {', '.join(transitions)})")
-        raise TransitionError(f"{row} cannot go from {short_repr(current)}{known} to {wanted!r}")
+        raise TransitionError(f"{row}: {field} cannot go from {short_repr(current)}{known} to {wanted!r}")
 
 
 def only_one(table: str, **groups: bool) -> str:

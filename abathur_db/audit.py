@@ -6,7 +6,7 @@ import builtins
 import sqlite3
 from typing import Any
 
-from . import _paging, _values
+from . import _paging, _retention, _values
 from .errors import ValidationError
 from .transaction import rows, write
 
@@ -127,3 +127,16 @@ def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
     _paging.set_start(params, last, newest_first=True)
     query = LIST_SQL[next(iter(filters), "latest")]
     return rows(conn, TABLE, query, params, decode_row)
+
+
+PRUNE_SQL = _retention.prune_sql(TABLE)
+
+
+def prune(conn: sqlite3.Connection, *, before: Any = None, older_than: Any = None,
+          batch_size: int = _retention.BATCH_SIZE) -> int:
+    """Delete the audit rows stamped before `before`, or older than `older_than`; return how many went.
+
+    Exactly one of the two: `before` an aware datetime or ISO 8601 string, `older_than`
+    a ``datetime.timedelta`` back from now. See ``_retention.prune`` for the batches.
+    """
+    return _retention.prune(conn, TABLE, PRUNE_SQL, before, older_than, batch_size)

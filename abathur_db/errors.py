@@ -106,21 +106,22 @@ _FAILED = re.compile(r"constraint failed: (.+)$")
 def translate(
     exc: sqlite3.Error,
     table: str | None = None,
-    params: dict | None = None,
+    params: dict | tuple | None = None,
     conn: sqlite3.Connection | None = None,
 ) -> AbathurDBError:
     """Return the package error for an sqlite3 error raised while writing `table`.
 
-    `params` (the statement's named parameters) lets the message quote the
-    offending value; `conn` lets a foreign-key failure name the missing parent.
-    The caller raises the result ``from exc``.
+    `params` (the statement's parameters) lets the message quote the offending
+    value, when they are named; `conn` lets a foreign-key failure name the
+    missing parent. The caller raises the result ``from exc``.
     """
     code = getattr(exc, "sqlite_errorcode", None) or 0
     primary = code & 0xFF
     where = f"{table}: " if table else ""
     if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
         return ConfigurationError(f"{where}the connection is closed (pool.close() closes them all): {exc}")
-    params = params or {}
+    # Positional parameters carry no column names to match SQLite's message with.
+    params = params if isinstance(params, dict) else {}
     if code == _CONSTRAINT_FOREIGNKEY:
         return ForeignKeyError(where + _foreign_key_detail(conn, table, params))
     if primary == _SQLITE_CONSTRAINT:

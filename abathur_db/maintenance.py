@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sqlite3
 import stat
 import tempfile
+import time
 from typing import NamedTuple
 
 from .errors import (
@@ -26,6 +28,8 @@ __all__ = ["CHECKPOINT_MODES", "CHECKPOINT_WAIT_MS", "CheckpointResult", "backup
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 CHECKPOINT_WAIT_MS = 100  # how long checkpoint() waits for a writer or readers
+
+log = logging.getLogger("abathur_db")
 
 
 class CheckpointResult(NamedTuple):
@@ -95,18 +99,18 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
     :raises StorageFullError: the disk is full; nothing is left behind.
     """
     dest = os.fspath(dest_path)
-    with hold(conn):  # another thread's connection is refused; pool.close() waits for the copy
+    # hold: another thread's connection is refused, and pool.close() waits for the copy.
+    # translated: even reading conn.in_transaction raises sqlite3's error once conn is closed.
+    with hold(conn), translated():
         return _backup(conn, dest)
 
 
 def _backup(conn: sqlite3.Connection, dest: str) -> str:
+    started = time.monotonic()
     if conn.in_transaction:
         # sqlite3_backup_step cannot read through a connection that is writing.
         raise ConfigurationError("backup() cannot run inside a transaction on the same connection")
-    try:
-        source = conn.execute("PRAGMA database_list").fetchone()[2]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    source = conn.execute("PRAGMA database_list").fetchone()[2]
     mode = 0o600
     if source:
         mode &= stat.S_IMODE(os.stat(source).st_mode)
@@ -130,6 +134,8 @@ def _backup(conn: sqlite3.Connection, dest: str) -> str:
         _sync_folder(folder)
     finally:
         os.unlink(partial)
+    log.info("%s: backup written to %s (%d bytes in %.1f s)", source or "a temporary database", dest,
+             os.path.getsize(dest), time.monotonic() - started)
     return dest
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from . import _paging, _values
+from . import _paging, _retention, _values
 from .transaction import rows, write
 
 TABLE = "metrics"
@@ -82,3 +82,16 @@ def query(
         query_sql = QUERY_SQL["name"]
         params["metric_name"] = name
     return rows(conn, TABLE, query_sql, params, decode_row)
+
+
+PRUNE_SQL = _retention.prune_sql(TABLE)
+
+
+def prune(conn: sqlite3.Connection, *, before: Any = None, older_than: Any = None,
+          batch_size: int = _retention.BATCH_SIZE) -> int:
+    """Delete the measurements stamped before `before`, or older than `older_than`; return how many went.
+
+    Exactly one of the two: `before` an aware datetime or ISO 8601 string, `older_than`
+    a ``datetime.timedelta`` back from now. See ``_retention.prune`` for the batches.
+    """
+    return _retention.prune(conn, TABLE, PRUNE_SQL, before, older_than, batch_size)

@@ -57,23 +57,29 @@ class _WriteLock(dict):
     whether the interrupted connection holds it.
     """
 
-    __slots__ = ("_freed", "waiting")
+    __slots__ = ("_freed", "_queue")
 
     def __init__(self) -> None:
         super().__init__()
         self._freed = threading.Condition(threading.Lock())
-        self.waiting = 0
+        self._queue: list[tuple[float, sqlite3.Connection]] = []  # (since, conn) of each waiter, oldest first
 
     @property
     def holder(self) -> sqlite3.Connection | None:
         """Return the connection holding the lock, or None."""
         return self.get(0)
 
+    @property
+    def waiting(self) -> int:
+        """Return how many connections wait for the lock."""
+        return len(self._queue)
+
     def wait(self, conn: sqlite3.Connection, timeout: float) -> bool:
         """Take the lock for `conn`, waiting up to `timeout` seconds; return whether it was taken."""
         deadline = time.monotonic() + timeout
+        entry = (time.monotonic(), conn)
         with self._freed:
-            self.waiting += 1
+            self._queue.append(entry)
             try:
                 while self.setdefault(0, conn) is not conn:
                     remaining = deadline - time.monotonic()
@@ -84,15 +90,29 @@ class _WriteLock(dict):
                     self._freed.wait(min(remaining, 0.25))
                 return True
             finally:
-                self.waiting -= 1
+                self._queue.remove(entry)
 
     def wake(self) -> None:
-        """Wake one thread waiting for the lock (call after giving it back)."""
+        """Wake a thread waiting for the lock (call after giving it back).
+
+        A thread that has waited longer than HANDOFF_SECONDS is handed the lock
+        here, ahead of any thread asking for it meanwhile: a thread writing in a
+        tight loop takes the lock again before a woken waiter runs, and would
+        otherwise keep it from the others until their busy_timeout.
+        """
         with self._freed:
-            self._freed.notify()
+            if not self._queue:
+                return
+            since, oldest = self._queue[0]
+            if time.monotonic() - since > HANDOFF_SECONDS and self.setdefault(0, oldest) is oldest:
+                self._freed.notify_all()  # the wait()ers re-check; only `oldest` now holds it
+            else:
+                self._freed.notify()
 
 
 _WRITE_LOCKS: dict[str, _WriteLock] = {}
+# Past this wait, the in-process write lock is handed to the longest waiter when it frees.
+HANDOFF_SECONDS = 0.01
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 

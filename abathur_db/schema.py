@@ -27,8 +27,8 @@ from .maintenance import backup, integrity_check, structural_problems
 from .pool import PRAGMAS, connect
 from .transaction import transaction
 
-__all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "load_files", "migrate", "schema_dir",
-           "statements", "status"]
+__all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "indexes", "load_files", "migrate",
+           "schema_dir", "statements", "status"]
 
 log = logging.getLogger("abathur_db")
 
@@ -39,16 +39,26 @@ UPGRADE_WAIT_SECONDS = 600
 _BUSY_TIMEOUT_MS = dict(PRAGMAS)["busy_timeout"]
 
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+# The first file is applied to every database and never edited, so its checksum
+# tells this package's schema folder from any other.
+_LEDGER_FILE = "0001_schema_ledger.sql"
+_LEDGER_SHA256 = "b8c56cec95a9f385f5c711ffdbc32b200a0b0ec2a70e766be8b7c659fae9185b"
 
 
 @dataclass(frozen=True)
 class SchemaFile:
-    """One schema file: its version, file name, SQL text and the text's sha256."""
+    """One schema file: its version, file name, SQL text (LF line ends) and that text's sha256."""
 
     version: int
     name: str
     sql: str
     sha256: str
+
+    def matches(self, recorded: str) -> bool:
+        """Tell whether a ledger's `recorded` sha256 is this file's, with LF or CRLF line ends."""
+        # Databases record the hash of the text they were given: LF from a normal
+        # checkout, CRLF from one with git's autocrlf before line ends were normalised.
+        return recorded in (self.sha256, _sha256(self.sql.replace("\n", "\r\n")))
 
 
 @dataclass
@@ -84,14 +94,32 @@ def schema_dir() -> Path:
 
     An installed package carries them in ``abathur_db/sql``; a checkout, or the
     package folder copied next to a script together with ``schema/``, has them
-    beside the package folder.
+    beside the package folder. A folder counts only when it holds this package's
+    own first file, so a script's unrelated ``schema/`` folder is passed over.
     """
     package = Path(__file__).resolve().parent
-    candidates = (package / "sql", package.parent / "schema")
-    for candidate in candidates:
-        if candidate.is_dir():
+    tried = []
+    for candidate in (package / "sql", package.parent / "schema"):
+        ledger = candidate / _LEDGER_FILE
+        if not candidate.is_dir():
+            tried.append(f"{candidate} (no such folder)")
+        elif not ledger.is_file():
+            tried.append(f"{candidate} (no {_LEDGER_FILE}: not abathur_db's schema folder)")
+        elif _sha256(_read_sql(ledger)) != _LEDGER_SHA256:
+            tried.append(f"{candidate} ({_LEDGER_FILE} is not abathur_db's)")
+        else:
             return candidate
-    raise SchemaError(f"no schema folder: looked in {' and '.join(map(str, candidates))}")
+    raise SchemaError(f"no schema folder of abathur_db: tried {'; '.join(tried)}. Copy the package's schema/ "
+                      f"files into {package / 'sql'}, or pass schema_dir= to abathur_db.open()")
+
+
+def _read_sql(path: Path) -> str:
+    # git may check a file out with CRLF line ends: the same file, so the same text and checksum.
+    return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
@@ -102,13 +130,29 @@ def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
         match = _FILE_NAME.fullmatch(path.name)
         if match is None:
             raise SchemaError(f"{path.name}: schema files are named NNNN_description.sql")
-        data = path.read_bytes()
-        files.append(SchemaFile(int(match.group(1)), path.name, data.decode("utf-8"),
-                                hashlib.sha256(data).hexdigest()))
+        sql = _read_sql(path)
+        files.append(SchemaFile(int(match.group(1)), path.name, sql, _sha256(sql)))
     versions = [f.version for f in files]
     if versions != list(range(1, len(files) + 1)):
         raise SchemaError(f"{directory}: schema versions must run 1, 2, 3… without gaps; found {versions}")
     return files
+
+
+def indexes(files: list[SchemaFile]) -> dict[str, str]:
+    """Return the indexes the schema files create, by name: the CREATE INDEX text SQLite keeps for each.
+
+    The files are applied to an empty in-memory database, so an index a later file
+    drops or redefines appears as the last file leaves it.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for file in files:
+            for statement in statements(file.sql):
+                conn.execute(statement).fetchall()
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                                 " ORDER BY tbl_name, name").fetchall())
+    finally:
+        conn.close()
 
 
 def statements(sql: str) -> Iterator[str]:
@@ -146,7 +190,7 @@ def status(conn: sqlite3.Connection, files: list[SchemaFile]) -> SchemaStatus:
         user_version=user_version,
         applied=applied,
         pending=[f for f in files if f.version not in applied],
-        changed=[f for f in files if f.version in applied and applied[f.version][1] != f.sha256],
+        changed=[f for f in files if f.version in applied and not f.matches(applied[f.version][1])],
         unknown=sorted({v for v in applied if v not in known}
                        | ({user_version} if user_version > newest_file else set())),
     )
@@ -189,7 +233,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
             pending = [(file, list(statements(file.sql))) for file in current.pending]
             if not pending:
                 return [], None
-            log.info("abathur_db: %s: upgrading from schema version %d: %s pending", db_path,
+            log.info("%s: upgrading from schema version %d: %s pending", db_path,
                      current.user_version, ", ".join(file.name for file, _ in pending))
             has_tables = _refuse_foreign(conn, db_path, current)
             problems, owned = _rebuild.preflight(conn, [file_statements for _, file_statements in pending])
@@ -200,7 +244,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
                 plan = _rebuild.plan(conn, file_statements, package_tables)
                 _refuse_losses(db_path, plan.problems)
                 if plan.tables:
-                    log.info("abathur_db: %s: %s %s", db_path, file.name, plan.summary())
+                    log.info("%s: %s %s", db_path, file.name, plan.summary())
                 _apply(conn, db_path, file, plan)
     finally:
         conn.execute("PRAGMA ignore_check_constraints = OFF")
@@ -208,7 +252,7 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
         conn.execute("PRAGMA foreign_keys = ON")
         if conn.execute("PRAGMA foreign_keys").fetchone()[0] != 1:  # pragma: no cover - defensive
             raise SchemaError(f"{db_path}: foreign keys could not be switched back on")
-    log.info("abathur_db: %s: at schema version %d after %.1f s", db_path, files[-1].version,
+    log.info("%s: at schema version %d after %.1f s", db_path, files[-1].version,
              time.monotonic() - started)
     return [file.name for file, _ in pending], backup_path
 
@@ -226,7 +270,7 @@ def _write_transaction(conn: sqlite3.Connection, db_path: str) -> Iterator[None]
         try:
             stack.push(_entered(conn, 0))
         except BusyError:
-            log.info("abathur_db: %s: another connection is writing (upgrading the schema?); waiting up to %s s",
+            log.info("%s: another connection is writing (upgrading the schema?); waiting up to %s s",
                      db_path, UPGRADE_WAIT_SECONDS)
             try:
                 stack.push(_entered(conn, UPGRADE_WAIT_SECONDS * 1000))
@@ -280,7 +324,7 @@ def _backup(db_path: str, version: int) -> str:
     try:
         for candidate in sorted(glob.glob(glob.escape(db_path) + f".v{version}-*.bak"), reverse=True):
             if _holds_the_same(reader, candidate):
-                log.info("abathur_db: %s: reusing the complete backup %s", db_path, candidate)
+                log.info("%s: reusing the complete backup %s", db_path, candidate)
                 return candidate
         # Only this process writes these (it holds the write lock): any left are a killed backup's.
         for partial in glob.glob(glob.escape(db_path) + ".v*-*.bak.*.partial*"):
@@ -288,12 +332,9 @@ def _backup(db_path: str, version: int) -> str:
                 os.unlink(partial)
         stamp = _values.now().replace("-", "").replace(":", "").replace(".", "")
         destination = f"{db_path}.v{version}-{stamp}.bak"
-        started = time.monotonic()
-        backup(reader, destination)
+        backup(reader, destination)  # logs the copy it wrote
     finally:
         reader.close()
-    log.info("abathur_db: %s: backup written to %s (%d bytes in %.1f s)", db_path, destination,
-             os.path.getsize(destination), time.monotonic() - started)
     return destination
 
 
@@ -342,4 +383,4 @@ def _apply(conn: sqlite3.Connection, db_path: str, file: SchemaFile, plan: _rebu
                 raise StorageFullError(f"{db_path}: the disk is full: the upgrade stopped in {file.name} and the "
                                        f"database was not changed (at {code[0]!r}: {exc})") from exc
             raise SchemaError(f"{db_path}: {file.name} failed at {code[0]!r}: {exc}") from exc
-    log.info("abathur_db: %s: ran %s in %.1f s", db_path, file.name, time.monotonic() - started)
+    log.info("%s: ran %s in %.1f s", db_path, file.name, time.monotonic() - started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import datetime as _dt
 import inspect
+import logging
 import os
 import re
 import sqlite3
@@ -617,9 +618,12 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[di
     moment = _values.now() if now is None else _values.timestamp(now, TABLE, "now")
     with transaction(conn):
         requeued = write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
-        for task in requeued:
-            if task["status"] == "failed":
-                _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
+        failed = [task for task in requeued if task["status"] == "failed"]
+        for task in failed:
+            _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
+    if requeued:
+        logging.getLogger("abathur_db").info("requeue_stale: %d stale task(s) back to pending, %d failed with "
+                                             "no retries left", len(requeued) - len(failed), len(failed))
     return requeued
 
 

@@ -5,7 +5,8 @@ text, a key of a new row, a reference to a row, an integer range, a number, JSON
 enumeration, a time) and each kind its own catalogue of awkward values, each with what
 must happen to it. A refusal must be the package's specific error (never a raw
 ``sqlite3`` error, TypeError, OverflowError or UnicodeEncodeError), must leave every row
-of every table as it was, and its message must stay short even for a 1 MB value.
+of every table as it was, and its message must name the table, the field and the offending
+value, and stay short even for a 1 MB value.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import inspect
+import re
 import shutil
 import sqlite3
 from typing import Any, Callable
@@ -30,6 +32,7 @@ from abathur_db.errors import (
     TransitionError,
     UniqueError,
     ValidationError,
+    short_repr,
 )
 
 MODULES = (sessions, tasks, agents, audit, checkpoints, state, metrics)
@@ -58,6 +61,21 @@ class Returns:
 
 
 ACCEPTED = Returns(...)  # the call succeeds; what it returns is not examined
+NOTHING = object()  # no value to quote: the refusal is that nothing was given
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """The call raises `error`, its message naming the table, `field` and `value`.
+
+    A kind may yield the bare error class instead: the field is then the parameter's
+    (or the column it is stored in) and the value the argument itself. Here `field` and
+    `value` name the part of the argument at fault, when that is not the whole of it.
+    """
+
+    error: type
+    field: str | None = None
+    value: Any = ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,6 +209,7 @@ class NewKey:
     """The optional key of a new row: stored verbatim; the key of an existing row is a duplicate."""
 
     existing: str
+    field = "id"  # the column, as messages name it
 
     def cases(self):
         for name, value in TEXT.items():
@@ -205,8 +224,9 @@ class NewKey:
 class Ref:
     """A reference to a row; `unknown` is what a key that matches no row gets."""
 
-    unknown: Any  # an error class, or a Returns(...)
+    unknown: Any  # an error class, a Refused(...) or a Returns(...)
     optional: bool = False
+    field: str | None = None  # the name messages give it, when not the parameter's (a row's own key: "id")
 
     def cases(self):
         yield "unknown", "ghost", self.unknown
@@ -339,14 +359,14 @@ class After:
         yield "row", self.good, ACCEPTED
         yield "longer-row", {**self.good, "extra": object()}, ACCEPTED
         if self.unknown is not None:
-            yield "unknown", {**self.good, "id": "ghost"}, self.unknown
+            yield "unknown", {**self.good, "id": "ghost"}, Refused(self.unknown, value="ghost")
         for name, value in {"int": 5, "text": "x", "list": [self.good], "empty": {}, "object": object()}.items():
             yield name, value, ValidationError
         for key in self.good:
             yield f"without-{key}", {k: v for k, v in self.good.items() if k != key}, ValidationError
-            yield f"{key}-list", {**self.good, key: [1]}, ValidationError
+            yield f"{key}-list", {**self.good, key: [1]}, Refused(ValidationError, value=[1])
         for name, value in {"none": None, "bool": True, "empty": "", "bytes": b"1"}.items():
-            yield f"every-value-{name}", dict.fromkeys(self.good, value), ValidationError
+            yield f"every-value-{name}", dict.fromkeys(self.good, value), Refused(ValidationError, value=value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,15 +378,15 @@ class Dependencies:
     def cases(self):
         yield "none-listed", [], Stored("dependencies", [])
         yield "one", [self.existing], Stored("dependencies", [self.existing])
-        yield "unknown", ["ghost"], ForeignKeyError
-        yield "cancelled", [CANCELLED], ValidationError
-        yield "sql", [TEXT["sql"]], ForeignKeyError
-        yield "1MB", [MEGABYTE], ForeignKeyError
+        for name, missing in {"unknown": "ghost", "sql": TEXT["sql"], "1MB": MEGABYTE}.items():
+            yield name, [missing], Refused(ForeignKeyError, value=missing)
+        yield "cancelled", [CANCELLED], Refused(ValidationError, value=CANCELLED)
         for name, value in {"text-not-list": self.existing, "none": None, "set": {self.existing},
-                            "twice": [self.existing, self.existing], "empty-id": [""], "int-id": [5],
-                            "huge-int-id": [2**64], "none-id": [None], "list-id": [[self.existing]],
-                            "surrogate-id": ["\ud800"]}.items():
+                            "twice": [self.existing, self.existing]}.items():
             yield name, value, ValidationError
+        for name, bad_id in {"empty-id": "", "int-id": 5, "huge-int-id": 2**64, "none-id": None,
+                             "list-id": [self.existing], "surrogate-id": "\ud800"}.items():
+            yield name, [bad_id], Refused(ValidationError, value=bad_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,14 +400,19 @@ class TaskList:
         yield "one", [{"prompt": "p"}], ACCEPTED
         yield "chained", [{"prompt": "a", "task_id": "new-1"}, {"prompt": "b", "dependencies": ["new-1"]}], ACCEPTED
         yield "tuple", ({"prompt": TEXT["1MB"], "priority": 10},), ACCEPTED
-        for name, value in {"none": None, "int": 5, "text": "p", "dict": {"prompt": "p"},
-                            "item-not-dict": ["p"], "no-prompt": [{}], "unknown-key": [{"prompt": "p", "colour": 1}],
-                            "second-bad": [{"prompt": "a"}, {"prompt": "b", "priority": 11}],
-                            "nan": [{"prompt": "p", "input_data": float("nan")}]}.items():
-            yield name, value, ValidationError
-        yield "unknown-dependency", [{"prompt": "a"}, {"prompt": "b", "dependencies": ["ghost"]}], ForeignKeyError
-        yield "same-id-twice", [{"prompt": "a", "task_id": "d"}, {"prompt": "b", "task_id": "d"}], UniqueError
-        yield "existing-id", [{"prompt": "a"}, {"prompt": "b", "task_id": self.existing}], UniqueError
+        # The argument as a whole is named by its function (create_many() has no other), an item by its index.
+        for name, value in {"none": None, "int": 5, "text": "p", "dict": {"prompt": "p"}}.items():
+            yield name, value, Refused(ValidationError, "create_many()")
+        for name, item in {"item-not-dict": "p", "no-prompt": {}, "unknown-key": {"prompt": "p", "colour": 1}}.items():
+            yield name, [item], Refused(ValidationError, "item 0", item)
+        yield "second-bad", [{"prompt": "a"}, {"prompt": "b", "priority": 11}], Refused(ValidationError, "priority", 11)
+        yield "nan", [{"prompt": "p", "input_data": float("nan")}], Refused(ValidationError, "input_data", float("nan"))
+        yield ("unknown-dependency", [{"prompt": "a"}, {"prompt": "b", "dependencies": ["ghost"]}],
+               Refused(ForeignKeyError, "dependencies", "ghost"))
+        yield ("same-id-twice", [{"prompt": "a", "task_id": "d"}, {"prompt": "b", "task_id": "d"}],
+               Refused(UniqueError, "id", "d"))
+        yield ("existing-id", [{"prompt": "a"}, {"prompt": "b", "task_id": self.existing}],
+               Refused(UniqueError, "id", self.existing))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,6 +449,20 @@ class Time:
         for name, (value, normalised) in GOOD_TIMES.items():
             yield name, value, Stored(self.field, normalised) if self.field else ACCEPTED
         for name, value in BAD_TIMES.items():
+            yield name, value, ValidationError
+
+
+@dataclasses.dataclass(frozen=True)
+class Age:
+    """A timedelta >= 0 counted back from now (a prune's older_than)."""
+
+    def cases(self):
+        for name, value in {"zero": dt.timedelta(0), "thirty-days": dt.timedelta(days=30),
+                            "longest": dt.timedelta.max}.items():
+            yield name, value, ACCEPTED
+        for name, value in {"negative": dt.timedelta(seconds=-1), "none": None, "days-int": 30, "float": 1.5,
+                            "text": "30d", "bool": True, "datetime": dt.datetime(2024, 1, 1, tzinfo=UTC),
+                            "1MB": MEGABYTE}.items():
             yield name, value, ValidationError
 
 
@@ -480,7 +519,7 @@ class Spec:
 
 
 NOT_FOUND = NotFoundError
-KEY = Ref(NOT_FOUND)  # a row's id, looked up
+KEY = Ref(NOT_FOUND, field="id")  # a row's id, looked up
 EMPTY = Returns([])
 
 SPECS = [
@@ -544,18 +583,18 @@ SPECS = [
                       refused={"terminating": ValidationError, "terminated": ValidationError}),
         "resource_usage": Json("resource_usage"),
     }, reread=lambda conn, row: agents.get(conn, row["id"])),
-    Spec(agents.get, {"agent_id": AGENT}, {"agent_id": Ref(NOT_FOUND)}),
+    Spec(agents.get, {"agent_id": AGENT}, {"agent_id": KEY}),
     Spec(agents.list, {"task_id": TASK}, {
         "task_id": Ref(EMPTY), "session_id": Ref(EMPTY), "spawned_since": Time(), "spawned_until": Time(),
         "limit": Int(1), "after": After({"id": AGENT, "spawned_at": T0}, NOT_FOUND),
     }, exclusive=(("task_id",), ("session_id",), ("spawned_since", "spawned_until"))),
     Spec(agents.set_state, {"agent_id": AGENT, "state": "idle"}, {
-        "agent_id": Ref(NOT_FOUND),
+        "agent_id": KEY,
         "state": Enum(agents.STATES, good=("idle", "busy", "terminating", "terminated"), field="state",
                       refused={"spawning": TransitionError}),
     }, reread=lambda conn, row: agents.get(conn, row["id"])),
     Spec(agents.terminate, {"agent_id": AGENT}, {
-        "agent_id": Ref(NOT_FOUND), "resource_usage": Json("resource_usage"),
+        "agent_id": KEY, "resource_usage": Json("resource_usage"),
     }, reread=lambda conn, row: agents.get(conn, row["id"])),
     # audit
     Spec(audit.record, {"action_type": "act"}, {
@@ -570,13 +609,18 @@ SPECS = [
         "memory_operation_type": Enum(audit.MEMORY_OPERATION_TYPES, optional=True),
         "since": Time(), "limit": Int(1), "after": After({"timestamp": T0, "id": 1}),
     }),
+    Spec(audit.prune, {"before": "2000-01-01T00:00:00Z"}, {
+        "before": Time(), "older_than": Age(), "batch_size": Int(1),
+    }, exclusive=(("before",), ("older_than",))),
     # checkpoints
     Spec(checkpoints.save, {"task_id": TASK, "iteration": 1, "state": {"s": 1}}, {
         "task_id": Ref(ForeignKeyError), "iteration": Int(0, field="iteration", at_low=UniqueError),
         "state": Json("state"), "session_id": Ref(ForeignKeyError, optional=True),
     }, reread=lambda conn, row: checkpoints.load(conn, row["task_id"], row["iteration"])),
     Spec(checkpoints.load, {"task_id": TASK}, {
-        "task_id": Ref(NOT_FOUND), "iteration": Int(0, optional=True, field="iteration", at_high=NOT_FOUND),
+        # "no checkpoint for task 'ghost'": the message calls task_id "task".
+        "task_id": Ref(Refused(NOT_FOUND, "task")),
+        "iteration": Int(0, optional=True, field="iteration", at_high=NOT_FOUND),
     }, reread=lambda conn, row: checkpoints.load(conn, row["task_id"], row["iteration"])),
     Spec(checkpoints.list, {"task_id": TASK}, {
         "task_id": Ref(EMPTY), "session_id": Ref(EMPTY), "created_since": Time(), "created_until": Time(),
@@ -602,9 +646,12 @@ SPECS = [
         "timestamp": Time("timestamp"),
     }, reread=lambda conn, row: _find(metrics.query(conn), row)),
     Spec(metrics.query, {}, {
-        "name": Ref(EMPTY, optional=True), "since": Time(), "until": Time(), "limit": Int(1),
+        "name": Ref(EMPTY, optional=True, field="metric_name"), "since": Time(), "until": Time(), "limit": Int(1),
         "after": After({"timestamp": T0, "id": 1}),
     }),
+    Spec(metrics.prune, {"before": "2000-01-01T00:00:00Z"}, {
+        "before": Time(), "older_than": Age(), "batch_size": Int(1),
+    }, exclusive=(("before",), ("older_than",))),
 ]
 
 
@@ -670,20 +717,41 @@ def test_the_baseline_call_succeeds(world, spec):
     spec.function(world, **spec.baseline)
 
 
+def assert_names(message: str, table: str, field: str, value: Any) -> None:
+    """Assert that `message` begins with `table` and names `field` and `value` (unless NOTHING)."""
+    assert message.startswith((f"{table}:", f"{table}.")), message
+    assert re.search(rf"(?<!\w){re.escape(field)}(?!\w)", message), f"{field!r} not named: {message}"
+    if value is not NOTHING:
+        assert short_repr(value)[:40] in message, f"{short_repr(value)} not quoted: {message}"
+
+
+def refusal(spec: Spec, param: str, value: Any, outcome: Any) -> Refused:
+    """Return what a refusal of `value` for `param` must raise and name."""
+    refused = outcome if isinstance(outcome, Refused) else Refused(outcome)
+    kind = spec.params[param]
+    field = refused.field or getattr(kind, "field", None) or param
+    named = value if refused.value is ... else refused.value
+    if value is None and any(param in group for group in spec.exclusive):
+        named = NOTHING  # None leaves list() without a filter: the refusal lists the filters
+    return Refused(refused.error, field, named)
+
+
 @pytest.mark.parametrize("spec, param, value, outcome", list(_cases()))
 def test_bad_input_is_stored_verbatim_or_refused_with_the_package_error(world, spec, param, value, outcome):
-    """The value is stored and read back unchanged, or refused with its specific error, changing nothing."""
+    """The value is stored and read back unchanged, or refused with its error naming table, field and value."""
     kwargs = spec.call(param, value)
     before = snapshot(world)
-    if isinstance(outcome, type):
+    if isinstance(outcome, (type, Refused)):
+        expected = refusal(spec, param, value, outcome)
         try:
             spec.function(world, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - any escape but the expected one fails
-            assert type(exc) is outcome, f"{type(exc).__name__}: {exc}"
+            assert type(exc) is expected.error, f"{type(exc).__name__}: {exc}"
             assert isinstance(exc, AbathurDBError)
             assert len(str(exc)) < 1000, f"{len(str(exc))}-character message"
+            assert_names(str(exc), spec.name.split(".")[0], expected.field, expected.value)
         else:
-            pytest.fail(f"accepted; expected {outcome.__name__}")
+            pytest.fail(f"accepted; expected {expected.error.__name__}")
         assert not world.in_transaction
         assert snapshot(world) == before
         return

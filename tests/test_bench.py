@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = {
     "meta", "machine", "coverage", "dataset", "catalog", "catalog_samples", "single_insert", "bulk_insert",
     "claim", "mixed", "fk_cost", "index_cost", "plans", "integrity", "sizes", "bars", "success_metrics",
-    "write_rows", "queue", "typed_claim", "pickup",
+    "write_rows", "queue", "typed_claim", "pickup", "prune",
 }
 STATS = {"n", "median_us", "p95_us", "p99_us", "mean_us", "min_us", "max_us", "ops_per_s"}
 COMPARISON = {"package", "raw", "time_ratio", "p99_ratio", "throughput_ratio"}
@@ -184,6 +184,21 @@ def test_every_bar_is_judged(run):
     assert [m["metric"] for m in run[0]["success_metrics"]] == [
         "Unit test coverage", "Query latency (99th %ile)", "Index usage rate", "Foreign key violations",
         "Code review approval"]
+
+
+@pytest.mark.slow
+def test_writers_beside_a_prune_are_measured(run):
+    """The prune workload deletes every seeded audit row and times both writers alone and beside it."""
+    figures, report, stderr = run
+    prune = figures["prune"]
+    assert prune["deleted"] == figures["dataset"]["counts"]["audit"]
+    for kind in ("thread", "process"):
+        writer = prune["writers"][kind]
+        assert STATS <= set(writer["alone"]) and STATS <= set(writer["beside_prune"]), kind
+        assert writer["alone"]["n"] > 0 and writer["beside_prune"]["n"] > 0, kind
+    assert "## Retention: a writer beside audit.prune" in report
+    assert f"deleted {prune['deleted']:,} audit rows" in report
+    assert "writers beside audit.prune" in stderr
 
 
 @pytest.mark.slow

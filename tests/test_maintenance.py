@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
+import re
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -13,7 +16,18 @@ import textwrap
 import pytest
 
 import abathur_db
-from abathur_db import agents, audit, checkpoints, integrity_check, maintenance, metrics, sessions, state, transaction
+from abathur_db import (
+    agents,
+    audit,
+    checkpoints,
+    integrity_check,
+    maintenance,
+    metrics,
+    schema,
+    sessions,
+    state,
+    transaction,
+)
 from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
 from abathur_db.pool import connect
@@ -82,6 +96,31 @@ def test_backup_is_owner_only_and_never_wider_than_the_source(conn, db_path, tmp
     assert mode_of(dest) & 0o077 == 0 and mode_of(dest) & ~source_mode == 0
 
 
+def test_the_copy_is_written_owner_only_under_a_temporary_name_beside_the_destination(conn, tmp_path, monkeypatch):
+    """While it is written the copy is <dest>.<random>.partial beside dest, owner-only whatever the umask."""
+    dest = tmp_path / "copy.db"
+    seen = []
+    real = maintenance._copy_and_check
+
+    def watched(source, partial, final):
+        seen.append((partial, mode_of(partial), dest.exists()))
+        real(source, partial, final)
+        seen.append((partial, mode_of(partial), dest.exists()))
+
+    monkeypatch.setattr(maintenance, "_copy_and_check", watched)
+    old = os.umask(0)
+    try:
+        assert backup(conn, dest) == str(dest)
+    finally:
+        os.umask(old)
+    (partial, mode, named), (_, mode_written, named_written) = seen
+    assert os.path.dirname(partial) == str(tmp_path)
+    assert re.fullmatch(r"copy\.db\.[^./]+\.partial", os.path.basename(partial)), partial
+    assert mode & 0o077 == 0 and mode_written & 0o077 == 0, (oct(mode), oct(mode_written))
+    assert not named and not named_written
+    assert not os.path.exists(partial) and mode_of(dest) == 0o600
+
+
 def test_backup_ignores_a_permissive_umask(conn, tmp_path):
     """A umask of 0 does not widen the copy."""
     old = os.umask(0)
@@ -90,6 +129,50 @@ def test_backup_ignores_a_permissive_umask(conn, tmp_path):
     finally:
         os.umask(old)
     assert mode_of(dest) == 0o600
+
+
+# A UTC time to the millisecond, with or without separators: 2024-05-06T07:08:09.010Z or 20240506T070809010Z.
+_UTC_TIME = re.compile(r"(\d{4})-?(\d\d)-?(\d\d)T(\d\d):?(\d\d):?(\d\d)\.?(\d{3})Z")
+
+
+def _to_the_millisecond(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def test_each_upgrade_backup_is_named_after_the_old_version_and_the_utc_time(tmp_path):
+    """An upgrade's backup is <db>.v<old version>-<UTC time>.bak, timed when written: two never share a name."""
+    older = tmp_path / "schema-v3"
+    older.mkdir()
+    for file in schema.load_files()[:3]:
+        (older / file.name).write_text(file.sql, encoding="utf-8")
+    pristine = tmp_path / "v3.db"
+    abathur_db.open(pristine, schema_dir=older).close()
+    db_path = tmp_path / "abathur.db"
+    written = []
+    for rows in (1, 2):  # other row counts, so the second upgrade cannot reuse the first backup
+        shutil.copyfile(pristine, db_path)
+        plain = sqlite3.connect(db_path)
+        plain.executemany("INSERT INTO tasks (id, prompt) VALUES (?, 'p')", [(f"t{i}",) for i in range(rows)])
+        plain.commit()
+        plain.close()
+        before = _to_the_millisecond(dt.datetime.now(dt.timezone.utc))
+        with abathur_db.open(db_path) as pool:
+            name = pool.backup_path
+        after = dt.datetime.now(dt.timezone.utc)
+        assert name.startswith(f"{db_path}.v3-") and name.endswith(".bak"), name
+        stamp = _UTC_TIME.fullmatch(name[len(f"{db_path}.v3-"):-len(".bak")])
+        assert stamp, name
+        *fields, millis = map(int, stamp.groups())
+        assert before <= dt.datetime(*fields, millis * 1000, tzinfo=dt.timezone.utc) <= after, (before, name, after)
+        written.append(name)
+    assert written[0] != written[1]
+    for rows, name in zip((1, 2), written):
+        copy = sqlite3.connect(name)
+        try:
+            assert copy.execute("SELECT count(*) FROM tasks").fetchone()[0] == rows
+            assert copy.execute("PRAGMA user_version").fetchone()[0] == 3
+        finally:
+            copy.close()
 
 
 def test_backup_refuses_an_existing_destination(conn, tmp_path):
@@ -121,6 +204,32 @@ def test_backup_refuses_another_threads_connection(conn, tmp_path):
         with pytest.raises(ConfigurationError, match="belongs to thread"):
             other.submit(backup, conn, dest).result(timeout=30)
     assert not dest.exists()
+
+
+def _deny_pragmas(conn) -> None:
+    def authorize(action, *names):
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_PRAGMA else sqlite3.SQLITE_OK
+
+    conn.set_authorizer(authorize)
+
+
+@pytest.mark.parametrize("opened_by", [abathur_db.connect, sqlite3.connect], ids=["package", "sqlite3"])
+@pytest.mark.parametrize("spoil, error", [
+    pytest.param(lambda conn: conn.close(), ConfigurationError, id="closed by hand"),
+    pytest.param(_deny_pragmas, abathur_db.AbathurDBError, id="PRAGMA refused"),
+])
+def test_an_sqlite3_error_inside_backup_is_the_package_error(tmp_path, opened_by, spoil, error):
+    """A source connection SQLite refuses to read raises the package's error, sqlite3's chained, and leaves no file."""
+    source = opened_by(tmp_path / "source.db")
+    spoil(source)
+    dest = tmp_path / "copy.db"
+    try:
+        with pytest.raises(error) as caught:
+            backup(source, dest)
+    finally:
+        source.close()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
 def test_backup_into_a_missing_directory(conn, tmp_path):
@@ -178,19 +287,25 @@ def test_copy_with_a_rule_breaker_the_source_lacks_is_refused(filled, tmp_path, 
     """A copy that breaks a rule where the source does not raises DatabaseFileError; nothing is left."""
     monkeypatch.setattr(maintenance, "_open_copy", lambda path: sqlite3.connect(path, factory=_Tampered))
     dest = tmp_path / "copy.db"
-    with pytest.raises(DatabaseFileError, match=r"metrics id 1: metric_value breaks CHECK metric_value"):
+    with pytest.raises(DatabaseFileError, match=r"metrics id 1: metric_value breaks CHECK metric_value") as caught:
         backup(filled, dest)
+    assert str(dest) in str(caught.value)
     assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
-def test_copy_of_a_structurally_broken_database_is_refused(conn, make_task, tmp_path):
-    """An index that disagrees with its table is a structural problem: refused even though the source has it."""
+def damage_an_index(conn, make_task) -> None:
+    """Make idx_tasks_submitted_at disagree with its table (the tables themselves stay sound)."""
     for i in range(5):
         make_task(f"t{i}", priority=i)
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'submitted_at)', 'prompt)')"
                  " WHERE name = 'idx_tasks_submitted_at'")
     conn.execute("PRAGMA writable_schema = OFF")
+
+
+def test_copy_of_a_structurally_broken_database_is_refused(conn, make_task, tmp_path):
+    """An index that disagrees with its table is a structural problem: refused even though the source has it."""
+    damage_an_index(conn, make_task)
     dest = tmp_path / "copy.db"
     with pytest.raises(DatabaseFileError, match="idx_tasks_submitted_at"):
         backup(conn, dest)
@@ -219,8 +334,9 @@ def test_a_partial_file_that_cannot_be_created(conn, tmp_path, monkeypatch, erro
 
     monkeypatch.setattr(maintenance.tempfile, "mkstemp", refuse)
     dest = tmp_path / "copy.db"
-    with pytest.raises(raised, match="cannot create the backup"):
+    with pytest.raises(raised, match="cannot create the backup") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value) and os.strerror(error) in str(caught.value)
     assert not dest.exists()
 
 
@@ -233,8 +349,9 @@ def test_destination_that_appears_during_the_copy_is_never_replaced(conn, tmp_pa
         return sqlite3.connect(path)
 
     monkeypatch.setattr(maintenance, "_open_copy", racing)
-    with pytest.raises(ConfigurationError, match="exists"):
+    with pytest.raises(ConfigurationError, match="exists") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value)
     assert dest.read_bytes() == b"someone else's" and _no_partial_copies(tmp_path)
 
 
@@ -245,8 +362,9 @@ def test_a_name_that_cannot_be_given_is_a_database_file_error(conn, tmp_path, mo
 
     monkeypatch.setattr(maintenance.os, "link", no_links)
     dest = tmp_path / "copy.db"
-    with pytest.raises(DatabaseFileError, match="cannot name the finished backup"):
+    with pytest.raises(DatabaseFileError, match="cannot name the finished backup") as caught:
         backup(conn, dest)
+    assert str(dest) in str(caught.value)
     assert not dest.exists() and _no_partial_copies(tmp_path)
 
 
@@ -297,6 +415,19 @@ def test_integrity_check_reports_a_violated_check(conn, quick):
     break_a_check(conn)
     problems = integrity_check(conn, quick=quick)
     assert problems and any("metrics" in problem for problem in problems), problems
+
+
+def test_only_the_full_integrity_check_compares_indexes_with_their_tables(conn, make_task, db_path):
+    """integrity_check() (by default) finds an index that disagrees with its table; quick=True skips that check."""
+    damage_an_index(conn, make_task)
+    damaged = connect(db_path)  # a new connection reads the changed schema
+    try:
+        problems = integrity_check(damaged)
+        assert problems and all("idx_tasks_submitted_at" in problem for problem in problems), problems
+        assert integrity_check(damaged, quick=False) == problems
+        assert integrity_check(damaged, quick=True) == []
+    finally:
+        damaged.close()
 
 
 def test_backup_of_an_in_memory_database_is_owner_only(tmp_path):
@@ -382,10 +513,11 @@ def test_checkpoint_refuses_an_unknown_mode(conn, mode):
     sent: list[str] = []
     conn.set_trace_callback(sent.append)
     try:
-        with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE"):
+        with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE") as caught:
             checkpoint(conn, mode)
     finally:
         conn.set_trace_callback(None)
+    assert repr(mode) in str(caught.value)
     assert sent == []
 
 
@@ -421,6 +553,57 @@ def test_checkpoint_reports_a_reader_that_holds_the_wal(pool, db_path):
     finally:
         reader.close()
     assert checkpoint(conn) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("busy_timeout, waited", [(5000, maintenance.CHECKPOINT_WAIT_MS), (20, 20)])
+def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back(conn, busy_timeout, waited):
+    """checkpoint() waits CHECKPOINT_WAIT_MS (100 ms, as documented) or less, around its PRAGMA only."""
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        abathur_db.checkpoint(conn, "passive")
+    finally:
+        conn.set_trace_callback(None)
+    assert maintenance.CHECKPOINT_WAIT_MS == 100
+    assert sent == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {waited}", "PRAGMA wal_checkpoint(PASSIVE)",
+                    f"PRAGMA busy_timeout = {busy_timeout}"]
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_timeout
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_the_backups_name_is_made_durable(conn, tmp_path, monkeypatch):
+    """Once the copy has its name, its folder is synced to disk, so a crash cannot forget the name."""
+    events = []
+    real_link, real_fsync = os.link, os.fsync
+
+    def link(source, target):
+        real_link(source, target)
+        events.append(("link", os.fspath(target)))
+
+    def fsync(handle):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{handle}")))
+        real_fsync(handle)
+
+    monkeypatch.setattr(maintenance.os, "link", link)
+    monkeypatch.setattr(maintenance.os, "fsync", fsync)
+    dest = backup(conn, tmp_path / "copy.db")
+    folder = os.path.realpath(tmp_path)
+    assert ("link", dest) in events and ("fsync", folder) in events
+    assert events.index(("link", dest)) < events.index(("fsync", folder))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_backup_leaves_no_file_descriptor_open(conn, tmp_path):
+    """A backup closes every file it opened: the process holds as many descriptors after it as before."""
+    backup(conn, tmp_path / "warm-up.db")  # SQLite opens what it keeps for the connection's life once
+    before = _open_descriptors()
+    backup(conn, tmp_path / "copy.db")
+    assert _open_descriptors() == before
 
 
 def test_checkpoint_of_a_database_not_in_wal_mode(tmp_path):

@@ -174,16 +174,29 @@ def test_new_database_files_are_private(pool, db_path):
 
 
 def test_pragma_read_back_mismatch_is_an_error(db_path, monkeypatch):
-    """A PRAGMA whose read-back differs from the value set fails the connection."""
+    """A PRAGMA whose read-back differs from the value set fails the connection, which is closed."""
+    opened = []
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
     monkeypatch.setattr(pool_module, "PRAGMAS", (("foreign_keys", 2),))
+    monkeypatch.setattr(pool_module.sqlite3, "connect", connect)
     with pytest.raises(ConfigurationError, match="foreign_keys"):
         pool_module.connect(db_path)
+    (refused,) = opened
+    with pytest.raises(sqlite3.ProgrammingError):  # closed before the error was raised
+        refused.execute("SELECT 1")
 
 
 def test_unopenable_path_is_a_database_file_error(tmp_path):
-    """A path in a missing folder gives the package's file error, not a raw OSError."""
-    with pytest.raises(abathur_db.DatabaseFileError, match="cannot create"):
-        abathur_db.open(tmp_path / "missing" / "x.db")
+    """A path in a missing folder gives the package's file error naming the file, not a raw OSError."""
+    path = tmp_path / "missing" / "x.db"
+    with pytest.raises(abathur_db.DatabaseFileError, match="cannot create") as caught:
+        abathur_db.open(path)
+    assert str(path) in str(caught.value)
 
 
 def test_old_sqlite_is_refused_at_import():
@@ -273,8 +286,9 @@ def test_fork_handler_closes_idle_copies_and_keeps_busy_ones(db_path, monkeypatc
 
 def test_a_path_sqlite_cannot_open_is_a_database_file_error(tmp_path):
     """connect() on a path SQLite cannot open (a directory) raises DatabaseFileError naming it."""
-    with pytest.raises(abathur_db.DatabaseFileError, match="cannot open"):
+    with pytest.raises(abathur_db.DatabaseFileError, match="cannot open") as caught:
         pool_module.connect(tmp_path)
+    assert str(tmp_path) in str(caught.value)
 
 
 def test_pool_repr_names_the_file_and_its_connections(pool, db_path):
@@ -529,9 +543,10 @@ def test_a_file_whose_name_looks_like_a_memory_uri_is_a_file(tmp_path, name):
 
 
 def test_a_path_of_another_type_is_a_configuration_error():
-    """A path that is not text, bytes or os.PathLike raises ConfigurationError, not TypeError."""
-    with pytest.raises(ConfigurationError, match="path"):
+    """A path that is not text, bytes or os.PathLike raises ConfigurationError naming it, not TypeError."""
+    with pytest.raises(ConfigurationError, match="path") as caught:
         abathur_db.open(42)
+    assert "42" in str(caught.value)
 
 
 FULL_DISK_AT_OPEN = """
@@ -604,3 +619,238 @@ def test_a_call_on_a_connection_inherited_through_fork_is_refused(pool, monkeypa
     with pytest.raises(ConfigurationError, match=f"opened by process {parent} and inherited through os.fork") as caught:
         tasks.get(conn, "t")
     assert f"process {child} must open its own" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Connections caught inside a transaction when their pool closes or their thread ends.
+
+
+def _write_lock_is_free(db_path) -> bool:
+    """Return whether a connection outside the package gets the file's write lock at once."""
+    other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def _closed_not_kept(conn) -> bool:
+    """Return whether `conn` is closed, and not parked among the connections a forked child keeps."""
+    try:
+        conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return all(kept is not conn for kept in pool_module._KEPT)
+    return False
+
+
+@pytest.mark.parametrize("how", ["BEGIN IMMEDIATE of its own", "transaction block never left"])
+def test_a_connection_whose_thread_ends_inside_a_transaction_is_closed_and_rolled_back(pool, db_path, how):
+    """A thread ending inside a transaction leaves its connection closed (not parked), its writes undone."""
+    def worker():
+        conn = pool.connection()
+        if how == "BEGIN IMMEDIATE of its own":
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('lost', 1)")
+        else:
+            block = transaction(conn)
+            block.__enter__()
+            metrics.record(conn, "lost", 1)
+        assert conn.in_transaction
+        return conn
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        worker_conn = executor.submit(worker).result(timeout=30)
+    gc.collect()
+    assert _closed_not_kept(worker_conn)
+    assert worker_conn.write_lock.holder is None and _write_lock_is_free(db_path)
+    assert pool.open_connections == 1  # the test thread's own
+    assert metrics.query(pool.connection()) == []
+
+
+def test_pool_close_closes_a_connection_inside_a_transaction_of_its_own(pool, db_path):
+    """pool.close() while another thread's connection is inside its own BEGIN closes it at once, rolled back."""
+    began, release = threading.Event(), threading.Event()
+
+    def worker():
+        conn = pool.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('lost', 1)")
+        began.set()
+        release.wait(timeout=30)
+        return conn
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        future = executor.submit(worker)
+        try:
+            assert began.wait(timeout=30)
+            pool.close()
+            assert _write_lock_is_free(db_path)
+        finally:
+            release.set()
+        worker_conn = future.result(timeout=30)
+    assert _closed_not_kept(worker_conn)
+    with abathur_db.open(db_path) as reopened:
+        assert metrics.query(reopened.connection()) == []
+
+
+def test_pool_close_during_a_block_closes_the_connection_once_the_block_ends_without_parking_it(pool):
+    """A connection whose block outlives pool.close() is closed as the block ends, and never kept open for good."""
+    conn = pool.connection()
+    with transaction(conn):
+        metrics.record(conn, "kept", 1)
+        pool.close()
+        assert all(kept is not conn for kept in pool_module._KEPT)
+        metrics.record(conn, "kept too", 2)
+    assert _closed_not_kept(conn)
+    with abathur_db.open(pool.path) as reopened:
+        assert [m["metric_name"] for m in metrics.query(reopened.connection())] == ["kept", "kept too"]
+
+
+def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_poll():
+    """Giving the in-process write lock back wakes a thread waiting for it (a notify, not its polling timeout)."""
+    lock = pool_module._WriteLock()
+    woken: list[bool] = []
+    waiting = threading.Event()
+
+    class Recording(threading.Condition):
+        def wait(self, timeout=None):
+            waiting.set()
+            notified = super().wait(30)  # not the lock's short polling cap: only a notify ends this in time
+            woken.append(notified)
+            return notified
+
+    lock._freed = Recording(threading.Lock())
+    holder, waiter = object(), object()
+    assert lock.setdefault(0, holder) is holder
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        taken = executor.submit(lock.wait, waiter, 30)
+        assert waiting.wait(timeout=30)
+        with lock._freed:  # the waiter is inside wait(), which released this lock
+            lock.pop(0)
+        lock.wake()
+        assert taken.result(timeout=30) is True
+    assert woken[-1] is True and lock.holder is waiter
+
+
+# ---------------------------------------------------------------------------------------
+# Read-only connections (verify --check-only).
+
+
+@pytest.mark.parametrize("write", [
+    pytest.param(lambda conn: tasks.create(conn, "refused"), id="tasks.create"),
+    pytest.param(lambda conn: metrics.record(conn, "refused", 1), id="metrics.record"),
+    pytest.param(lambda conn: tasks.claim_next(conn), id="tasks.claim_next"),
+])
+@pytest.mark.parametrize("pool_open", [True, False], ids=["pool open", "pool closed"])
+def test_a_write_through_a_read_only_connection_fails_and_changes_nothing(db_path, write, pool_open):
+    """connect(readonly=True) cannot write: the package's writes raise DatabaseFileError, and no row changes."""
+    pool = abathur_db.open(db_path)
+    tasks.create(pool.connection(), "claimable", task_id="t")
+    if not pool_open:
+        pool.close()
+    reader = abathur_db.connect(db_path, readonly=True)
+    try:
+        with pytest.raises(abathur_db.DatabaseFileError, match="readonly"):
+            write(reader)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("DELETE FROM tasks")
+        assert not reader.in_transaction
+        assert [(t["id"], t["status"]) for t in tasks.list(reader, status="pending")] == [("t", "pending")]
+        assert metrics.query(reader) == []
+    finally:
+        reader.close()
+        pool.close()
+
+
+def test_a_read_only_connection_has_every_pragma(pool, db_path):
+    """connect(readonly=True) reads journal_mode and sets every other PRAGMA, as a writing connection does."""
+    reader = abathur_db.connect(db_path, readonly=True)
+    try:
+        assert _pragmas(reader) == EXPECTED
+    finally:
+        reader.close()
+
+
+def test_a_read_only_connection_never_creates_the_file(tmp_path):
+    """connect(readonly=True) on a missing file raises DatabaseFileError naming it, and creates nothing."""
+    missing = tmp_path / "missing.db"
+    with pytest.raises(abathur_db.DatabaseFileError) as caught:
+        abathur_db.connect(missing, readonly=True)
+    assert str(missing) in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_connect_and_pool_refuse_the_rollback_journal_unless_asked(without_shared_memory, db_path):
+    """connect() and Pool() without allow_rollback_journal refuse a file system without WAL, as open() does."""
+    for opening in (abathur_db.connect, lambda path: abathur_db.Pool(path).connection()):
+        with pytest.raises(ConfigurationError, match="allow_rollback_journal=True"):
+            opening(db_path)
+    conn = abathur_db.connect(db_path, allow_rollback_journal=True)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# In-memory names.
+
+
+@pytest.mark.parametrize("path", ["file:x?mode=memory", "file:x.db?cache=shared&mode=memory", "file::memory:"])
+def test_every_form_of_an_in_memory_uri_is_refused(tmp_path, monkeypatch, path):
+    """A file: URI asking for memory (mode=memory in its query) is refused by name, and no file appears."""
+    monkeypatch.chdir(tmp_path)
+    for opening in (abathur_db.open, abathur_db.connect):
+        with pytest.raises(ConfigurationError, match="in-memory") as caught:
+            opening(path)
+        assert repr(path) in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["file:notes.db", "file:mode=memory.db"])
+def test_a_relative_name_starting_with_file_is_a_file(tmp_path, monkeypatch, name):
+    """A plain name that starts with 'file:' but asks for no memory is a file in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    with abathur_db.open(name) as pool:
+        tasks.create(pool.connection(), "kept")
+    assert (tmp_path / name).stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------
+# The fork handler, as the child runs it.
+
+
+def test_fork_handler_closes_idle_connections_from_connect_and_keeps_busy_ones(db_path, monkeypatch):
+    """In a forked child, copies of connect()'s connections are handled like pooled ones: idle closed, busy kept."""
+    abathur_db.open(db_path).close()
+    idle, busy = abathur_db.connect(db_path), abathur_db.connect(db_path)
+    busy.execute("BEGIN IMMEDIATE")
+    kept_before = len(pool_module._KEPT)
+    try:
+        _run_the_fork_hook(monkeypatch)
+        with pytest.raises(sqlite3.ProgrammingError):
+            idle.execute("SELECT 1")
+        assert pool_module._KEPT[kept_before:] == [busy] and busy.in_transaction
+    finally:
+        del pool_module._KEPT[kept_before:]
+        busy.close()
+
+
+def test_fork_handler_gives_the_child_fresh_write_locks(pool, monkeypatch):
+    """A write lock a parent's thread held at the fork does not hold back the child's own connections."""
+    parent = pool.connection()
+    kept_before = len(pool_module._KEPT)
+    try:
+        with transaction(parent):
+            held = parent.write_lock
+            _run_the_fork_hook(monkeypatch)
+            with concurrent.futures.ThreadPoolExecutor(1) as executor:
+                fresh = executor.submit(lambda: pool.connection().write_lock).result(timeout=30)
+            assert fresh is not held and fresh.holder is None
+            assert held.holder is parent
+    finally:
+        del pool_module._KEPT[kept_before:]

@@ -24,22 +24,29 @@ THREADS = 10
 PROCESSES = 4
 TIMEOUT = 120  # seconds; only reached if something hangs
 
-_start_line = None  # the children's barrier, set by _init_child
+_start_line = None  # the children's barriers, set by _init_child
+_first_claims = None
 
 
-def _drain(conn) -> list[str]:
-    """Claim and complete tasks until none is left; return the ids claimed."""
+def _drain(conn, first_claims) -> list[str]:
+    """Claim and complete tasks until none is left; return the ids claimed.
+
+    After its first claim each claimer waits on `first_claims` for every other one
+    to have made its first, so that all of them really compete, whichever starts first.
+    """
     claimed = []
     while (task := tasks.claim_next(conn)) is not None:
         claimed.append(task["id"])
         tasks.complete(conn, task["id"], task["lease"], {"pid": os.getpid(), "thread": threading.get_ident()})
+        if len(claimed) == 1:
+            first_claims.wait(TIMEOUT)
     return claimed
 
 
-def _init_child(barrier) -> None:
-    """Keep the barrier, which a spawned child can only receive when it starts."""
-    global _start_line
-    _start_line = barrier
+def _init_child(start_line, first_claims) -> None:
+    """Keep the barriers, which a spawned child can only receive when it starts."""
+    global _start_line, _first_claims
+    _start_line, _first_claims = start_line, first_claims
 
 
 def _drain_in_child(path: str) -> list[str]:
@@ -47,7 +54,7 @@ def _drain_in_child(path: str) -> list[str]:
     with abathur_db.open(path) as pool:
         conn = pool.connection()
         _start_line.wait(TIMEOUT)
-        return _drain(conn)
+        return _drain(conn, _first_claims)
 
 
 def test_threads_and_processes_claim_each_task_exactly_once(pool, db_path):
@@ -57,15 +64,16 @@ def test_threads_and_processes_claim_each_task_exactly_once(pool, db_path):
         ids = {tasks.create(conn, f"task {i}", priority=i % 11)["id"] for i in range(TASKS)}
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES + 1)
+    first_claims = context.Barrier(PROCESSES + THREADS)
     go = threading.Event()
 
     def drain_in_thread() -> list[str]:
         """Wait for the start, then drain the queue on this thread's own connection."""
         assert go.wait(TIMEOUT)
-        return _drain(pool.connection())
+        return _drain(pool.connection(), first_claims)
 
     with concurrent.futures.ProcessPoolExecutor(
-        PROCESSES, mp_context=context, initializer=_init_child, initargs=(barrier,)
+        PROCESSES, mp_context=context, initializer=_init_child, initargs=(barrier, first_claims)
     ) as processes, concurrent.futures.ThreadPoolExecutor(THREADS) as threads:
         in_processes = [processes.submit(_drain_in_child, str(db_path)) for _ in range(PROCESSES)]
         in_threads = [threads.submit(drain_in_thread) for _ in range(THREADS)]
@@ -81,7 +89,7 @@ def test_threads_and_processes_claim_each_task_exactly_once(pool, db_path):
     duplicates = [task_id for task_id, n in collections.Counter(claimed).items() if n > 1]
     assert duplicates == [] and len(claimed) == TASKS
     assert set(claimed) == ids
-    assert sum(map(len, by_process)) > 0 and sum(map(len, by_thread)) > 0  # both kinds really competed
+    assert all(by_process) and all(by_thread)  # every claimer really competed
     statuses = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
     assert statuses == {"completed": TASKS}
 
@@ -186,18 +194,18 @@ def test_release_racing_requeue_stale_ends_each_run_once(pool, db_path):
     assert {i: row for i, row in rows.items() if i in requeued} == {i: ("pending", 1, None) for i in requeued}
 
 
-def _on_second_data_version(waiting):
-    """Return a trace callback that sets `waiting` once claim_next waits: its second PRAGMA data_version.
+def _on_data_version(waiting, nth: int = 2):
+    """Return a trace callback that sets `waiting` at the `nth` PRAGMA data_version claim_next reads.
 
     The first is read before the claim it tries at once; the second, after that claim
-    found nothing, as the wait begins.
+    found nothing, as the wait begins; each later one after a poll interval of waiting.
     """
     seen = []
 
     def trace(sql: str) -> None:
         if sql == "PRAGMA data_version":
             seen.append(sql)
-            if len(seen) == 2:
+            if len(seen) == nth:
                 waiting.set()
 
     return trace
@@ -207,7 +215,7 @@ def _wait_for_work(path: str, waiting, results) -> None:
     """In a worker process: claim with a long wait, saying when it waits; send back what it claimed."""
     with abathur_db.open(path) as pool:
         conn = pool.connection()
-        conn.set_trace_callback(_on_second_data_version(waiting))
+        conn.set_trace_callback(_on_data_version(waiting))
         task = tasks.claim_next(conn, wait=60)
         conn.set_trace_callback(None)
         results.put(task and task["id"])

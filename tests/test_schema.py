@@ -235,6 +235,111 @@ def test_missing_schema_folder_is_reported(tmp_path, monkeypatch):
         schema.schema_dir()
 
 
+def _crlf_copy(folder: Path) -> Path:
+    """Return a copy of the schema files with CRLF line ends, as git's autocrlf checks them out."""
+    folder.mkdir()
+    for file in FILES:
+        (folder / file.name).write_bytes((SCHEMA_DIR / file.name).read_bytes().replace(b"\n", b"\r\n"))
+    return folder
+
+
+def test_files_checked_out_with_crlf_are_the_same_files(db_path, tmp_path):
+    """A database made from LF files opens with CRLF copies of them (and back), applying and changing nothing."""
+    crlf = _crlf_copy(tmp_path / "crlf")
+    assert [f.sha256 for f in schema.load_files(crlf)] == [f.sha256 for f in FILES]
+    abathur_db.open(db_path).close()
+    before = _fingerprint(db_path)
+    with abathur_db.open(db_path, schema_dir=crlf) as pool:
+        assert pool.applied == []
+    assert _fingerprint(db_path) == before
+    other = tmp_path / "from-crlf.db"
+    abathur_db.open(other, schema_dir=crlf).close()
+    assert _ledger(other) == _ledger(db_path)
+    conn = sqlite3.connect(other)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE instr(sql, char(13))").fetchone()[0] == 0
+    conn.close()
+
+
+def test_ledger_rows_recorded_over_crlf_text_still_match(db_path):
+    """A database whose ledger holds the checksums of CRLF text (an older CRLF checkout) opens unchanged."""
+    abathur_db.open(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for file in FILES:
+        crlf = hashlib.sha256(file.sql.replace("\n", "\r\n").encode()).hexdigest()
+        conn.execute("UPDATE schema_migrations SET sha256 = ? WHERE version = ?", (crlf, file.version))
+    conn.close()
+    with abathur_db.open(db_path) as pool:
+        assert pool.applied == []
+
+
+def test_an_edit_beyond_line_ends_is_still_refused(db_path, tmp_path):
+    """A CRLF copy with one more character is a changed file, whatever its line ends."""
+    abathur_db.open(db_path).close()
+    crlf = _crlf_copy(tmp_path / "crlf")
+    edited = crlf / FILES[1].name
+    edited.write_bytes(edited.read_bytes() + b"-- edited\r\n")
+    with pytest.raises(SchemaError, match=f"{FILES[1].name} changed after it was applied"):
+        abathur_db.open(db_path, schema_dir=crlf)
+
+
+def _vendored(tmp_path: Path, *, ours: str | None) -> Path:
+    """Copy abathur_db/ into `tmp_path` beside a schema/ folder of the script's own; ours goes to `ours`."""
+    shutil.copytree(Path(abathur_db.__file__).parent, tmp_path / "abathur_db",
+                    ignore=shutil.ignore_patterns("__pycache__", "sql"))
+    (tmp_path / "schema").mkdir()
+    (tmp_path / "schema" / "0001_users.sql").write_text("CREATE TABLE users (id INTEGER PRIMARY KEY);\n")
+    if ours is not None:
+        shutil.copytree(SCHEMA_DIR, tmp_path / ours)
+    return tmp_path
+
+
+def _run_script(folder: Path, code: str) -> subprocess.CompletedProcess:
+    (folder / "script.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "script.py"], cwd=folder, capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_a_vendored_copy_passes_over_the_scripts_own_schema_folder(tmp_path):
+    """Beside a script's unrelated schema/, a vendored copy uses its own files in abathur_db/sql."""
+    folder = _vendored(tmp_path, ours="abathur_db/sql")
+    result = _run_script(folder, "import abathur_db\n"
+                                 "with abathur_db.open('vendored.db') as pool:\n"
+                                 "    print(len(pool.applied), abathur_db.schema.schema_dir())\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(FILES)), str((folder / "abathur_db" / "sql").resolve())]
+
+
+def test_a_foreign_schema_folder_is_never_applied(tmp_path):
+    """With only a script's own schema/ in reach, open() refuses, naming every folder tried, and creates nothing."""
+    folder = _vendored(tmp_path, ours=None)
+    result = _run_script(folder, "import abathur_db\nabathur_db.open('vendored.db')\n")
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("abathur_db.errors.SchemaError: no schema folder of abathur_db: tried ")
+    package = (folder / "abathur_db").resolve()
+    assert f"{package / 'sql'} (no such folder)" in error
+    assert f"{package.parent / 'schema'} (no 0001_schema_ledger.sql: not abathur_db's schema folder)" in error
+    assert not (folder / "vendored.db").exists()
+
+
+def test_a_foreign_first_file_of_the_same_name_is_recognised(tmp_path, monkeypatch):
+    """A folder without the package's 0001_schema_ledger.sql, or with another file of that name, is passed over."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (tmp_path / "schema").mkdir()
+    (tmp_path / "schema" / "0001_schema_ledger.sql").write_text("CREATE TABLE schema_migrations (x);\n")
+    (package / "sql").mkdir()
+    monkeypatch.setattr(schema, "__file__", str(package / "schema.py"))
+    with pytest.raises(SchemaError) as caught:
+        schema.schema_dir()
+    assert f"tried {package / 'sql'} (no 0001_schema_ledger.sql: not abathur_db's schema folder); " \
+           f"{tmp_path / 'schema'} (0001_schema_ledger.sql is not abathur_db's)" in str(caught.value)
+    (package / "sql").rmdir()
+    shutil.copytree(SCHEMA_DIR, package / "sql")
+    assert schema.schema_dir() == package / "sql"
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [

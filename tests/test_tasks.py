@@ -16,7 +16,7 @@ import pytest
 import abathur_db
 from abathur_db import sessions, tasks, transaction
 from abathur_db.transaction import _SIGNALS
-from test_queue_concurrency import _on_second_data_version
+from test_queue_concurrency import _on_data_version
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
@@ -900,17 +900,17 @@ def test_a_dependency_that_can_never_complete_is_refused(conn, create):
 # --- waiting for work -------------------------------------------------------------------------
 
 
-def _waiting(connect, **options) -> tuple[concurrent.futures.Future, concurrent.futures.Executor]:
-    """Start claim_next(**options) on another thread's connection (`connect()`); return it once it waits."""
+def _waiting(connect, nth: int = 2, **options) -> tuple[concurrent.futures.Future, concurrent.futures.Executor]:
+    """Start claim_next(**options) on another thread's connection (`connect()`); return it once it waits.
+
+    It waits once it reads PRAGMA data_version the second time; `nth` waits for a later reading.
+    """
     waiting = threading.Event()
 
     def claim():
         conn = connect()
-        conn.set_trace_callback(_on_second_data_version(waiting))
-        try:
-            return tasks.claim_next(conn, **options)
-        finally:
-            conn.set_trace_callback(None)
+        conn.set_trace_callback(_on_data_version(waiting, nth))  # the thread and its connection end with the test
+        return tasks.claim_next(conn, **options)
 
     executor = concurrent.futures.ThreadPoolExecutor(1)
     future = executor.submit(claim)
@@ -993,7 +993,7 @@ def test_a_plain_connection_waits_for_commits_of_other_connections(pool, db_path
     """A plain sqlite3 connection's wait sees another connection's commit through PRAGMA data_version."""
     plain = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     try:
-        future, executor = _waiting(lambda: plain, wait=60)
+        future, executor = _waiting(lambda: plain, 3, wait=60)  # the third reading follows a pause
         with executor:
             created = tasks.create(pool.connection(), "arrives")
             assert future.result(timeout=10)["id"] == created["id"]

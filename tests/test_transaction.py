@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import os
 import sqlite3
@@ -13,6 +14,7 @@ import pytest
 
 import abathur_db
 from abathur_db import metrics, tasks, transaction
+from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, ConfigurationError, UniqueError, ValidationError
 from abathur_db.transaction import write
 
@@ -236,6 +238,34 @@ def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path)
         waiter.close()
 
 
+def test_a_thread_writing_in_a_tight_loop_does_not_starve_another(pool, db_path):
+    """A thread committing write after write lets another thread's writes in well within its busy_timeout."""
+    from abathur_db import audit
+
+    started, stop = threading.Event(), threading.Event()
+
+    def hammer():
+        conn = pool.connection()
+        started.set()
+        while not stop.is_set():
+            audit.record(conn, "tight loop")
+
+    conn = pool.connection()
+    # The taker of a freed lock is the thread that asks first, so without the hand-off
+    # to a long waiter the hammering thread takes it every time and this one times out.
+    conn.execute("PRAGMA busy_timeout = 1000")
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        assert started.wait(30)
+        for _ in range(20):
+            audit.record(conn, "between")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert len(audit.list(conn, limit=1000)) > 20
+
+
 # ---------------------------------------------------------------------------------------
 # An exception at any point: a signal handler's exception can surface wherever the
 # interpreter checks for pending signals, which is right after a call returns and at
@@ -385,9 +415,17 @@ def test_a_refused_rollback_is_the_package_error(conn):
     assert _count(conn) == 0
 
 
-def test_a_refused_begin_hands_the_in_process_lock_to_a_waiting_thread(pool):
-    """When BEGIN fails, the in-process write lock goes at once to the thread queued for it."""
+def test_a_refused_begin_hands_the_in_process_lock_to_a_waiting_thread(pool, monkeypatch):
+    """When BEGIN fails, the in-process write lock goes at once to the thread queued for it, which is woken."""
     conn = pool.connection()
+    wakes = []
+    real_wake = pool_module._WriteLock.wake
+
+    def wake(lock):
+        wakes.append(lock)
+        real_wake(lock)
+
+    monkeypatch.setattr(pool_module._WriteLock, "wake", wake)
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         waiter = []
 
@@ -406,6 +444,7 @@ def test_a_refused_begin_hands_the_in_process_lock_to_a_waiting_thread(pool):
             with transaction(conn):
                 pass  # pragma: no cover - the block is never entered
         conn.set_authorizer(None)
+        assert wakes == [conn.write_lock]  # the waiter was woken, not left to poll
         assert waiter[0].result(timeout=30)["metric_name"] == "waited"
 
 
@@ -494,3 +533,78 @@ def test_a_connection_closed_by_hand_inside_a_block_gives_the_lock_back(pool):
             conn.close()  # SQLite rolls back as it closes
             raise RuntimeError("the block's own")
     assert conn.write_lock.holder is None and conn.blocks == 0
+
+
+def test_a_block_never_entered_does_nothing_when_dropped(conn, traced, monkeypatch):
+    """A transaction() object that is never entered sends nothing and raises nothing when it is dropped."""
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    block = transaction(conn)
+    del block
+    gc.collect()
+    assert traced == [] and unraisable == [] and not conn.in_transaction
+
+
+def test_a_refused_begin_leaves_nothing_that_could_roll_back_the_callers_own_transaction(pool, db_path):
+    """After BEGIN IMMEDIATE fails, a block inside the caller's own later transaction joins it, undoing nothing."""
+    conn = pool.connection()
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 0")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(abathur_db.BusyError):
+            with transaction(conn):
+                pass  # pragma: no cover - the block is never entered
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("BEGIN IMMEDIATE")  # the caller's own transaction
+    conn.execute(INSERT)
+    with transaction(conn):
+        metrics.record(conn, "in the caller's transaction", 2)
+    conn.execute("COMMIT")
+    assert _count(conn) == 2
+
+
+def test_a_block_dropped_on_another_thread_is_left_to_its_owner(pool):
+    """A block object deallocated on a thread that does not own its connection leaves the block open for its owner."""
+    entered, dropped = threading.Event(), threading.Event()
+    handed = {}
+
+    def owner():
+        conn = pool.connection()
+        block = handed["block"] = transaction(conn)
+        block.__enter__()
+        metrics.record(conn, "the owner's", 1)
+        entered.set()
+        assert dropped.wait(30)
+        still_open = conn.in_transaction and conn.blocks == 1
+        block.__exit__(None, None, None)
+        return still_open
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        future = executor.submit(owner)
+        assert entered.wait(30)
+        handed["block"].__del__()  # what deallocation on this thread would run
+        dropped.set()
+        assert future.result(timeout=30) is True
+    assert [m["metric_name"] for m in metrics.query(pool.connection())] == ["the owner's"]
+
+
+def test_a_plain_connection_keeps_its_block_state_across_nested_blocks(db_path, pool):
+    """On a plain sqlite3 connection, a write after a nested block ended still joins the outer block as is."""
+    plain = sqlite3.connect(db_path, isolation_level=None)
+    sent: list[str] = []
+    try:
+        with transaction(plain):
+            with transaction(plain):
+                metrics.record(plain, "nested", 1)
+            plain.set_trace_callback(sent.append)
+            metrics.record(plain, "after it", 2)
+            plain.set_trace_callback(None)
+        assert [m["metric_name"] for m in metrics.query(plain)] == ["nested", "after it"]
+    finally:
+        plain.close()
+    assert len(sent) == 1 and sent[0].startswith("INSERT INTO metrics"), sent
+    assert TRANSACTION_MODULE._PLAIN == {}

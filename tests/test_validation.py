@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 
 import abathur_db
-from abathur_db import agents, checkpoints, state, tasks, validation
+from abathur_db import agents, audit, checkpoints, metrics, state, tasks, validation
 from abathur_db.catalog import CATALOG, CatalogQuery
-from abathur_db.errors import AbathurDBError, ValidationError
+from abathur_db.errors import AbathurDBError, DatabaseFileError, ValidationError
 
 CATALOG_BY_ID = {query.id: query for query in CATALOG}
 _T = "2026-01-01T00:00:00.000Z"
@@ -49,6 +49,10 @@ OTHER_KEYED = (
                  {"task_id": "t", "keep_last": 2}, ("idx_checkpoints_task_id_iteration",)),
     CatalogQuery("state.delete", "one state key", state._DELETE, {"task_id": "t", "key": "k"},
                  ("sqlite_autoindex_state_1",)),
+    CatalogQuery("audit.prune", "a batch of the oldest audit rows", audit.PRUNE_SQL,
+                 {"before": "2026-01-01T00:00:00.000Z", "limit": 500}, ("idx_audit_timestamp",)),
+    CatalogQuery("metrics.prune", "a batch of the oldest measurements", metrics.PRUNE_SQL,
+                 {"before": "2026-01-01T00:00:00.000Z", "limit": 500}, ("idx_metrics_timestamp",)),
 )
 KEYED = CATALOG + OTHER_KEYED
 # Every index these statements name that can be dropped (a primary key's automatic index cannot).
@@ -299,3 +303,39 @@ def test_closed_connection_raises_a_package_error(tmp_path, call):
     with pytest.raises(AbathurDBError) as caught:
         call(conn)
     assert isinstance(caught.value.__cause__, sqlite3.Error)
+
+
+def test_a_query_that_cannot_be_planned_fails_its_check_with_ok_exactly_false(conn):
+    """check_plan() of a query SQLite cannot prepare returns ok=False itself, no plan, and problems naming why."""
+    query = CatalogQuery("X", "unplannable", "SELECT id FROM no_such_table", {}, ("idx_no_such_index",))
+    check = abathur_db.check_plan(conn, query)
+    assert check.ok is False and check.plan == []
+    assert any("no_such_table" in problem for problem in check.problems), check.problems
+    assert any("idx_no_such_index" in problem for problem in check.problems), check.problems
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda conn: abathur_db.validate_foreign_keys(conn), id="validate_foreign_keys"),
+    pytest.param(lambda conn: abathur_db.explain_query_plan(conn, "SELECT 1"), id="explain_query_plan"),
+    pytest.param(lambda conn: abathur_db.check_catalog(conn), id="check_catalog"),
+    pytest.param(lambda conn: validation.rule_violations(conn), id="rule_violations"),
+])
+def test_a_file_that_is_not_a_database_raises_database_file_error(tmp_path, call):
+    """Each check of a file that is not SQLite raises DatabaseFileError, sqlite3's error chained."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are not the pages you are looking for " * 100)
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(DatabaseFileError) as caught:
+            call(conn)
+    finally:
+        conn.close()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+
+
+def test_explaining_an_unknown_table_is_a_package_error_naming_it(conn):
+    """A statement naming a table that does not exist raises AbathurDBError (not a refusal of the SQL), naming it."""
+    with pytest.raises(AbathurDBError) as caught:
+        abathur_db.explain_query_plan(conn, "SELECT * FROM no_such_table")
+    assert not isinstance(caught.value, ValidationError)
+    assert "no_such_table" in str(caught.value) and isinstance(caught.value.__cause__, sqlite3.OperationalError)

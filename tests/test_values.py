@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import json
+import os
 import re
 import sqlite3
+import subprocess
 import sys
+import textwrap
+import time
 import uuid
 
 import pytest
 
 from abathur_db import _values, agents, audit, checkpoints, metrics, sessions, state, tasks
-from abathur_db.errors import StoredValueError, ValidationError
+from abathur_db.errors import StoredValueError, TransitionError, ValidationError, short_repr
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_values.__file__)))
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 UTC = dt.timezone.utc
 
@@ -195,7 +201,8 @@ def _nested(depth: int) -> list:
 
 
 def test_to_json_accepts_the_documented_nesting_depth():
-    """Arrays and objects nested MAX_JSON_DEPTH levels deep are stored, and decode back equal."""
+    """Arrays and objects nested MAX_JSON_DEPTH (100, as documented) levels deep are stored, and decode back equal."""
+    assert _values.MAX_JSON_DEPTH == 100
     text = _values.to_json({"a": _nested(_values.MAX_JSON_DEPTH - 1)}, "t", "f")
     assert _values.decode_json(text, "t", "f", {}, ()) == {"a": _nested(_values.MAX_JSON_DEPTH - 1)}
 
@@ -294,3 +301,126 @@ def test_reading_a_stored_value_that_breaks_the_rules_raises_stored_value_error(
     with pytest.raises(StoredValueError) as caught:
         read(conn)
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Ids and clocks, checked against the system clock.
+
+
+def _to_the_millisecond(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _epoch_millis(moment: dt.datetime) -> int:
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(milliseconds=1)
+
+
+def test_a_new_ids_time_part_is_the_current_unix_time_in_milliseconds():
+    """A UUIDv7's leading 48 bits are the Unix time in milliseconds at which it was made."""
+    for _ in range(50):
+        before = time.time_ns() // 1_000_000
+        made = uuid.UUID(_values.new_id()).int >> 80
+        after = time.time_ns() // 1_000_000
+        assert before <= made <= after
+
+
+def test_new_ids_fill_their_random_bits():
+    """Apart from the time, version and variant bits, an id's 74 bits are random: each of them varies."""
+    randoms = [uuid.UUID(_values.new_id()).int & ((1 << 80) - 1) for _ in range(2000)]
+    varying = 0
+    for value in randoms:
+        varying |= value ^ randoms[0]
+    assert varying == ((1 << 12) - 1) << 64 | (1 << 62) - 1  # rand_a (12 bits) and rand_b (62 bits)
+
+
+def test_now_is_the_system_clocks_utc_time():
+    """now() is the system clock's current UTC time, to the millisecond."""
+    for _ in range(20):
+        before = _to_the_millisecond(dt.datetime.now(UTC))
+        stamp = _values.now()
+        after = dt.datetime.now(UTC)
+        assert before <= dt.datetime.fromisoformat(stamp) <= after, (before, stamp, after)
+
+
+class _NoOffset(dt.tzinfo):
+    """A time zone that does not know its offset: datetimes in it are as good as naive."""
+
+    def utcoffset(self, moment):
+        return None
+
+    def tzname(self, moment):
+        return "unknown"
+
+    def dst(self, moment):
+        return None
+
+
+def test_a_tzinfo_without_an_offset_is_refused():
+    """A datetime whose tzinfo returns no offset is refused like a naive one, naming table, field and value."""
+    moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=_NoOffset())
+    with pytest.raises(ValidationError, match=r"t\.f: .*no time zone") as caught:
+        _values.timestamp(moment, "t", "f")
+    assert "datetime.datetime(2024, 1, 2, 3, 4, 5" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["2024-06-01T10:00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"])
+def test_a_refused_time_quotes_the_text_given(text):
+    """A time text refused after parsing (no offset, out of range in UTC) is quoted as given, not as parsed."""
+    with pytest.raises(ValidationError, match=r"t\.f: ") as caught:
+        _values.timestamp(text, "t", "f")
+    assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [{"k": "\ud800"}, ["ok", "\udfff"], {"\udfff": 1}])
+def test_a_json_value_with_a_lone_surrogate_is_quoted_as_given(value):
+    """A JSON value holding a lone surrogate is refused quoting the value passed, not its JSON text."""
+    with pytest.raises(ValidationError, match=r"t\.f: .*lone surrogate") as caught:
+        _values.to_json(value, "t", "f")
+    assert short_repr(value) in str(caught.value)
+
+
+def test_a_refused_transition_names_the_field_and_both_values():
+    """A status change the state machine refuses names the row, the field, the current and the wanted value."""
+    with pytest.raises(TransitionError) as caught:
+        _values.require_transition({"a": ("b",)}, "a", "c", "t: row 'r1'", "status")
+    message = str(caught.value)
+    assert message.startswith("t: row 'r1'") and "status" in message and "'a'" in message and "'c'" in message
+
+
+_IN_ANOTHER_TIME_ZONE = """
+    import datetime as dt, json, sqlite3, time, uuid
+    from abathur_db import _values
+
+    made = uuid.UUID(_values.new_id()).int >> 80
+    local = dt.datetime(2024, 7, 1, 12, 0).astimezone()  # noon on the local clock, an aware datetime
+    conn = sqlite3.connect(":memory:")
+    sql_now = conn.execute("SELECT strftime(?, 'now')", (_values.TIMESTAMP_SQL_FORMAT,)).fetchone()[0]
+    print(json.dumps({
+        "offset": time.localtime().tm_gmtoff,
+        "now": _values.now(),
+        "id_millis": made,
+        "sql_now": sql_now,
+        "local_noon": _values.timestamp(local, "t", "f"),
+        "local_noon_text": _values.timestamp(local.isoformat(), "t", "f"),
+    }))
+"""
+
+
+@pytest.mark.parametrize("zone, noon_in_utc", [
+    ("XST-05:30", "2024-07-01T06:30:00.000Z"),  # 5 h 30 east of UTC (POSIX signs are reversed)
+    ("YST+08", "2024-07-01T20:00:00.000Z"),
+])
+def test_times_are_utc_whatever_the_local_time_zone(zone, noon_in_utc):
+    """Under another TZ, now(), new ids, SQL's default and stored times are all UTC, never local time."""
+    env = {**os.environ, "TZ": zone, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    before = _to_the_millisecond(dt.datetime.now(UTC))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_IN_ANOTHER_TIME_ZONE)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    after = dt.datetime.now(UTC)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["offset"] != 0  # the child really ran in another time zone
+    for key in ("now", "sql_now"):
+        assert before <= dt.datetime.fromisoformat(seen[key]) <= after, (key, seen[key])
+    assert _epoch_millis(before) <= seen["id_millis"] <= _epoch_millis(after)
+    assert seen["local_noon"] == seen["local_noon_text"] == noon_in_utc

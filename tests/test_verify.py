@@ -1,4 +1,4 @@
-"""python -m abathur_db.verify: the report, its JSON form, exit codes, and --check-only changing nothing."""
+"""python -m abathur_db.verify: the report and its JSON form, exit codes, writing only when asked, next steps."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from abathur_db import verify
 from abathur_db.catalog import CATALOG
 from abathur_db.pool import PRAGMAS
 from abathur_db.errors import DatabaseFileError
+from abathur_db.schema import indexes as schema_indexes
 from abathur_db.schema import load_files
-from abathur_db.validation import rule_violations
+from abathur_db.validation import PlanCheck, rule_violations
 from legacy import NON_JSON, OUT_OF_ENUM, TABLE_ROWS, build_legacy
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKS = ["schema", "pragmas", "tables", "core_indexes", "integrity_check", "foreign_key_check", "query_plans"]
 FILE_NAMES = [file.name for file in load_files()]
+SCHEMA_INDEXES = schema_indexes(load_files())
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -40,15 +42,33 @@ def _raw(path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
+def _execute(path, script: str) -> None:
+    """Run `script` on a raw connection to `path`, which keeps none of the package's settings."""
+    conn = _raw(path)
+    try:
+        conn.executescript(script)
+    finally:
+        conn.close()
+
+
 def _check_line(out: str, name: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(name + " "))
 
 
 def _assert_one_line_error(err: str, *fragments: str) -> None:
     assert err.count("\n") == 1 and err.startswith("verify: "), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "; next: " in err, err
     for fragment in fragments:
         assert fragment in err
+
+
+def _fail_lines(out: str) -> list[str]:
+    """Return the report's check lines that FAIL."""
+    return [line for line in out.splitlines() if line.split()[1:2] == ["FAIL"] and not line.startswith(" ")]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
 
 
 def _plant_orphans(path, count: int = 1) -> None:
@@ -66,56 +86,297 @@ def _fingerprint(path) -> tuple[str, int]:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest(), os.stat(path).st_mtime_ns
 
 
-def test_fresh_database_passes_every_check(db_path, capsys):
-    """verify creates a new database, says which files it applied, and passes every check (exit 0)."""
-    code, out, err = _run(capsys, db_path)
+# --- creating: only with --create ---------------------------------------------------------
+
+
+def test_create_makes_a_new_database_that_passes_every_check(db_path, capsys):
+    """--create creates the file, says which files it applied, and passes every check (exit 0)."""
+    code, out, err = _run(capsys, db_path, "--create")
     assert code == 0, out
     assert err == ""
-    assert db_path.exists()
-    assert f"upgrade: applied {', '.join(FILE_NAMES)}; no backup (the database was new)" in out
+    assert f"  created: applied {', '.join(FILE_NAMES)}" in out
     for name in CHECKS:
         assert _check_line(out, name).split()[1] == "PASS", name
-    assert "core_indexes       PASS    15 of 15 present" in out
+    assert f"core_indexes       PASS    15 of 15 core present, {len(SCHEMA_INDEXES)} of {len(SCHEMA_INDEXES)} " \
+           "of the schema" in out
     assert f"query_plans        PASS    {len(CATALOG)} of {len(CATALOG)} use their index" in out
     assert f"abathur_db {abathur_db.__version__}, SQLite {sqlite3.sqlite_version}" in out
     assert out.count(" match\n") == len(FILE_NAMES)
     assert out.rstrip().endswith("result: PASS, every check passed")
 
 
-def test_second_run_applies_nothing(db_path, capsys):
-    """On an up-to-date database verify applies nothing and says so."""
+@pytest.mark.parametrize("options", [[], ["--check-only"], ["--upgrade"], ["--repair"], ["--json"]])
+def test_a_mistyped_path_fails_names_it_and_creates_nothing(tmp_path, capsys, options):
+    """Without --create, a path that does not exist is a failure naming it and suggesting --create (exit 1)."""
+    _create(tmp_path / "abathur.db")
+    before = _listing(tmp_path)
+    typo = tmp_path / "abathru.db"
+    code, out, err = _run(capsys, typo, *options)
+    assert code == 1
+    _assert_one_line_error(err, f"verify: {typo}: no such file", "run with --create")
+    assert _listing(tmp_path) == before
+    if "--json" in options:
+        assert json.loads(out) == {"path": str(typo), "ok": False, "error": err[len("verify: "):].rstrip("\n")}
+    else:
+        assert out == ""
+
+
+def test_create_on_an_up_to_date_database_writes_nothing(db_path, capsys):
+    """--create on a database that exists and is current changes no byte and says there was nothing to do."""
     _create(db_path)
+    before = _fingerprint(db_path)
+    code, out, _ = _run(capsys, db_path, "--create")
+    assert code == 0, out
+    assert "  --create: nothing written\n" in out
+    assert _fingerprint(db_path) == before
+
+
+def test_an_empty_file_fails_until_created(db_path, capsys):
+    """A file holding no tables fails with "run with --create" and stays empty; --create gives it the schema."""
+    db_path.write_bytes(b"")
     code, out, _ = _run(capsys, db_path)
-    assert code == 0
-    assert "upgrade: nothing to apply, the schema was up to date" in out
+    assert code == 1
+    assert _fail_lines(out) == [
+        "schema             FAIL    an empty database: it holds no tables; next: run with --create to create "
+        "the schema in it"]
+    assert db_path.stat().st_size == 0
+    code, out, _ = _run(capsys, db_path, "--upgrade")
+    assert code == 1 and "next: run with --create" in out and db_path.stat().st_size == 0
+    code, out, _ = _run(capsys, db_path, "--create")
+    assert code == 0, out
+    assert f"created: applied {FILE_NAMES[0]}" in out
 
 
 def test_default_path_is_the_environment_variable(tmp_path, monkeypatch, capsys):
     """Without PATH, verify uses $ABATHUR_DB."""
     target = tmp_path / "from-env.db"
     monkeypatch.setenv("ABATHUR_DB", str(target))
-    assert verify.main([]) == 0
+    assert verify.main(["--create"]) == 0
     assert target.exists()
     assert f"abathur_db verify: {target}" in capsys.readouterr().out
 
 
 def test_default_path_is_abathur_db_in_the_current_directory(tmp_path, monkeypatch, capsys):
-    """Without PATH or $ABATHUR_DB, verify uses ./abathur.db."""
+    """Without PATH or $ABATHUR_DB, verify uses ./abathur.db, and without --create only names it."""
     monkeypatch.delenv("ABATHUR_DB", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert verify.main([]) == 0
+    assert verify.main([]) == 1
+    assert "verify: abathur.db: no such file" in capsys.readouterr().err
+    assert verify.main(["--create"]) == 0
     assert (tmp_path / "abathur.db").exists()
 
 
-def test_foreign_key_violation_fails_and_is_listed(db_path, capsys):
-    """A planted orphan makes verify exit 1 and is listed with its table, rowid, column and parent."""
+# --- read-only by default ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [[], ["--check-only"], ["--create"], ["--upgrade"], ["--repair"]])
+def test_a_good_database_is_left_byte_identical(db_path, capsys, options):
+    """On a good database verify passes and leaves its bytes, mtime and WAL content as they were, whatever the flags."""
+    with abathur_db.open(db_path) as pool:
+        abathur_db.tasks.create(pool.connection(), "keep me")
+    wal = Path(f"{db_path}-wal")
+    before = _fingerprint(db_path)
+    code, out, _ = _run(capsys, db_path, *options)
+    assert code == 0, out
+    if not options or options == ["--check-only"]:
+        assert "  opened read-only: nothing was written (--create, --upgrade and --repair write)" in out
+    assert _fingerprint(db_path) == before
+    # SQLite needs the -shm index to read a WAL database and may create it with an
+    # empty -wal beside it; it must never write frames into the -wal.
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_a_legacy_database_is_one_failure_saying_run_with_upgrade(tmp_path, capsys):
+    """A database that needs an upgrade gives one FAIL line ending "run with --upgrade", and is left as it was."""
+    path = tmp_path / "legacy.db"
+    build_legacy(path)
+    before = _fingerprint(path)
+    for options in ([], ["--create"], ["--repair"]):
+        code, out, err = _run(capsys, path, *options)
+        assert code == 1 and err == ""
+        (line,) = _fail_lines(out)
+        assert line.startswith(f"schema             FAIL    version 0 of {len(FILE_NAMES)} (a database of an "
+                               f"earlier Abathur release); {len(FILE_NAMES)} file(s) pending: {FILE_NAMES[0]}")
+        assert line.endswith("; next: run with --upgrade (it writes a backup copy first)")
+        assert "not run until the schema is current: pragmas, tables, core_indexes" in out
+        assert out.rstrip().endswith("result: FAIL: schema (each FAIL line says what to do next)")
+    assert "  --repair: nothing written, the schema check below says why\n" in out  # it waits for a current schema
+    assert _fingerprint(path) == before
+    assert _listing(tmp_path) == ["legacy.db"]
+
+
+def test_upgrade_upgrades_a_legacy_database_and_checks_it(tmp_path, capsys):
+    """--upgrade applies every file after a backup, says so, keeps every row, and the checks run."""
+    path = tmp_path / "legacy.db"
+    build_legacy(path)
+    _execute(path, "DELETE FROM agents WHERE task_id = 'no-such-task'")
+    code, out, _ = _run(capsys, path, "--upgrade")
+    assert code == 0, out
+    assert f"  upgraded: applied {', '.join(FILE_NAMES)}; backup written to {path}.v0-" in out
+    conn = _raw(path)
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == len(TABLE_ROWS["tasks"])
+    conn.close()
+    code, out, _ = _run(capsys, path, "--upgrade")
+    assert code == 0 and "  --upgrade: nothing written\n" in out
+
+
+def test_an_upgraded_legacy_orphan_is_listed_with_its_missing_key(tmp_path, capsys):
+    """The legacy orphan agent survives the upgrade and is listed with its id, column, value and missing key."""
+    path = tmp_path / "legacy.db"
+    build_legacy(path)
+    code, out, _ = _run(capsys, path, "--upgrade")
+    assert code == 1
+    assert "    agents id 'a-orphan': task_id = 'no-such-task', but tasks has no row with id 'no-such-task'" in out
+    assert out.rstrip().endswith("result: FAIL: foreign_key_check (each FAIL line says what to do next)")
+
+
+# --- --repair --------------------------------------------------------------------------------
+
+
+def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys):
+    """Dropped indexes fail with "run with --repair"; --repair recreates them as the schema files write them."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_tasks_claimable; DROP INDEX idx_audit_timestamp")
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _fail_lines(out) == [
+        f"core_indexes       FAIL    14 of 15 core present, {len(SCHEMA_INDEXES) - 2} of {len(SCHEMA_INDEXES)} of "
+        "the schema; missing idx_audit_timestamp, idx_tasks_claimable; next: run with --repair",
+        f"query_plans        FAIL    {len(CATALOG) - 2} of {len(CATALOG)} use their index; failing: T2, U2; next: run with"
+        " --repair"]
+    assert ("    T2  FAIL  cannot be planned: no such index: idx_tasks_claimable; "
+            "index idx_tasks_claimable does not exist") in out
+    code, out, _ = _run(capsys, db_path, "--repair")
+    assert code == 0, out
+    assert "  repaired: recreated idx_audit_timestamp, idx_tasks_claimable" in out
+    conn = _raw(db_path)
+    stored = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    conn.close()
+    assert stored == SCHEMA_INDEXES
+    code, out, _ = _run(capsys, db_path, "--repair", "--json")
+    assert json.loads(out)["repaired"] == {"created": [], "sql": []}
+
+
+def test_repair_says_what_it_created_in_json(db_path, capsys):
+    """--json names each recreated index and the statement that made it."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
+    code, out, _ = _run(capsys, db_path, "--repair", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["repaired"] == {"created": ["idx_metrics_timestamp"],
+                                  "sql": [SCHEMA_INDEXES["idx_metrics_timestamp"]]}
+    assert report["writes_allowed"] == ["repair"] and report["created"] is None and report["upgraded"] is None
+
+
+def test_a_repair_that_cannot_run_is_a_one_line_error(db_path, capsys):
+    """An index whose table is gone cannot be recreated: one stderr line, exit 1."""
+    _create(db_path)
+    _execute(db_path, "DROP TABLE metrics")
+    code, out, err = _run(capsys, db_path, "--repair")
+    assert code == 1 and out == ""
+    _assert_one_line_error(err, "--repair could not recreate the missing indexes", "no such table")
+
+
+# --- every failure says what to do next -------------------------------------------------------
+
+
+ORPHAN = ("PRAGMA foreign_keys = OFF; INSERT INTO agents (id, name, specialization, task_id, model)"
+          " VALUES ('orphan-0', 'n', 's', 'no-such-task', 'm')")
+EDITED_LEDGER = "UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2"
+NEWER_LEDGER = "INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 'def', 'x')"
+# A table of the user's whose index no longer matches its definition: integrity_check finds rows missing from it.
+INDEX_OUT_OF_STEP = """
+    CREATE TABLE notes (a, b); INSERT INTO notes VALUES (1, 2), (3, 4); CREATE INDEX notes_a ON notes (a);
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master SET sql = 'CREATE INDEX notes_a ON notes (b)' WHERE name = 'notes_a';
+"""
+
+
+@pytest.mark.parametrize("damage, check, step", [
+    pytest.param(ORPHAN, "foreign_key_check", "point each row listed below at an existing row", id="orphan"),
+    pytest.param("PRAGMA ignore_check_constraints = ON; INSERT INTO metrics (metric_name, metric_value)"
+                 " VALUES ('m', -5)", "integrity_check", "fix or delete the rows listed below", id="rule"),
+    pytest.param(INDEX_OUT_OF_STEP, "integrity_check", "restore the newest backup, or salvage the rows with the "
+                 "sqlite3 shell's .recover", id="index-out-of-step"),
+    pytest.param("DROP TABLE metrics", "tables", "restore the newest backup: a table of the schema was dropped",
+                 id="dropped-table"),
+    pytest.param("PRAGMA journal_mode = DELETE", "pragmas", "open the database once with abathur_db.open(), "
+                 "which switches it to WAL", id="journal-mode"),
+    pytest.param("PRAGMA user_version = 3", "schema", "restore the newest backup", id="user-version"),
+    pytest.param(EDITED_LEDGER, "schema", "restore each changed file as it was applied", id="edited-file"),
+    pytest.param(NEWER_LEDGER, "schema", "use the abathur_db release that wrote this database, or a newer one",
+                 id="newer"),
+])
+def test_every_failure_ends_with_its_next_step(db_path, capsys, damage, check, step):
+    """Each FAIL line ends with what to do next, and --json carries it as next_step."""
+    _create(db_path)
+    _execute(db_path, damage)
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    lines = _fail_lines(out)
+    assert lines and all("; next: " in line for line in lines), lines
+    assert "; next: " + step in _check_line(out, check)
+    code, out, _ = _run(capsys, db_path, "--json")
+    checks = json.loads(out)["checks"]
+    assert checks[check]["ok"] is False and checks[check]["next_step"].startswith(step)
+    assert all(c["next_step"] is None for c in checks.values() if c["ok"])
+
+
+def test_a_pragma_this_sqlite_does_not_keep_is_reported(db_path, capsys, monkeypatch):
+    """A per-connection setting that does not read back as expected says to report it."""
+    _create(db_path)
+    monkeypatch.setattr(verify, "PRAGMAS", (*PRAGMAS, ("cache_spill", 0)))
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "pragmas").endswith("expected cache_spill=0; next: this SQLite does not keep these "
+                                                "settings: report it with this output")
+
+
+def test_a_plan_that_fails_with_every_index_present_points_to_the_docs(db_path, capsys, monkeypatch):
+    """A query that stops using its index while the index exists is not sent to --repair."""
+    _create(db_path)
+    monkeypatch.setattr(verify, "check_catalog", lambda conn: [
+        PlanCheck("T1", False, ["SCAN tasks"], ["full scan of tasks (SCAN tasks)"])])
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "query_plans").endswith(
+        "next: a plan changed without a missing index (an index of yours, or ANALYZE statistics?): see the plans "
+        "below and docs/verify.md")
+
+
+def test_a_database_of_another_application_is_named_as_such(db_path, capsys):
+    """Tables without a ledger or a tasks table: "not an Abathur database", even with --upgrade, and untouched."""
+    _execute(db_path, "CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    before = _fingerprint(db_path)
+    code, out, _ = _run(capsys, db_path, "--upgrade", "--create")
+    assert code == 1
+    assert _fail_lines(out) == ["schema             FAIL    not an Abathur database: no schema ledger and no tasks "
+                                "table (it holds customers); next: check the path"]
+    assert _fingerprint(db_path) == before
+
+
+# --- foreign keys and rule breakers: table, row, column, value ---------------------------------
+
+
+def test_a_dangling_reference_names_the_row_the_column_the_value_and_the_missing_key(db_path, capsys):
+    """A planted orphan is listed by its id, column, value and the parent key that does not exist."""
     _create(db_path)
     _plant_orphans(db_path)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
-    assert _check_line(out, "foreign_key_check").split()[1:4] == ["FAIL", "1", "violation(s)"]
-    assert "    agents rowid 1: task_id -> no such tasks row" in out
-    assert out.rstrip().endswith("result: FAIL: foreign_key_check")
+    assert _check_line(out, "foreign_key_check").split()[1:4] == ["FAIL", "1", "violation(s);"]
+    assert "    agents id 'orphan-0': task_id = 'no-such-task', but tasks has no row with id 'no-such-task'" in out
+
+
+def test_a_dangling_reference_in_a_user_table_without_rowid_is_still_listed(db_path, capsys):
+    """A WITHOUT ROWID table's orphan (SQLite names no row) is listed by table, column and parent."""
+    _create(db_path)
+    _execute(db_path, "CREATE TABLE notes (k TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks (id)) WITHOUT ROWID;"
+                      " INSERT INTO notes VALUES ('n1', 'gone')")
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert "    notes (a row without rowid): task_id -> no such tasks row" in out
 
 
 def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys):
@@ -124,195 +385,22 @@ def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys):
     _plant_orphans(db_path, 25)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
-    assert out.count("-> no such tasks row") == 20
+    assert out.count("but tasks has no row with id 'no-such-task'") == 20
     assert "... and 5 more (--json lists every one)" in out
     code, out, _ = _run(capsys, db_path, "--json")
     assert len(json.loads(out)["checks"]["foreign_key_check"]["violations"]) == 25
 
 
-def test_dropped_indexes_are_named_with_the_queries_they_break(db_path, capsys):
-    """Dropping idx_tasks_claimable and idx_audit_timestamp fails verify, naming both and T2, U2."""
-    _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP INDEX idx_tasks_claimable")
-    conn.execute("DROP INDEX idx_audit_timestamp")
-    conn.close()
-    code, out, _ = _run(capsys, db_path)
-    assert code == 1
-    assert "core_indexes       FAIL    14 of 15 present; missing idx_audit_timestamp" in out
-    assert f"query_plans        FAIL    {len(CATALOG) - 2} of {len(CATALOG)} use their index; failing: T2, U2" in out
-    assert ("    T2  FAIL  cannot be planned: no such index: idx_tasks_claimable; "
-            "index idx_tasks_claimable does not exist") in out
-    u2 = next(line for line in out.splitlines() if line.startswith("    U2 "))
-    assert "FAIL" in u2 and "full scan of audit" in u2 and "does not use idx_audit_timestamp (no such index)" in u2
-    assert out.rstrip().endswith("result: FAIL: core_indexes, query_plans")
-
-
-def _corrupt_middle(path: Path) -> None:
-    size = path.stat().st_size
-    with open(path, "r+b") as file:
-        file.seek(size // 2)
-        file.write(b"\xa5" * 8192)
-
-
-def _truncate_half(path: Path) -> None:
-    with open(path, "r+b") as file:
-        file.truncate(path.stat().st_size // 2)
-
-
-@pytest.mark.parametrize("damage", [_corrupt_middle, _truncate_half])
-@pytest.mark.parametrize("mode", [[], ["--check-only"]])
-def test_corrupted_database_is_a_one_line_error(db_path, capsys, damage, mode):
-    """A database whose b-tree pages are overwritten or cut off gives one line on stderr and exit 1."""
-    with abathur_db.open(db_path) as pool:
-        conn = pool.connection()
-        with abathur_db.transaction(conn):
-            for i in range(200):
-                task = abathur_db.tasks.create(conn, f"task {i} " + "x" * 200)
-                abathur_db.audit.record(conn, "note", task_id=task["id"], action_data={"pad": "y" * 200})
-    damage(db_path)
-    code, out, err = _run(capsys, db_path, *mode)
-    assert code == 1
-    assert out == ""
-    _assert_one_line_error(err, str(db_path), "malformed")
-
-
-@pytest.mark.parametrize("mode", [[], ["--check-only"]])
-def test_file_that_is_not_sqlite_is_a_one_line_error_and_is_left_alone(tmp_path, capsys, mode):
-    """A text file gives 'file is not a database' on one stderr line, exit 1, and is not modified."""
-    path = tmp_path / "notes.txt"
-    path.write_text("not a database\n" * 1000)
-    before = _fingerprint(path)
-    code, out, err = _run(capsys, path, *mode)
-    assert code == 1 and out == ""
-    _assert_one_line_error(err, str(path), "file is not a database")
-    assert _fingerprint(path) == before
-
-
-@pytest.mark.parametrize("make_path, fragment", [
-    (lambda tmp: tmp, "is a directory"),
-    (lambda tmp: tmp / "missing-folder" / "abathur.db", "cannot create the database file"),
-    (lambda tmp: tmp / "afile" / "abathur.db", "cannot create the database file"),
-])
-def test_unusable_path_is_a_one_line_error(tmp_path, capsys, make_path, fragment):
-    """A directory, or a path under a missing folder or under a file, gives one stderr line and exit 1."""
-    (tmp_path / "afile").write_text("x")
-    path = make_path(tmp_path)
-    code, out, err = _run(capsys, path)
-    assert code == 1 and out == ""
-    _assert_one_line_error(err, str(path), fragment)
-
-
-def test_missing_file_with_check_only_is_a_one_line_error(db_path, capsys):
-    """--check-only on a missing file exits 1 with one stderr line and creates nothing."""
-    code, out, err = _run(capsys, db_path, "--check-only")
-    assert code == 1 and out == ""
-    _assert_one_line_error(err, str(db_path), "no such file")
-    assert list(db_path.parent.iterdir()) == []
-
-
-def test_edited_schema_file_is_a_one_line_error_without_check_only(db_path, capsys):
-    """A ledger checksum that no longer matches its file makes the upgrade refuse: one line, exit 1."""
-    _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2")
-    conn.close()
-    code, out, err = _run(capsys, db_path)
-    assert code == 1 and out == ""
-    _assert_one_line_error(err, "0002_legacy_tables.sql changed after it was applied")
-
-
-@pytest.mark.parametrize("sql, shown", [
-    ("UPDATE schema_migrations SET sha256 = 'abc' WHERE version = 2", "0002_legacy_tables.sql"),
-    ("INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 'def', '2030-01-01T00:00:00.000Z')",
-     "0099_from_the_future.sql"),
-])
-def test_check_only_reports_ledger_rows_against_the_files(db_path, capsys, sql, shown):
-    """--check-only shows each ledger row as match, changed or missing file, and fails on a mismatch."""
-    _create(db_path)
-    conn = _raw(db_path)
-    conn.execute(sql)
-    conn.close()
-    code, out, _ = _run(capsys, db_path, "--check-only")
-    assert code == 1
-    assert _check_line(out, "schema").split()[1] == "FAIL"
-    ledger = {row["name"]: row["file"] for row in verify.gather(str(db_path), check_only=True)
-              ["checks"]["schema"]["ledger"]}
-    assert ledger[shown] == ("changed" if shown.startswith("0002") else "missing file")
-    assert ledger["0001_schema_ledger.sql"] == "match"
-    assert f"{shown:<40} sha256 " in out
-
-
-def test_check_only_leaves_the_file_byte_identical(db_path, capsys):
-    """--check-only passes on a good database and leaves its bytes, mtime and WAL content unchanged."""
-    with abathur_db.open(db_path) as pool:
-        abathur_db.tasks.create(pool.connection(), "keep me")
-    wal = Path(f"{db_path}-wal")
-    before = _fingerprint(db_path)
-    code, out, _ = _run(capsys, db_path, "--check-only")
-    assert code == 0, out
-    assert "upgrade: not attempted (--check-only: opened read-only)" in out
-    assert _fingerprint(db_path) == before
-    # SQLite needs the -shm index to read a WAL database and may create it with an
-    # empty -wal beside it; it must never write frames into the -wal.
-    assert not wal.exists() or wal.stat().st_size == 0
-
-
-def test_check_only_reports_a_legacy_database_without_upgrading_it(tmp_path, capsys):
-    """A database that needs an upgrade fails --check-only, and is left as it was, with no backup."""
-    path = tmp_path / "legacy.db"
-    build_legacy(path)
-    before = _fingerprint(path)
-    code, out, _ = _run(capsys, path, "--check-only")
-    assert code == 1
-    assert "needs an upgrade, pending: 0001_schema_ledger.sql" in _check_line(out, "schema")
-    assert "FAIL" in _check_line(out, "pragmas") and "expected journal_mode=wal" in out
-    assert "missing schema_migrations, sessions" in _check_line(out, "tables")
-    assert _fingerprint(path) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy.db"]
-    conn = _raw(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
-    conn.close()
-
-
-def test_upgraded_legacy_database_without_orphans_passes(tmp_path, capsys):
-    """A legacy database without orphans is upgraded (backup written, said so) and passes every check."""
-    path = tmp_path / "legacy.db"
-    build_legacy(path)
-    conn = _raw(path)
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
-    code, out, _ = _run(capsys, path)
-    assert code == 0, out
-    assert "upgrade: applied 0001_schema_ledger.sql" in out
-    assert f"backup written to {path}.v0-" in out
-    conn = _raw(path)
-    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == len(TABLE_ROWS["tasks"])
-    conn.close()
-
-
-def test_upgraded_legacy_database_with_an_orphan_fails_and_lists_it(tmp_path, capsys):
-    """The legacy orphan agent survives the upgrade and verify lists it (exit 1)."""
-    path = tmp_path / "legacy.db"
-    build_legacy(path)
-    code, out, _ = _run(capsys, path)
-    assert code == 1
-    assert "    agents rowid 2: task_id -> no such tasks row" in out
-    assert out.rstrip().endswith("result: FAIL: foreign_key_check")
-
-
 def test_legacy_value_breaking_a_check_fails_integrity_check(tmp_path, capsys):
-    """A legacy row kept despite a CHECK it breaks is reported by integrity_check (exit 1)."""
+    """A legacy row kept despite a CHECK it breaks is listed by table, row, column and value (exit 1)."""
     path = tmp_path / "legacy.db"
     build_legacy(path)
-    conn = _raw(path)
-    conn.execute("UPDATE metrics SET timestamp = 'yesterday-ish' WHERE id = 2")
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
-    code, out, _ = _run(capsys, path)
+    _execute(path, "UPDATE metrics SET timestamp = 'yesterday-ish' WHERE id = 2;"
+                   " DELETE FROM agents WHERE task_id = 'no-such-task'")
+    code, out, _ = _run(capsys, path, "--upgrade")
     assert code == 1
-    assert "integrity_check    FAIL    1 problem(s); 1 value(s) break a CHECK or NOT NULL rule" in out
-    assert "    CHECK constraint failed in metrics" in out
+    assert _check_line(out, "integrity_check").startswith(
+        "integrity_check    FAIL    1 value(s) break a CHECK or NOT NULL rule; next: fix or delete the rows")
     assert "    metrics id 2: timestamp = 'yesterday-ish' breaks CHECK timestamp" in out
 
 
@@ -320,27 +408,23 @@ def _legacy_with_rule_breakers(tmp_path) -> Path:
     """Return an upgraded legacy database whose only problems are kept legacy values that break a rule."""
     path = tmp_path / "legacy.db"
     build_legacy(path, "non_json", "out_of_enum")
-    conn = _raw(path)
-    conn.execute("DELETE FROM agents WHERE task_id = 'no-such-task'")
-    conn.close()
+    _execute(path, "DELETE FROM agents WHERE task_id = 'no-such-task'")
     _create(path)
     return path
 
 
-@pytest.mark.parametrize("mode", [[], ["--check-only"]])
-def test_kept_legacy_values_are_listed_by_row_column_and_value(tmp_path, capsys, mode):
-    """Every kept legacy value that breaks a rule is listed with table, row, column and value, read-only too."""
+def test_kept_legacy_values_are_listed_by_row_column_and_value(tmp_path, capsys):
+    """Every kept legacy value that breaks a rule is listed with table, row, column and value."""
     path = _legacy_with_rule_breakers(tmp_path)
-    code, out, _ = _run(capsys, path, *mode)
+    code, out, _ = _run(capsys, path)
     assert code == 1
     expected = {**NON_JSON, **OUT_OF_ENUM}
     assert f"{len(expected)} value(s) break a CHECK or NOT NULL rule" in _check_line(out, "integrity_check")
     assert "    tasks id 't-json': input_data = '{not json' breaks CHECK input_data" in out
     assert "    checkpoints rowid 3: state = '{{' breaks CHECK state" in out
     assert "    agents id 'a-dirty': state = '--dirty' breaks CHECK state" in out
-    assert "    fix or delete these rows: an upgrade keeps such values as they were" in out
-    assert out.rstrip().endswith("result: FAIL: integrity_check")
-    code, out, _ = _run(capsys, path, "--json", *mode)
+    assert out.rstrip().endswith("result: FAIL: integrity_check (each FAIL line says what to do next)")
+    code, out, _ = _run(capsys, path, "--json")
     rows = json.loads(out)["checks"]["integrity_check"]["rule_violations"]
     assert {(r["table"], r["row_key"], r["row"], r["column"]): r["value"] for r in rows} == expected
     assert {r["rule"] for r in rows} >= {"CHECK input_data", "CHECK status", "CHECK state"}
@@ -378,26 +462,121 @@ def test_long_and_binary_values_are_shortened_in_json(db_path, capsys):
 def test_extra_tables_are_shown_but_do_not_fail(db_path, capsys):
     """A table the schema does not define is listed, and verify still passes."""
     _create(db_path)
-    conn = _raw(db_path)
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.close()
+    _execute(db_path, "CREATE TABLE notes (body TEXT)")
     code, out, _ = _run(capsys, db_path)
     assert code == 0
     assert "tables             PASS    10 of 10 present; also found notes" in out
 
 
+# --- files that cannot be used ----------------------------------------------------------------
+
+
+def _corrupt_middle(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        file.seek(size // 2)
+        file.write(b"\xa5" * 8192)
+
+
+def _truncate_half(path: Path) -> None:
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_corrupt_middle, _truncate_half])
+@pytest.mark.parametrize("mode", [[], ["--upgrade"]])
+def test_corrupted_database_is_a_one_line_error(db_path, capsys, damage, mode):
+    """A database whose b-tree pages are overwritten or cut off gives one line on stderr and exit 1."""
+    with abathur_db.open(db_path) as pool:
+        conn = pool.connection()
+        with abathur_db.transaction(conn):
+            for i in range(200):
+                task = abathur_db.tasks.create(conn, f"task {i} " + "x" * 200)
+                abathur_db.audit.record(conn, "note", task_id=task["id"], action_data={"pad": "y" * 200})
+    damage(db_path)
+    code, out, err = _run(capsys, db_path, *mode)
+    assert code == 1
+    assert out == ""
+    _assert_one_line_error(err, str(db_path), "malformed", "restore its newest backup")
+
+
+@pytest.mark.parametrize("mode", [[], ["--create", "--upgrade"]])
+def test_file_that_is_not_sqlite_is_a_one_line_error_and_is_left_alone(tmp_path, capsys, mode):
+    """A text file gives 'file is not a database' on one stderr line, exit 1, and is not modified."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n" * 1000)
+    before = _fingerprint(path)
+    code, out, err = _run(capsys, path, *mode)
+    assert code == 1 and out == ""
+    _assert_one_line_error(err, str(path), "file is not a database", "check the path")
+    assert _fingerprint(path) == before
+
+
+@pytest.mark.parametrize("make_path, fragment", [
+    (lambda tmp: tmp, "is a directory, not a database file; next: give the database file's path"),
+    (lambda tmp: tmp / "missing-folder" / "abathur.db", "cannot create the database file"),
+    (lambda tmp: tmp / "afile" / "abathur.db", "cannot create the database file"),
+])
+def test_unusable_path_is_a_one_line_error(tmp_path, capsys, make_path, fragment):
+    """A directory, or --create under a missing folder or under a file, gives one stderr line and exit 1."""
+    (tmp_path / "afile").write_text("x")
+    path = make_path(tmp_path)
+    code, out, err = _run(capsys, path, "--create")
+    assert code == 1 and out == ""
+    _assert_one_line_error(err, str(path), fragment)
+
+
+@pytest.mark.parametrize("error, step", [
+    (abathur_db.BusyError("locked"), "another connection holds the write lock"),
+    (abathur_db.StorageFullError("full"), "free some disk space"),
+    (abathur_db.SchemaError("would lose column x"), "nothing was changed"),
+    (abathur_db.AbathurDBError("odd"), "see docs/verify.md"),
+    (PermissionError(13, "Permission denied"), "check the path and its permissions"),
+    ("raw", "check the path; a damaged file: restore its newest backup"),
+])
+def test_errors_that_stop_verify_say_what_to_do_next(db_path, capsys, monkeypatch, error, step):
+    """An error raised before the report is one stderr line naming the path and ending with a next step."""
+    def fail(*args, **kwargs):
+        if error == "raw":  # sqlite3's own error, as a first read of a file that is not a database raises it
+            db_path.write_bytes(b"not a database " * 100)
+            sqlite3.connect(db_path).execute("SELECT 1 FROM sqlite_master")
+        raise error
+
+    monkeypatch.setattr(verify, "gather", fail)
+    code, out, err = _run(capsys, db_path)
+    assert code == 1 and out == ""
+    _assert_one_line_error(err, f"verify: {db_path}: ", "; next: " + step)
+
+
+# --- the report as data -----------------------------------------------------------------------
+
+
+def test_ledger_rows_are_shown_against_the_files(db_path, capsys):
+    """Each ledger row is shown as match, changed or missing file."""
+    _create(db_path)
+    _execute(db_path, EDITED_LEDGER + ";" + NEWER_LEDGER)
+    report = verify.gather(str(db_path))
+    ledger = {row["name"]: row["file"] for row in report["checks"]["schema"]["ledger"]}
+    assert ledger[FILE_NAMES[0]] == "match"
+    assert ledger[FILE_NAMES[1]] == "changed"
+    assert ledger["0099_from_the_future.sql"] == "missing file"
+
+
 def test_json_report_is_one_document_checked_key_by_key(db_path, capsys):
-    """--json prints one JSON document with versions, upgrade, every check's data and the WAL size."""
-    code, out, err = _run(capsys, db_path, "--json")
+    """--json prints one JSON document with versions, what was written, every check's data and the WAL size."""
+    code, out, err = _run(capsys, db_path, "--json", "--create")
     assert code == 0 and err == ""
     report = json.loads(out)
-    assert set(report) == {"path", "ok", "check_only", "versions", "upgrade", "checks", "wal_bytes"}
-    assert report["path"] == str(db_path) and report["ok"] is True and report["check_only"] is False
+    assert set(report) == {"path", "ok", "writes_allowed", "versions", "created", "upgraded", "repaired", "checks",
+                           "skipped", "wal_bytes"}
+    assert report["path"] == str(db_path) and report["ok"] is True and report["writes_allowed"] == ["create"]
     assert report["versions"] == {"sqlite": sqlite3.sqlite_version, "abathur_db": abathur_db.__version__}
-    assert report["upgrade"] == {"applied": FILE_NAMES, "backup_path": None}
+    assert report["created"] == {"applied": FILE_NAMES}
+    assert report["upgraded"] is None and report["repaired"] is None and report["skipped"] == []
     checks = report["checks"]
     assert list(checks) == CHECKS
-    assert all(check["ok"] is True and isinstance(check["summary"], str) for check in checks.values())
+    assert all(check["ok"] is True and isinstance(check["summary"], str) and check["next_step"] is None
+               for check in checks.values())
     schema = checks["schema"]
     assert schema["user_version"] == schema["latest_version"] == len(FILE_NAMES) and schema["pending"] == []
     assert [row["file"] for row in schema["ledger"]] == ["match"] * len(FILE_NAMES)
@@ -418,63 +597,77 @@ def test_json_report_is_one_document_checked_key_by_key(db_path, capsys):
 
 
 def test_json_report_of_failures(db_path, capsys):
-    """--json on a failing database has ok false and the violation and failing query as data."""
+    """--json on a failing database has ok false, and each violation and failing query as data."""
     _create(db_path)
     _plant_orphans(db_path)
-    conn = _raw(db_path)
-    conn.execute("DROP INDEX idx_metrics_timestamp")
-    conn.close()
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
     code, out, _ = _run(capsys, db_path, "--json", "--check-only")
     assert code == 1
     report = json.loads(out)
-    assert report["ok"] is False and report["check_only"] is True and report["upgrade"] is None
+    assert report["ok"] is False and report["writes_allowed"] == [] and report["repaired"] is None
     (violation,) = report["checks"]["foreign_key_check"]["violations"]
-    assert set(violation) == {"table", "rowid", "parent", "fkid", "columns"}
-    assert (violation["table"], violation["rowid"], violation["parent"], violation["columns"]) == (
-        "agents", 1, "tasks", ["task_id"])
+    assert {key: violation[key] for key in ("table", "rowid", "row_key", "row", "parent", "columns", "values",
+                                            "parent_columns")} == {
+        "table": "agents", "rowid": 1, "row_key": "id", "row": "orphan-0", "parent": "tasks",
+        "columns": ["task_id"], "values": ["no-such-task"], "parent_columns": ["id"]}
     assert isinstance(violation["fkid"], int)
     assert report["checks"]["core_indexes"]["missing"] == ["idx_metrics_timestamp"]
     assert report["checks"]["query_plans"]["failed"] == ["M1"]
     assert [name for name, check in report["checks"].items() if not check["ok"]] == [
         "core_indexes", "foreign_key_check", "query_plans"]
+    assert report["checks"]["core_indexes"]["next_step"] == "run with --repair"
 
 
-def test_json_error_is_a_document_too(tmp_path, capsys):
-    """With --json, an unusable file still prints one JSON document, plus one line on stderr."""
-    path = tmp_path / "missing.db"
-    code, out, err = _run(capsys, path, "--json", "--check-only")
+def test_json_of_a_database_that_needs_an_upgrade_lists_the_skipped_checks(tmp_path, capsys):
+    """--json on a legacy file has the schema check only, its next step, and the checks it skipped."""
+    path = tmp_path / "legacy.db"
+    build_legacy(path)
+    code, out, _ = _run(capsys, path, "--json")
     assert code == 1
-    assert json.loads(out) == {"path": str(path), "ok": False,
-                               "error": f"{path}: no such file (--check-only never creates one)"}
-    _assert_one_line_error(err, "no such file")
+    report = json.loads(out)
+    assert list(report["checks"]) == ["schema"] and report["skipped"] == CHECKS[1:]
+    assert report["checks"]["schema"]["pending"] == FILE_NAMES
+    assert report["checks"]["schema"]["next_step"] == "run with --upgrade (it writes a backup copy first)"
 
 
-@pytest.mark.parametrize("args", [["--bogus"], ["a.db", "b.db"], ["--json=yes"]])
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["a.db", "b.db"], ["--json=yes"], ["--check-only", "--create"],
+                                  ["--check-only", "--upgrade"], ["--check-only", "--repair"]])
 def test_usage_errors_exit_2(capsys, args):
-    """Unknown options or extra arguments are usage errors: argparse exits 2 with a usage line."""
+    """Unknown options, extra arguments, or --check-only with a writing option exit 2 with a usage line."""
     with pytest.raises(SystemExit) as caught:
         verify.main(args)
     assert caught.value.code == 2
     assert "usage: python -m abathur_db.verify" in capsys.readouterr().err
 
 
-def test_help_describes_the_options(capsys):
-    """--help lists PATH, --json and --check-only and exits 0."""
+def test_help_says_what_it_writes_and_the_exit_codes(capsys):
+    """--help lists every option, says what verify writes, and gives the exit codes."""
     with pytest.raises(SystemExit) as caught:
         verify.main(["--help"])
     assert caught.value.code == 0
-    out = capsys.readouterr().out
-    assert "PATH" in out and "--json" in out and "--check-only" in out
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("PATH", "--create", "--upgrade", "--repair", "--check-only", "--json"):
+        assert option in out
+    assert "What it writes: nothing, unless asked." in out
+    assert "0 every check passed" in out and "1 a check failed" in out and "2 usage error" in out
 
 
-def test_command_line_runs_as_the_readme_shows(db_path):
-    """`python -m abathur_db.verify PATH` from a checkout creates the database and exits 0."""
-    env = {key: value for key, value in os.environ.items() if key != "ABATHUR_DB"}
-    done = subprocess.run([sys.executable, "-m", "abathur_db.verify", str(db_path)], cwd=REPO, env=env,
+def test_command_line_runs_as_the_readme_shows(tmp_path):
+    """The README's first command, `python -m abathur_db.verify --create abathur.db`, passes on a fresh folder."""
+    env = {key: value for key, value in os.environ.items() if key not in ("ABATHUR_DB", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(REPO)  # the checkout, as when the command runs from its root
+    readme = (REPO / "README.md").read_text()
+    command = "python -m abathur_db.verify --create abathur.db"
+    assert f"\n{command} " in readme
+    done = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "result: PASS, every check passed" in done.stdout
     assert done.stderr == ""
+    assert (tmp_path / "abathur.db").exists()
 
 
 # rule_violations(): the rows behind the report's lines.

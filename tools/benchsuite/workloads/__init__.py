@@ -8,7 +8,7 @@ add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar:
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, pickup, queue, typed_claim, write_cost
+from . import catalog, claims, inserts, mixed, pickup, prune, queue, typed_claim, write_cost
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -22,10 +22,11 @@ MEASURED = (
     ("pickup", "pickup latency: enqueue to claim by a waiting worker", pickup.measure),
     ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
     ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
+    ("prune", "writers beside audit.prune (on a copy of the database)", prune.measure),
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report, queue.report, typed_claim.report, pickup.report)
+            claims.report, mixed.report, queue.report, typed_claim.report, pickup.report, prune.report)
 
 # Bars judged by the workloads' own modules, after those of verdicts.evaluate.
 BARS = (queue.bars, typed_claim.bars)
