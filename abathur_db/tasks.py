@@ -628,7 +628,7 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[di
 
 
 def _owner_params(task_id: Any, lease: Any, field: str | None = None, value: Any = None) -> dict[str, Any]:
-    """Check an owner's call's task id and lease; return its parameters (`field` set to `value`, as JSON if a result)."""
+    """Check an owner's call's task id and lease; return its parameters, `field` set to `value` (a result as JSON)."""
     _values.require_text(task_id, TABLE, "id")
     if not isinstance(lease, str) or not _LEASE.fullmatch(lease):
         raise ValidationError(

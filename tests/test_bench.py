@@ -147,7 +147,7 @@ def test_queue_workloads_have_three_sides(run, workload):
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", ["claim_1", "threads", "processes"])
 def test_claim_workloads_also_run_the_fused_worker(run, workload):
-    """The claim workloads run the package's complete_and_claim worker too: every task done once, its bar judged on it."""
+    """The claim workloads also run the complete_and_claim worker: every task done once, the bar judged on it."""
     for figures in run[0]["queue"].values():
         fused = figures[workload]["package_fused"]
         assert fused["ops_per_s"] > 0 and fused["ratio_to_minimal"] > 0

@@ -380,7 +380,7 @@ _open_at_version_3 = _open_at_version
 
 
 def _fill_at_version(path, version: int) -> dict[str, tuple[list[str], list]]:
-    """Write rows to every table by raw SQL (today's code needs today's schema); return each table's columns and rows."""
+    """Write rows to every table by raw SQL (today's code needs today's schema); return their columns and rows."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA foreign_keys = ON")

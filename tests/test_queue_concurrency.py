@@ -116,7 +116,7 @@ def _owner(path: str, commands, results) -> None:
 
 
 def test_a_stale_worker_cannot_touch_the_task_a_new_owner_holds(pool, db_path):
-    """Two processes: the first owner, requeued as stale, gets LeaseLostError for every call; the new owner's run stands."""
+    """Two processes: the first owner, requeued as stale, gets LeaseLostError for every call; the new run stands."""
     conn = pool.connection()
     task = tasks.create(conn, "slow work", max_execution_timeout_seconds=1)
     context = multiprocessing.get_context("spawn")

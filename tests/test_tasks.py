@@ -698,7 +698,7 @@ def test_every_claim_starts_a_run_with_a_new_lease(conn):
 
 
 def test_a_stale_worker_changes_nothing_once_the_task_runs_again(conn):
-    """After a requeue and a new claim, the first owner's every call raises LeaseLostError; the new owner's work stands."""
+    """After a requeue and a new claim, every call of the first owner raises LeaseLostError; the new run stands."""
     tasks.create(conn, "p", max_execution_timeout_seconds=60)
     stale = tasks.claim_next(conn)
     assert [t["id"] for t in tasks.requeue_stale(conn, now=FUTURE)] == [stale["id"]]
@@ -750,7 +750,7 @@ def test_release_hands_the_task_back_in_its_place_without_a_retry(conn):
 
 
 def test_complete_and_claim_is_one_transaction_that_hands_over_the_next_task(conn):
-    """complete_and_claim completes under one BEGIN IMMEDIATE … COMMIT and claims the next task, its dependent included."""
+    """complete_and_claim completes and claims the next task (the dependent it unblocked) in one transaction."""
     dep = tasks.create(conn, "dep", priority=1)
     dependent = tasks.create(conn, "dependent", priority=9, dependencies=[dep["id"]])
     tasks.create(conn, "other", priority=0)
@@ -873,7 +873,7 @@ def test_the_cascade_reads_by_key(conn):
     """The cascade's plan searches tasks and task_dependencies by key; only its own working set is scanned."""
     plan = abathur_db.explain_query_plan(conn, tasks.CANCEL_DEPENDENTS_SQL, {"id": "t", "how": "", "now": FUTURE})
     scans = [line for line in plan if line.startswith("SCAN")]
-    assert scans == ["SCAN doomed", "SCAN doomed"], plan
+    assert scans == ["SCAN doomed", "SCAN doomed"] and plan[0] == "MATERIALIZE doomed", plan
     assert "SEARCH d USING PRIMARY KEY (depends_on_task_id=?)" in plan
     assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
 
@@ -942,7 +942,7 @@ def test_a_waiting_claim_holds_no_lock(pool):
 
 
 def test_one_commit_wakes_every_waiting_claim_and_one_gets_the_task(pool, tmp_path):
-    """Two claims wait on one file: a task wakes both, one claims it and the other waits on; another file's commits wake neither."""
+    """A task wakes both claims waiting on a file: one claims it, the other waits on; other files' commits wake none."""
     first, first_executor = _waiting(pool.connection, wait=60)
     second, second_executor = _waiting(pool.connection, wait=60)
     with first_executor, second_executor, abathur_db.open(tmp_path / "other.db") as other:

@@ -242,8 +242,8 @@ def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys)
     assert _fail_lines(out) == [
         f"core_indexes       FAIL    14 of 15 core present, {len(SCHEMA_INDEXES) - 2} of {len(SCHEMA_INDEXES)} of "
         "the schema; missing idx_audit_timestamp, idx_tasks_claimable; next: run with --repair",
-        f"query_plans        FAIL    {len(CATALOG) - 2} of {len(CATALOG)} use their index; failing: T2, U2; next: run with"
-        " --repair"]
+        f"query_plans        FAIL    {len(CATALOG) - 2} of {len(CATALOG)} use their index; failing: T2, U2;"
+        " next: run with --repair"]
     assert ("    T2  FAIL  cannot be planned: no such index: idx_tasks_claimable; "
             "index idx_tasks_claimable does not exist") in out
     code, out, _ = _run(capsys, db_path, "--repair")
