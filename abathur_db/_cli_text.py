@@ -91,8 +91,10 @@ def task_page(report: dict[str, Any], args: argparse.Namespace) -> str:
                                               ("--parent", args.parent), ("--since", args.since),
                                               ("--until", args.until)) if value is not None
                    for option in (name, value.isoformat() if hasattr(value, "isoformat") else value)]
-        options += ["--stale"] * args.stale + (["--limit", str(args.limit)] if args.limit != args.parser.get_default("limit")
-                                               else [])
+        if args.stale:
+            options.append("--stale")
+        if args.limit != args.parser.get_default("limit"):
+            options += ["--limit", str(args.limit)]
         lines.append(f"next page: {_command(args, ['tasks', 'list', *options, '--after', report['next_after']])}")
     return "\n".join(lines)
 

@@ -295,8 +295,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(group: Any, name: str, summary: str, writes: str, run: _Run | None = None,
                 render: _Render | None = None, **extra: Any) -> argparse.ArgumentParser:
-        leaf: argparse.ArgumentParser = group.add_parser(name, help=summary, description=f"{summary}\n\nWrites: {writes}",
-                                parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **extra)
+        leaf: argparse.ArgumentParser = group.add_parser(
+            name, help=summary, description=f"{summary}\n\nWrites: {writes}", parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter, **extra)
         leaf.set_defaults(run=run, render=render, parser=leaf)
         return leaf
 

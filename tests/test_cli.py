@@ -80,7 +80,7 @@ def _fails(capsys, *args, code: int = 1) -> str:
 
 
 def _seed(path) -> None:
-    """Write a database holding a task in each status (ids task-0…), one stale, with audit, metrics and checkpoints."""
+    """Write a database with a task in each status (ids task-0…), one stale, and audit, metrics, checkpoints."""
     with abathur_db.open(path) as pool:
         conn = pool.connection()
         tasks.create(conn, "wait", task_id="task-0", submitted_at=LONG_AGO)
@@ -262,6 +262,18 @@ def test_tasks_list_text_ends_a_full_page_with_the_next_command(db, capsys):
     assert [task["id"] for task in following["tasks"]] == ["task-2", "task-3"]
     code, out, _ = _run(capsys, "--db", db, "tasks", "list", "--status", "pending", "--after", "task-0")
     assert out == "no tasks after that one\n"
+
+
+def test_tasks_list_stale_pages_too(db, capsys):
+    """The next-page command of a stale list keeps --stale and gives the rest."""
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE tasks SET last_updated_at = ? WHERE id = 'task-1'", (LONG_AGO,))
+    conn.commit()
+    conn.close()
+    code, out, _ = _run(capsys, "--db", db, "tasks", "list", "--stale", "--limit", "1")
+    hint = out.splitlines()[-1]
+    assert hint == f"next page: python -m abathur_db --db {db} tasks list --stale --limit 1 --after task-1"
+    assert [task["id"] for task in _json(capsys, *hint.split()[5:])["tasks"]] == ["task-2"]
 
 
 @pytest.mark.parametrize("options, fragment", [
@@ -705,7 +717,7 @@ def test_command_line_runs_as_a_subprocess(db):
     assert json.loads(done.stdout)["counts"]["pending"] == 1
 
 
-# --- text helpers ---------------------------------------------------------------------------
+# --- text rendering -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seconds, shown", [
