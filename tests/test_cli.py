@@ -249,6 +249,10 @@ def test_tasks_list_pages_with_after_and_never_offset(tmp_path, capsys, monkeypa
         after = ["--after", page["next_after"]]
     assert seen == expected and sorted(seen) == sorted(ids)
     assert sent and not any("OFFSET" in statement.upper() for statement in sent)
+    code, out, _ = _run(capsys, "--db", path, "tasks", "list", "--status", "pending")
+    assert len(out.splitlines()) == 1 + cli.LIST_LIMIT + 1
+    assert out.splitlines()[-1] == (f"next page: python -m abathur_db --db {path} tasks list --status pending "
+                                    f"--after {expected[cli.LIST_LIMIT - 1]}")
 
 
 def test_tasks_list_text_ends_a_full_page_with_the_next_command(db, capsys):
