@@ -721,6 +721,24 @@ def test_command_line_runs_as_a_subprocess(db):
     assert json.loads(done.stdout)["counts"]["pending"] == 1
 
 
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback(tmp_path):
+    """`python -m abathur_db ... | head` ends quietly when the reader stops reading: no traceback on stderr."""
+    path = tmp_path / "many.db"
+    with abathur_db.open(path) as pool:
+        tasks.create_many(pool.connection(), [{"prompt": "p" * 200} for _ in range(2_000)])
+    env = {key: value for key, value in os.environ.items() if key not in ("ABATHUR_DB", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(REPO)
+    # Far more than a pipe holds: the tool is still writing when the reader goes.
+    command = [sys.executable, "-m", "abathur_db", "--db", str(path), "tasks", "list", "--status", "pending",
+               "--limit", "2000"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout.readline().startswith(b"ID")
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
 # --- text rendering -------------------------------------------------------------------------
 
 
