@@ -9,9 +9,12 @@ import os
 import re
 import time
 from itertools import compress, repeat
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .errors import StoredValueError, TransitionError, ValidationError, short_repr
+
+if TYPE_CHECKING:
+    from .transaction import Row
 
 # One timestamp format everywhere, UTC, fixed width, so that text order is time
 # order. SQL defaults write the same with strftime('%Y-%m-%dT%H:%M:%fZ', 'now').
@@ -111,7 +114,7 @@ def _check_containers(value: Any, table: str, field: str) -> None:
                 f"{table}.{field}: the {type(value).__name__} given nests arrays and objects deeper than"
                 f" {MAX_JSON_DEPTH} levels (or contains itself)"
             )
-        deeper: list = []
+        deeper: list[Any] = []
         for container in level:
             if isinstance(container, dict):
                 try:
@@ -244,7 +247,7 @@ def list_filter(
 
 def decoder(
     table: str, columns: tuple[str, ...], json_columns: Iterable[str], key: tuple[str, ...] = ("id",),
-) -> Callable[[tuple], dict]:
+) -> Callable[[Row], dict[str, Any]]:
     """Return a function that turns one row of `columns` into a dict, JSON decoded.
 
     A stored value that is not JSON raises StoredValueError naming `table`, the row
@@ -253,7 +256,7 @@ def decoder(
     wanted = set(json_columns)
     decoded = [name for name in columns if name in wanted]
 
-    def row_to_dict(row: tuple) -> dict:
+    def row_to_dict(row: Row) -> dict[str, Any]:
         result = dict(zip(columns, row))
         for name in decoded:
             text = result[name]

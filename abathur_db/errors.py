@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from types import TracebackType
+from typing import Any
 
 __all__ = [
     "AbathurDBError",
@@ -106,7 +108,7 @@ _FAILED = re.compile(r"constraint failed: (.+)$")
 def translate(
     exc: sqlite3.Error,
     table: str | None = None,
-    params: dict | tuple | None = None,
+    params: dict[str, Any] | tuple[Any, ...] | None = None,
     conn: sqlite3.Connection | None = None,
 ) -> AbathurDBError:
     """Return the package error for an sqlite3 error raised while writing `table`.
@@ -146,7 +148,7 @@ def translate(
     return AbathurDBError(f"{where}{exc}")
 
 
-def translated(table: str | None = None, params: dict | None = None,
+def translated(table: str | None = None, params: dict[str, Any] | None = None,
                conn: sqlite3.Connection | None = None) -> "_Translated":
     """Return a context manager that raises the package's error for any sqlite3 error in its block.
 
@@ -159,13 +161,14 @@ def translated(table: str | None = None, params: dict | None = None,
 class _Translated:
     __slots__ = ("_table", "_params", "_conn")
 
-    def __init__(self, table: str | None, params: dict | None, conn: sqlite3.Connection | None) -> None:
+    def __init__(self, table: str | None, params: dict[str, Any] | None, conn: sqlite3.Connection | None) -> None:
         self._table, self._params, self._conn = table, params, conn
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if isinstance(exc, sqlite3.Error):
             raise translate(exc, self._table, self._params, self._conn) from exc
 
@@ -179,7 +182,7 @@ def short_repr(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _foreign_key_detail(conn: sqlite3.Connection | None, table: str | None, params: dict) -> str:
+def _foreign_key_detail(conn: sqlite3.Connection | None, table: str | None, params: dict[str, Any]) -> str:
     """Name the first reference in `params` whose parent row is missing."""
     if conn is not None and table:
         # Table and column names come from SQLite's own schema, never from the caller.

@@ -9,14 +9,18 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import cast
 
 from .errors import ConfigurationError, DatabaseFileError, translate
+
+# What a database path may be: bytes are decoded as the file system does.
+StrOrBytesPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 __all__ = ["PRAGMAS", "Pool", "connect", "create_private_file"]
 
 # Applied to, and read back from, every connection. Only journal_mode is stored in
 # the file; the others are per connection and off (or different) by default.
-PRAGMAS: tuple[tuple[str, object], ...] = (
+PRAGMAS: tuple[tuple[str, int | str], ...] = (
     ("journal_mode", "wal"),
     ("synchronous", 1),  # NORMAL: durable at checkpoints, safe against corruption in WAL mode
     ("foreign_keys", 1),
@@ -29,7 +33,7 @@ PRAGMAS: tuple[tuple[str, object], ...] = (
 )
 # With allow_rollback_journal, on a file system where WAL is impossible: the rollback
 # journal, and synchronous=FULL, which that journal needs to survive a power cut.
-ROLLBACK_JOURNAL_PRAGMAS = {"journal_mode": "delete", "synchronous": 2}
+ROLLBACK_JOURNAL_PRAGMAS: dict[str, int | str] = {"journal_mode": "delete", "synchronous": 2}
 BUSY_TIMEOUT_SECONDS = 5.0
 _SQLITE_BUSY = 5
 
@@ -42,7 +46,7 @@ _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 _CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
 
 
-class _WriteLock(dict):
+class _WriteLock(dict[int, sqlite3.Connection]):
     """The in-process write lock of one database file, shared by the package's connections to it.
 
     transaction() takes it before BEGIN IMMEDIATE: threads waiting for SQLite's write
@@ -130,6 +134,18 @@ class _Connection(sqlite3.Connection):
     __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks",
                  "epoch", "began", "closing", "__weakref__")
 
+    owner: int | None
+    thread: int
+    thread_name: str
+    pid: int
+    path: str
+    write_lock: _WriteLock | None
+    guard: threading.RLock
+    blocks: int
+    epoch: int
+    began: bool
+    closing: bool
+
 
 def _write_lock(path: str) -> _WriteLock:
     key = os.path.realpath(path)
@@ -150,7 +166,7 @@ def _refuse_memory(path: str) -> None:
         )
 
 
-def _path(path: str | bytes | os.PathLike) -> str:
+def _path(path: StrOrBytesPath) -> str:
     """Return `path` as text (a bytes path decoded as the file system does), refusing in-memory names."""
     try:
         text = os.fsdecode(path)
@@ -177,7 +193,7 @@ def create_private_file(path: str) -> None:
         os.close(fd)
 
 
-def connect(path: str | bytes | os.PathLike, *, readonly: bool = False,
+def connect(path: StrOrBytesPath, *, readonly: bool = False,
             allow_rollback_journal: bool = False) -> sqlite3.Connection:
     """Open one connection to `path` with every PRAGMA applied and read back.
 
@@ -266,7 +282,7 @@ class _Slot:
         self.conn = conn
 
 
-def close_connection(conn: sqlite3.Connection) -> None:
+def close_connection(conn: _Connection) -> None:
     """Close `conn` now, or, while a transaction block is open on it, as that block ends.
 
     Never under a statement: a statement in progress holds the connection's guard,
@@ -282,7 +298,7 @@ def close_connection(conn: sqlite3.Connection) -> None:
             conn.close()
 
 
-def _close_inherited(conn: sqlite3.Connection) -> None:
+def _close_inherited(conn: _Connection) -> None:
     # SQLite's own advice for a forked child (its test/forktest.c): close the
     # inherited connections before opening new ones. While a copy stays open, SQLite
     # in the child believes it already holds the parent's file locks and never takes
@@ -319,7 +335,7 @@ def _keep_forever(conn: sqlite3.Connection) -> None:
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
-def _release_slot(registry: dict, key: int, conn: sqlite3.Connection) -> None:
+def _release_slot(registry: dict[int, weakref.finalize[..., _Slot]], key: int, conn: _Connection) -> None:
     registry.pop(key, None)
     close_connection(conn)
 
@@ -336,7 +352,7 @@ class Pool:
     created: a later ``os.chdir`` changes nothing.
     """
 
-    def __init__(self, path: str | bytes | os.PathLike, *, allow_rollback_journal: bool = False) -> None:
+    def __init__(self, path: StrOrBytesPath, *, allow_rollback_journal: bool = False) -> None:
         self.path = os.path.abspath(_path(path))
         self.allow_rollback_journal = allow_rollback_journal
         create_private_file(self.path)
@@ -350,19 +366,21 @@ class Pool:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._finalizers: dict[int, weakref.finalize] = {}
+        self._finalizers: dict[int, weakref.finalize[..., _Slot]] = {}
 
     def connection(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""
         try:
-            return self._local.slot.conn
+            conn: sqlite3.Connection = self._local.slot.conn  # threading.local's attributes are untyped
+            return conn
         except AttributeError:
             return self._open_for_this_thread()
 
     def _open_for_this_thread(self) -> sqlite3.Connection:
         if self._closed:
             raise ConfigurationError(f"{self.path}: the pool is closed")
-        conn = connect(self.path, allow_rollback_journal=self.allow_rollback_journal)
+        # connect() opens a _Connection, and says sqlite3.Connection to its other callers.
+        conn = cast(_Connection, connect(self.path, allow_rollback_journal=self.allow_rollback_journal))
         slot = _Slot(conn)
         key = next(self._keys)
         with self._lock:
@@ -393,7 +411,7 @@ class Pool:
     def __enter__(self) -> "Pool":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

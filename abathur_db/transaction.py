@@ -15,10 +15,11 @@ import sqlite3
 import threading
 import time
 from threading import get_ident
-from typing import Any, Callable, Iterator
+from types import TracebackType
+from typing import Any, Callable, Iterator, Literal, TypeGuard, TypeVar, cast, overload
 
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
-from .pool import _Connection, _in_transaction, close_connection
+from .pool import _Connection, _in_transaction, _WriteLock, close_connection
 
 __all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write"]
 
@@ -26,7 +27,9 @@ _SAVEPOINT = "SAVEPOINT abathur_db"
 _RELEASE = "RELEASE abathur_db"
 _ROLLBACK_TO = "ROLLBACK TO abathur_db"
 
-Params = dict[str, Any] | tuple
+Params = dict[str, Any] | tuple[Any, ...]
+Row = tuple[Any, ...]  # a row as sqlite3 returns it
+_T = TypeVar("_T")
 
 
 class _Plain:
@@ -47,6 +50,11 @@ class _Plain:
 
 _PLAIN: dict[int, _Plain] = {}  # by id(): plain connections inside a transaction() block
 _IDLE = _Plain()  # every other plain connection (never changed)
+# What the SQL layer keeps about a connection. Its fast path, `conn if getattr(conn,
+# "owner", None) == get_ident() else _admit(conn)`, yields a _Connection when the owner
+# matches, which a type checker cannot see from the getattr(): those lines tell it so
+# with an ignore of [assignment] rather than with cast(), a call on every statement.
+_State = _Connection | _Plain
 
 
 def _lost() -> AbathurDBError:
@@ -57,7 +65,7 @@ def _lost() -> AbathurDBError:
     )
 
 
-def _admit(conn: sqlite3.Connection) -> Any:
+def _admit(conn: sqlite3.Connection) -> _State:
     """Return what the package keeps about `conn` (the connection itself, when the package opened it).
 
     Raise ConfigurationError when the calling thread may not use it: another
@@ -157,20 +165,25 @@ def _forget_signals() -> None:
 os.register_at_fork(after_in_child=_forget_signals)
 
 
-def hold(conn: sqlite3.Connection):
+def hold(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[object, None]:
     """Return a context manager under which the caller may send its own statements on `conn`.
 
     Like the functions below, it refuses a connection the calling thread may not use,
     and keeps Pool.close() from closing it meanwhile.
     """
-    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
     return state.guard
 
 
+@overload
+def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (), decode: None = None) -> Any: ...
+@overload
+def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params,
+        decode: Callable[[Row], _T]) -> _T | None: ...
 def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (),
-        decode: Callable[[tuple], Any] | None = None) -> Any:
+        decode: Callable[[Row], Any] | None = None) -> Any:
     """Run one SELECT and return its first row (decoded by `decode` when given), or None."""
-    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
     with state.guard:
         try:
             row = conn.execute(sql, params).fetchone()
@@ -179,10 +192,16 @@ def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = 
     return row if row is None or decode is None else decode(row)
 
 
+@overload
 def rows(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (),
-         decode: Callable[[tuple], Any] | None = None) -> list:
+         decode: None = None) -> list[Any]: ...
+@overload
+def rows(conn: sqlite3.Connection, table: str | None, sql: str, params: Params,
+         decode: Callable[[Row], _T]) -> list[_T]: ...
+def rows(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (),
+         decode: Callable[[Row], Any] | None = None) -> list[Any]:
     """Run one SELECT and return all its rows (each decoded by `decode` when given)."""
-    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
     with state.guard:
         try:
             found = conn.execute(sql, params).fetchall()
@@ -191,8 +210,13 @@ def rows(conn: sqlite3.Connection, table: str | None, sql: str, params: Params =
     return found if decode is None else [decode(row) for row in found]
 
 
+@overload
+def write(conn: sqlite3.Connection, table: str, sql: str, params: Params, decode: None = None) -> list[Any]: ...
+@overload
 def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
-          decode: Callable[[tuple], Any] | None = None) -> list:
+          decode: Callable[[Row], _T]) -> list[_T]: ...
+def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
+          decode: Callable[[Row], Any] | None = None) -> list[Any]:
     """Run one write statement in its own or the caller's transaction; return its rows.
 
     The rows are those of a RETURNING clause, read to the end, and decoded by `decode`
@@ -200,7 +224,7 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
     back. A failure leaves nothing behind and is raised as the package's error for
     `table`.
     """
-    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
     if state.blocks and conn.in_transaction:
         # One statement is atomic on its own: a failing one is undone and the caller's
         # transaction stays open, so no savepoint is needed.
@@ -209,8 +233,8 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
         return _write(conn, state, table, sql, params, decode)
 
 
-def _write(conn: sqlite3.Connection, state: Any, table: str, sql: str, params: Params,
-           decode: Callable[[tuple], Any] | None) -> list:
+def _write(conn: sqlite3.Connection, state: _State, table: str, sql: str, params: Params,
+           decode: Callable[[Row], Any] | None) -> list[Any]:
     # Inside a block: Pool.close() leaves the connection open until the block ends.
     try:
         found = conn.execute(sql, params).fetchall()
@@ -228,7 +252,7 @@ def _write(conn: sqlite3.Connection, state: Any, table: str, sql: str, params: P
         raise
 
 
-def _rollback(conn: sqlite3.Connection, state: Any) -> None:
+def _rollback(conn: sqlite3.Connection, state: _State) -> None:
     with state.guard, translated():
         if _in_transaction(conn):  # not after SQLite rolled back by itself, or closing
             conn.execute("ROLLBACK")
@@ -260,7 +284,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn
-        state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+        state: _State
+        state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
         if state is _IDLE:
             state = _PLAIN[id(conn)] = _Plain()
         self._state = state
@@ -292,7 +317,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         lock = state.write_lock
         try:
             if lock is not None and lock.setdefault(0, conn) is not conn:
-                _wait_for(conn, lock)
+                _wait_for(cast(_Connection, conn), lock)  # only the package's connections have a lock
             with state.guard:
                 state.blocks = 1
             state.epoch += 1
@@ -313,8 +338,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         # it), undo what the block began, as __exit__ would have; unless the transaction
         # it belonged to has ended meanwhile (an outer block's exit rolled it all back).
         epoch = getattr(self, "_epoch", 0)
-        state = epoch and self._state
-        if epoch and state.epoch == epoch and state.blocks == self._depth and _owned_here(self._conn):
+        if epoch and self._state.epoch == epoch and self._state.blocks == self._depth and _owned_here(self._conn):
             self.__exit__(BaseException, None, None)
 
     def _abort(self) -> None:
@@ -334,7 +358,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             if state is not conn:
                 _PLAIN.pop(id(conn), None)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         conn, state = self._conn, self._state
         self._epoch = 0
         if state.owner is None and _inherited(conn):
@@ -379,7 +404,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                     if lock.waiting:
                         lock.wake()
                 if state.closing:
-                    close_connection(conn)
+                    close_connection(cast(_Connection, conn))  # only the package's connections close so
                 elif state is not conn:
                     _PLAIN.pop(id(conn), None)
         if exc_type is None and _SIGNALS and state.write_lock is not None:  # committed, and a thread waits
@@ -389,7 +414,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         return False
 
 
-def _inherited(conn: sqlite3.Connection) -> bool:
+def _inherited(conn: sqlite3.Connection) -> TypeGuard[_Connection]:
     return isinstance(conn, _Connection) and conn.pid != os.getpid()
 
 
@@ -398,7 +423,7 @@ def _owned_here(conn: sqlite3.Connection) -> bool:
     return not isinstance(conn, _Connection) or (conn.pid == os.getpid() and conn.thread == get_ident())
 
 
-def _leave_inherited(conn: sqlite3.Connection, exc_type) -> bool:
+def _leave_inherited(conn: _Connection, exc_type: type[BaseException] | None) -> Literal[False]:
     # The block was open when the process forked: the transaction is the parent's,
     # which commits or rolls it back itself. Ending it here would undo the parent's
     # work in the WAL index both processes share.
@@ -411,9 +436,9 @@ def _leave_inherited(conn: sqlite3.Connection, exc_type) -> bool:
     return False
 
 
-def _wait_for(conn: sqlite3.Connection, lock) -> None:
+def _wait_for(conn: _Connection, lock: _WriteLock) -> None:
     """Take `lock`, held by another connection, waiting no longer than the connection's busy_timeout."""
-    holder = lock.holder
+    holder = cast("_Connection | None", lock.holder)  # only the package's connections take it
     if holder is not None and holder.thread == conn.thread:
         raise ConfigurationError(
             f"{conn.path}: this thread ({conn.thread_name!r}) already holds the write lock through another"
