@@ -2,7 +2,8 @@
 
 Open a database with ``abathur_db.open(path)``; each thread then takes its own
 connection from ``pool.connection()`` and passes it to the table modules'
-functions, e.g. ``abathur_db.tasks.claim_next(conn)``.
+functions, e.g. ``abathur_db.tasks.claim_next(conn)``. Rows come back as plain
+dicts, typed by the TypedDicts of ``abathur_db.rows`` (``TaskRow``, ...).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from .errors import (  # noqa: E402
     ValidationError,
 )
 from .maintenance import backup, checkpoint, integrity_check  # noqa: E402
-from .pool import Pool, connect  # noqa: E402
+from .pool import Pool, StrOrBytesPath, connect  # noqa: E402
+from .rows import (AgentRow, AuditRow, CheckpointRow, MetricRow, SessionRow, StateRow, TaskCounts,  # noqa: E402
+                   TaskRow, TaskWithSessionRow)
 from .transaction import transaction  # noqa: E402
 from .validation import PlanCheck, check_catalog, check_plan, explain_query_plan, validate_foreign_keys  # noqa: E402
 
@@ -46,18 +49,27 @@ logging.getLogger("abathur_db").addHandler(logging.NullHandler())
 
 __all__ = [
     "AbathurDBError",
+    "AgentRow",
+    "AuditRow",
     "BusyError",
+    "CheckpointRow",
     "ConfigurationError",
     "ConstraintError",
     "DatabaseFileError",
     "ForeignKeyError",
     "LeaseLostError",
+    "MetricRow",
     "NotFoundError",
     "PlanCheck",
     "Pool",
     "SchemaError",
+    "SessionRow",
+    "StateRow",
     "StorageFullError",
     "StoredValueError",
+    "TaskCounts",
+    "TaskRow",
+    "TaskWithSessionRow",
     "TransitionError",
     "UniqueError",
     "ValidationError",
@@ -82,7 +94,7 @@ __all__ = [
 ]
 
 
-def open(path: str | bytes | os.PathLike, *, schema_dir: str | os.PathLike | None = None,  # noqa: A001
+def open(path: StrOrBytesPath, *, schema_dir: str | os.PathLike[str] | None = None,  # noqa: A001
          allow_rollback_journal: bool = False) -> Pool:
     """Open the database at `path`, creating or upgrading it; return its connection pool.
 

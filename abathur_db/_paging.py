@@ -32,7 +32,7 @@ def descending(column: str) -> str:
     return f"{column} <= :start AND ({column} < :start OR rowid < :start_rowid)"
 
 
-def require_limit(limit: Any, table: str) -> int:
+def require_limit(limit: int, table: str) -> int:
     """Return `limit` if it is an int >= 1 (the rule of every list()), else raise ValidationError."""
     _values.require_int(limit, table, "limit", 1)
     return limit
@@ -78,4 +78,5 @@ def rowid_of(conn: sqlite3.Connection, table: str, sql: str, key: dict[str, Any]
         described = ", ".join(f"{name} {short_repr(value)}" for name, value in key.items())
         raise NotFoundError(f"{table}: the row given as after ({described}) no longer exists: the page it ended"
                             " cannot be followed; start again from the first page")
-    return found[0]
+    rowid: int = found[0]
+    return rowid

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _paging, _values
 from .errors import NotFoundError, short_repr
-from .transaction import one, rows, transaction, write
+from .rows import AgentRow
+from .transaction import Row, one, rows, transaction, write
 
 TABLE = "agents"
 STATES = ("spawning", "idle", "busy", "terminating", "terminated")
@@ -18,7 +19,7 @@ COLUMNS = (
     "resource_usage", "session_id",
 )
 JSON_COLUMNS = ("resource_usage",)
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], AgentRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM agents"
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
@@ -73,7 +74,7 @@ def spawn(
     session_id: str | None = None,
     state: str = "spawning",
     resource_usage: Any = None,
-) -> dict[str, Any]:
+) -> AgentRow:
     """Insert an agent working on `task_id` (its id generated unless given) and return it.
 
     :raises ForeignKeyError: when the task or the session does not exist.
@@ -99,7 +100,7 @@ def spawn(
     return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
-def get(conn: sqlite3.Connection, agent_id: str) -> dict[str, Any]:
+def get(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
     """Return the agent `agent_id`; raise NotFoundError if there is none."""
     _values.require_text(agent_id, TABLE, "id")
     agent = one(conn, TABLE, GET_SQL, {"id": agent_id}, decode_row)
@@ -116,8 +117,8 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
     spawned_since: Any = None,
     spawned_until: Any = None,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> builtins.list[dict[str, Any]]:
+    after: AgentRow | None = None,
+) -> builtins.list[AgentRow]:
     """Return at most `limit` agents of one task, of one session, or spawned in a time range.
 
     Exactly one of `task_id`, `session_id` or the range [`spawned_since`,
@@ -135,7 +136,7 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
     return rows(conn, TABLE, LIST_SQL[group], params, decode_row)
 
 
-def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> dict[str, Any]:
+def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> AgentRow:
     """Move the agent to `state` and return it.
 
     Allowed: spawning to idle, busy or terminating; idle and busy to each other;
@@ -148,7 +149,7 @@ def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> dict[str, 
     return _change_state(conn, agent_id, state, None)
 
 
-def terminate(conn: sqlite3.Connection, agent_id: str, resource_usage: Any = None) -> dict[str, Any]:
+def terminate(conn: sqlite3.Connection, agent_id: str, resource_usage: Any = None) -> AgentRow:
     """Mark the agent terminated now, recording `resource_usage` when given; return it.
 
     :raises TransitionError: when the agent is already terminated.
@@ -158,7 +159,7 @@ def terminate(conn: sqlite3.Connection, agent_id: str, resource_usage: Any = Non
 
 def _change_state(
     conn: sqlite3.Connection, agent_id: str, state: str, resource_usage: str | None
-) -> dict[str, Any]:
+) -> AgentRow:
     _values.require_text(agent_id, TABLE, "id")
     params = {"id": agent_id, "state": state, "terminated_at": _values.now(), "resource_usage": resource_usage}
     # Read and changed under one write lock: no other writer can move the state in between.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _paging, _retention, _values
 from .errors import ValidationError
-from .transaction import rows, write
+from .rows import AuditRow
+from .transaction import Row, rows, write
 
 TABLE = "audit"
 MEMORY_OPERATION_TYPES = ("create", "update", "delete", "consolidate", "publish")
@@ -17,7 +18,7 @@ COLUMNS = (
     "memory_operation_type", "memory_namespace", "memory_entry_id",
 )
 JSON_COLUMNS = ("action_data",)
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], AuditRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
 
 # Every list query takes a lower time bound, `since` (an open one when not given),
@@ -52,7 +53,7 @@ def record(
     memory_operation_type: str | None = None,
     memory_namespace: str | None = None,
     memory_entry_id: int | None = None,
-) -> dict[str, Any]:
+) -> AuditRow:
     """Append one audit row, timestamped now, and return it.
 
     `action_data` is any JSON value (None stores SQL NULL).
@@ -90,8 +91,8 @@ def list(  # noqa: A001 - the module's API reads audit.list(conn, ...)
     memory_operation_type: str | None = None,
     since: Any = None,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> builtins.list[dict[str, Any]]:
+    after: AuditRow | None = None,
+) -> builtins.list[AuditRow]:
     """Return at most `limit` audit rows, newest first, recorded at or after `since`.
 
     Filter by at most one of `task_id`, `memory_entry_id` or

@@ -5,16 +5,18 @@ from __future__ import annotations
 import builtins
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _paging, _values
 from .errors import NotFoundError, short_repr
-from .transaction import one, rows, write
+from .rows import CheckpointRow
+from .transaction import Row, one, rows, write
 
 TABLE = "checkpoints"
 COLUMNS = ("task_id", "iteration", "state", "created_at", "session_id")
 JSON_COLUMNS = ("state",)
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS, key=("task_id", "iteration"))
+decode_row = cast("Callable[[Row], CheckpointRow]",
+                  _values.decoder(TABLE, COLUMNS, JSON_COLUMNS, key=("task_id", "iteration")))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM checkpoints"
 
 
@@ -53,7 +55,7 @@ def save(
     state: Any,
     *,
     session_id: str | None = None,
-) -> dict[str, Any]:
+) -> CheckpointRow:
     """Store `state` (any JSON value) as the task's checkpoint for `iteration` and return it.
 
     :raises UniqueError: when the task already has a checkpoint for that iteration.
@@ -72,7 +74,7 @@ def save(
     return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
-def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -> dict[str, Any]:
+def load(conn: sqlite3.Connection, task_id: str, iteration: int | None = None) -> CheckpointRow:
     """Return the task's checkpoint for `iteration`, or its latest one when `iteration` is None.
 
     :raises NotFoundError: when there is no such checkpoint.
@@ -98,8 +100,8 @@ def list(  # noqa: A001 - the module's API reads checkpoints.list(conn, ...)
     created_since: Any = None,
     created_until: Any = None,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> builtins.list[dict[str, Any]]:
+    after: CheckpointRow | None = None,
+) -> builtins.list[CheckpointRow]:
     """Return at most `limit` checkpoints of one task, of one session, or created in a time range.
 
     Exactly one of `task_id`, `session_id` or the range [`created_since`,

@@ -26,6 +26,7 @@ from abathur_db._retention import BATCH_SIZE
 from abathur_db.errors import AbathurDBError, DatabaseFileError, SchemaError, translate
 from abathur_db.maintenance import CHECKPOINT_MODES
 from abathur_db.pool import connect
+from abathur_db.rows import TaskRow
 
 __all__ = ["main", "parse_duration", "parse_time"]
 
@@ -179,16 +180,17 @@ def _status(path: str, args: argparse.Namespace) -> dict[str, Any]:
         oldest = tasks.oldest_pending(conn)
         stale = tasks.stale(conn, limit=STALE_SHOWN + 1)
     wal = path + "-wal"
+    shown: dict[str, Any] | None = None
     if oldest is not None:
         waited = _dt.datetime.now(_dt.timezone.utc) - _dt.datetime.fromisoformat(oldest["submitted_at"])
-        oldest["age_seconds"] = round(waited.total_seconds(), 3)
+        shown = {**oldest, "age_seconds": round(waited.total_seconds(), 3)}
     return {
         "path": os.path.abspath(path),
         "schema_version": version,
         "file_bytes": os.path.getsize(path),
         "wal_bytes": os.path.getsize(wal) if os.path.exists(wal) else 0,
         "counts": counts,
-        "oldest_pending": oldest,
+        "oldest_pending": shown,
         "stale": stale[:STALE_SHOWN],
         "stale_next_after": stale[STALE_SHOWN - 1]["id"] if len(stale) > STALE_SHOWN else None,
     }
@@ -218,7 +220,7 @@ def _tasks_show(path: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"task": tasks.get(conn, args.task_id)}
 
 
-def _tasks_change(change: Callable[[sqlite3.Connection, str], dict[str, Any]]) -> _Run:
+def _tasks_change(change: Callable[[sqlite3.Connection, str], TaskRow]) -> _Run:
     def run(path: str, args: argparse.Namespace) -> dict[str, Any]:
         with _opened(path, write=True) as conn:
             return {"action": args.tasks_command, "task": change(conn, args.task_id)}

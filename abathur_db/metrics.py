@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _paging, _retention, _values
-from .transaction import rows, write
+from .rows import MetricRow
+from .transaction import Row, rows, write
 
 TABLE = "metrics"
 COLUMNS = ("id", "timestamp", "metric_name", "metric_value", "labels")
 JSON_COLUMNS = ("labels",)
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], MetricRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM metrics"
 
 # Pages: see _paging. id (the rowid, last column of each index) breaks ties without a sort.
@@ -33,9 +34,9 @@ def record(
     name: str,
     value: int | float,
     *,
-    labels: dict | None = None,
+    labels: dict[str, Any] | None = None,
     timestamp: Any = None,
-) -> dict[str, Any]:
+) -> MetricRow:
     """Store one measurement of `name` (at `timestamp`, default now) and return it.
 
     `value` must be a finite number >= 0; `labels` a dict of JSON values.
@@ -50,7 +51,7 @@ def record(
     return write(conn, TABLE, _INSERT, params, _decode_recorded)[0]
 
 
-def _decode_recorded(row: tuple) -> dict[str, Any]:
+def _decode_recorded(row: Row) -> MetricRow:
     recorded = decode_row(row)
     # SQLite 3.40 hands RETURNING a whole-number REAL as an integer (3 for 3.0),
     # while a SELECT of the same row gives 3.0: give back what a read would.
@@ -65,8 +66,8 @@ def query(
     since: Any = None,
     until: Any = None,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+    after: MetricRow | None = None,
+) -> list[MetricRow]:
     """Return at most `limit` measurements in [`since`, `until`), of `name` only when given, oldest first.
 
     Either end of the range may be open. `after` is the last measurement of the

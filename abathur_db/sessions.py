@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _values
 from .errors import NotFoundError, short_repr
-from .transaction import one, transaction, write
+from .rows import SessionRow
+from .transaction import Row, one, transaction, write
 
 TABLE = "sessions"
 STATUSES = ("created", "active", "paused", "terminated", "archived")
@@ -16,7 +17,7 @@ COLUMNS = (
     "created_at", "last_update_time", "terminated_at", "archived_at",
 )
 JSON_COLUMNS = ("events", "state", "metadata")
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], SessionRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 
 # Allowed status changes: a terminated session can only be archived, an archived one is final.
@@ -54,10 +55,10 @@ def create(
     session_id: str | None = None,
     project_id: str | None = None,
     status: str = "created",
-    events: list | None = None,
-    state: dict | None = None,
-    metadata: dict | None = None,
-) -> dict[str, Any]:
+    events: list[Any] | None = None,
+    state: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> SessionRow:
     """Insert a session (its id generated unless given) and return it."""
     _values.require_text(app_name, TABLE, "app_name")
     _values.require_text(user_id, TABLE, "user_id")
@@ -78,7 +79,7 @@ def create(
     return write(conn, TABLE, _INSERT, params, decode_row)[0]
 
 
-def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
+def get(conn: sqlite3.Connection, session_id: str) -> SessionRow:
     """Return the session `session_id`; raise NotFoundError if there is none."""
     _values.require_text(session_id, TABLE, "id")
     session = one(conn, TABLE, GET_SQL, {"id": session_id}, decode_row)
@@ -87,7 +88,7 @@ def get(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     return session
 
 
-def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> dict[str, Any]:
+def set_status(conn: sqlite3.Connection, session_id: str, status: str) -> SessionRow:
     """Move the session to `status` and return it.
 
     ``terminated_at`` and ``archived_at`` record when the session first reached

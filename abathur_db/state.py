@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Callable, cast
 
 from . import _values
-from .transaction import one, write
+from .rows import StateRow
+from .transaction import Row, one, write
 
 TABLE = "state"
 COLUMNS = ("id", "task_id", "key", "value", "created_at", "updated_at")
 JSON_COLUMNS = ("value",)
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], StateRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 
 GET_SQL = "SELECT value FROM state WHERE task_id = :task_id AND key = :key"  # K1
 
@@ -25,7 +26,7 @@ _UPSERT = (
 _DELETE = "DELETE FROM state WHERE task_id = :task_id AND key = :key RETURNING id"
 
 
-def set(conn: sqlite3.Connection, task_id: str, key: str, value: Any) -> dict[str, Any]:  # noqa: A001
+def set(conn: sqlite3.Connection, task_id: str, key: str, value: Any) -> StateRow:  # noqa: A001
     """Store `value` (any JSON value) under `key` for the task, replacing any earlier value; return the row.
 
     :raises ForeignKeyError: when the task does not exist.

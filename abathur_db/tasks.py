@@ -17,12 +17,13 @@ import os
 import re
 import sqlite3
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, cast, overload
 
 from . import _paging, _values, sessions
 from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, TransitionError,
                      ValidationError, short_repr)
-from .transaction import commit_signal, one, rows, transaction, write
+from .rows import TaskCounts, TaskRow, TaskWithSessionRow
+from .transaction import Row, commit_signal, one, rows, transaction, write
 
 TABLE = "tasks"
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -33,7 +34,7 @@ COLUMNS = (
     "unmet_dependencies", "lease",
 )
 JSON_COLUMNS = ("input_data", "result_data", "dependencies")
-decode_row = _values.decoder(TABLE, COLUMNS, JSON_COLUMNS)
+decode_row = cast("Callable[[Row], TaskRow]", _values.decoder(TABLE, COLUMNS, JSON_COLUMNS))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
 _RETURNING = " RETURNING " + ", ".join(COLUMNS)
 # How often a waiting claim_next looks for commits of other processes (PRAGMA data_version).
@@ -214,7 +215,7 @@ def create(
     max_execution_timeout_seconds: int = 3600,
     created_by: str | None = None,
     submitted_at: Any = None,
-) -> dict[str, Any]:
+) -> TaskRow:
     """Insert a pending task (its id generated unless given) and return it.
 
     `priority` runs from 0 to 10, higher first. The task can be claimed once every
@@ -236,7 +237,7 @@ def create(
     with transaction(conn):
         _insert_with_dependencies(conn, params)
         # RETURNING would show the row before the AFTER INSERT trigger counted unmet_dependencies.
-        return one(conn, TABLE, GET_SQL, params, decode_row)
+        return cast(TaskRow, one(conn, TABLE, GET_SQL, params, decode_row))  # inserted just above
 
 
 def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -> builtins.list[str]:
@@ -347,7 +348,7 @@ def _dependencies_json(dependencies: Any, task_id: str) -> str:
     return _values.to_json(dependencies, TABLE, "dependencies", builtins.list)
 
 
-def get(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def get(conn: sqlite3.Connection, task_id: str) -> TaskRow:
     """Return the task `task_id`; raise NotFoundError if there is none."""
     _values.require_text(task_id, TABLE, "id")
     task = one(conn, TABLE, GET_SQL, {"id": task_id}, decode_row)
@@ -356,7 +357,7 @@ def get(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     return task
 
 
-def get_with_session(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def get_with_session(conn: sqlite3.Connection, task_id: str) -> TaskWithSessionRow:
     """Return the task `task_id` with its session (or None) under the key ``"session"``."""
     _values.require_text(task_id, TABLE, "id")
     task = one(conn, TABLE, GET_WITH_SESSION_SQL, {"id": task_id}, _decode_with_session)
@@ -365,8 +366,8 @@ def get_with_session(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     return task
 
 
-def _decode_with_session(row: tuple) -> dict[str, Any]:
-    task = decode_row(row[:len(COLUMNS)])
+def _decode_with_session(row: Row) -> TaskWithSessionRow:
+    task = cast(TaskWithSessionRow, decode_row(row[:len(COLUMNS)]))  # its "session" is set below
     session = row[len(COLUMNS):]
     task["session"] = None if session[0] is None else sessions.decode_row(session)
     return task
@@ -381,8 +382,8 @@ def list(  # noqa: A001 - the module's namespace makes it tasks.list
     submitted_since: Any = None,
     submitted_until: Any = None,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> builtins.list[dict[str, Any]]:
+    after: TaskRow | None = None,
+) -> builtins.list[TaskRow]:
     """Return up to `limit` tasks selected by exactly one filter, the page after the row `after` if given.
 
     By `status`: most urgent first (priority, then oldest). By `session_id`: newest
@@ -416,10 +417,10 @@ def _anchor(conn: sqlite3.Connection, after: Any, kinds: dict[str, Any]) -> tupl
     return (*values, _paging.rowid_of(conn, TABLE, _ROWID_SQL, {"id": task_id}))
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
+def counts(conn: sqlite3.Connection) -> TaskCounts:
     """Return how many tasks are in each status, every status included (0 for none)."""
     found = dict(rows(conn, TABLE, COUNTS_SQL))
-    return {status: found.get(status, 0) for status in STATUSES}
+    return cast(TaskCounts, {status: found.get(status, 0) for status in STATUSES})
 
 
 def stale(
@@ -427,8 +428,8 @@ def stale(
     now: Any = None,
     *,
     limit: int = _paging.DEFAULT_LIMIT,
-    after: dict[str, Any] | None = None,
-) -> builtins.list[dict[str, Any]]:
+    after: TaskRow | None = None,
+) -> builtins.list[TaskRow]:
     """Return up to `limit` running tasks that requeue_stale would take back at `now`, changing nothing.
 
     A running task is stale when it has had no update for longer than its
@@ -462,7 +463,7 @@ def _deadline(last_updated_at: str, seconds: int) -> str:
 
 def claim_next(
     conn: sqlite3.Connection, *, agent_type: str | None = None, wait: float | None = None,
-) -> dict[str, Any] | None:
+) -> TaskRow | None:
     """Move the most urgent claimable task to ``running`` under a new lease and return it, or None.
 
     Claimable: ``pending`` with every dependency completed (and of `agent_type`, if
@@ -516,7 +517,7 @@ def _new_lease() -> str:
     return os.urandom(16).hex()
 
 
-def complete(conn: sqlite3.Connection, task_id: str, lease: str, result: Any = None) -> dict[str, Any]:
+def complete(conn: sqlite3.Connection, task_id: str, lease: str, result: Any = None) -> TaskRow:
     """Mark the task completed with `result` (any JSON value; None stores NULL) and return it.
 
     Tasks that wait on it become claimable once their other dependencies are completed too.
@@ -529,7 +530,7 @@ def complete(conn: sqlite3.Connection, task_id: str, lease: str, result: Any = N
 
 def complete_and_claim(
     conn: sqlite3.Connection, task_id: str, lease: str, result: Any = None, *, agent_type: str | None = None,
-) -> dict[str, Any] | None:
+) -> TaskRow | None:
     """Complete the task as complete() does and claim the next one as claim_next() does, in one transaction.
 
     Return the task claimed (with its own lease), or None when none is claimable;
@@ -547,7 +548,7 @@ def complete_and_claim(
         return claim_next(conn, agent_type=agent_type)
 
 
-def fail(conn: sqlite3.Connection, task_id: str, lease: str, error_message: str) -> dict[str, Any]:
+def fail(conn: sqlite3.Connection, task_id: str, lease: str, error_message: str) -> TaskRow:
     """Mark the task failed with `error_message` and return it.
 
     With no retries left (``retry_count`` = ``max_retries``) the failure is final, and
@@ -565,7 +566,7 @@ def fail(conn: sqlite3.Connection, task_id: str, lease: str, error_message: str)
     return failed
 
 
-def release(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, Any]:
+def release(conn: sqlite3.Connection, task_id: str, lease: str) -> TaskRow:
     """Hand the task back: ``running`` to ``pending``, no retry used; return it.
 
     For a worker that stops before finishing (SIGTERM, Ctrl-C): the task keeps its
@@ -576,7 +577,7 @@ def release(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, Any
     return _transition(conn, "release", _RELEASE, _owner_params(task_id, lease))
 
 
-def heartbeat(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, Any]:
+def heartbeat(conn: sqlite3.Connection, task_id: str, lease: str) -> TaskRow:
     """Record that the task is still being worked on, so requeue_stale leaves it alone; return it.
 
     :raises LeaseLostError: when `lease` is not the task's current one (the work is
@@ -585,7 +586,7 @@ def heartbeat(conn: sqlite3.Connection, task_id: str, lease: str) -> dict[str, A
     return _transition(conn, "heartbeat", _HEARTBEAT, _owner_params(task_id, lease))
 
 
-def cancel(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def cancel(conn: sqlite3.Connection, task_id: str) -> TaskRow:
     """Cancel the pending or running task (ending its lease, if any) and return it.
 
     The pending tasks that wait on it, directly or through others, are cancelled too,
@@ -599,7 +600,7 @@ def cancel(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     return cancelled
 
 
-def retry(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def retry(conn: sqlite3.Connection, task_id: str) -> TaskRow:
     """Put the failed task back to ``pending`` (``retry_count`` + 1) and return it.
 
     :raises TransitionError: when the task is not failed or its retries are used up.
@@ -607,7 +608,7 @@ def retry(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
     return _transition(conn, "retry", _RETRY, {"id": task_id})
 
 
-def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[dict[str, Any]]:
+def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[TaskRow]:
     """Take back the running tasks not updated for longer than their timeout, ending their leases; return them.
 
     Each goes back to ``pending`` with ``retry_count`` + 1 while retries remain, else
@@ -647,8 +648,14 @@ def _cancel_dependents(conn: sqlite3.Connection, task_id: str, how: str, now: st
     write(conn, TABLE, CANCEL_DEPENDENTS_SQL, {"id": task_id, "how": how, "now": now})
 
 
+@overload
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
-                params: dict[str, Any], decode: Any = decode_row) -> Any:
+                params: dict[str, Any]) -> TaskRow: ...
+@overload
+def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
+                params: dict[str, Any], decode: None) -> Row: ...
+def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
+                params: dict[str, Any], decode: Callable[[Row], TaskRow] | None = decode_row) -> TaskRow | Row:
     sql, allowed = change
     _values.require_text(params["id"], TABLE, "id")
     params["now"] = _values.now()
@@ -695,13 +702,13 @@ OLDEST_PENDING_SQL = (
 )
 
 
-def oldest_pending(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def oldest_pending(conn: sqlite3.Connection) -> TaskRow | None:
     """Return the pending task submitted first, claimable or not, or None when no task is pending.
 
     Like counts(), it reads every pending entry of one index: its cost grows with
     the number of pending tasks.
     """
-    oldest: dict[str, Any] | None = one(conn, TABLE, OLDEST_PENDING_SQL, {}, decode_row)
+    oldest: TaskRow | None = one(conn, TABLE, OLDEST_PENDING_SQL, {}, decode_row)
     return oldest
 
 
@@ -712,7 +719,7 @@ _FORCE_RELEASE = (
 )
 
 
-def force_release(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def force_release(conn: sqlite3.Connection, task_id: str) -> TaskRow:
     """Hand a running task back to ``pending`` whatever its lease, no retry used; return it.
 
     An operator's release (no lease needed): the run ends, so its worker's later
@@ -720,6 +727,6 @@ def force_release(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
 
     :raises TransitionError: when the task is not running.
     """
-    released: dict[str, Any] = _transition(conn, "release", _FORCE_RELEASE, {"id": task_id})
+    released: TaskRow = _transition(conn, "release", _FORCE_RELEASE, {"id": task_id})
     logging.getLogger("abathur_db").info("force_release: task %r back to pending, its lease ended", task_id)
     return released
