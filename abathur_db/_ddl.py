@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 __all__ = ["Part", "Token", "checks", "name", "parts", "quote", "tokens", "without_rowid", "words"]
 
@@ -46,7 +46,9 @@ class Part(NamedTuple):
 
 def tokens(sql: str, limit: int | None = None) -> list[Token]:
     """Return the tokens of `sql` (the first `limit` only, if given), without whitespace and comments."""
-    found = (Token(m.lastgroup, m.group(), m.start(), m.end()) for m in _TOKEN.finditer(sql) if m.lastgroup != "space")
+    # Every alternative of _TOKEN is a named group, so a match always has a lastgroup.
+    found = (Token(cast(str, m.lastgroup), m.group(), m.start(), m.end()) for m in _TOKEN.finditer(sql)
+             if m.lastgroup != "space")
     return list(itertools.islice(found, limit))
 
 
@@ -73,7 +75,8 @@ def words(sql: str, count: int) -> list[str]:
 def parts(create_table: str) -> list[Part]:
     """Return the columns and table constraints of a CREATE TABLE statement, in order."""
     found: list[Part] = []
-    depth, current = 0, []
+    depth = 0
+    current: list[Token] = []
     for token in tokens(create_table):
         if token.text == "(":
             depth += 1

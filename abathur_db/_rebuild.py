@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _ddl
 
@@ -33,6 +35,11 @@ __all__ = ["Plan", "plan", "preflight"]
 
 _quote = _ddl.quote
 _KEPT_ROWS_SHOWN = 5
+
+# One statement of a script and its parameters.
+Step = tuple[str, dict[str, Any] | tuple[Any, ...]]
+# What a statement does to the schema (see _effect): a tuple whose first item says what.
+Effect = tuple[Any, ...]
 
 
 @dataclass
@@ -57,7 +64,7 @@ class _Table:
 class Plan:
     """What applying one schema file will do: the statements to run in order, and what they keep."""
 
-    script: list[tuple[str, dict]]
+    script: list[Step]
     tables: list[_Table]
     problems: list[str]
 
@@ -92,7 +99,7 @@ def preflight(conn: sqlite3.Connection, files: list[list[str]]) -> tuple[list[st
     return problems, owned[:-1]
 
 
-def plan(conn: sqlite3.Connection, statements: list[str], owned: set[str] = frozenset()) -> Plan:
+def plan(conn: sqlite3.Connection, statements: list[str], owned: AbstractSet[str] = frozenset()) -> Plan:
     """Return the script that runs `statements` keeping the user's objects, and what stops it.
 
     Tables in `owned` (lower-case names) are taken to hold nothing of the user's.
@@ -114,7 +121,7 @@ def plan(conn: sqlite3.Connection, statements: list[str], owned: set[str] = froz
 
 
 @functools.lru_cache(maxsize=1024)  # the same files are read at every open
-def _effect(statement: str) -> tuple:
+def _effect(statement: str) -> Effect:
     """Return what a statement does to the schema: ("rename", t, new), ("create", kind, name, if_not_exists), ..."""
     w = _ddl.words(statement, 12) + [""] * 12
     up = [word.upper() for word in w]
@@ -139,7 +146,7 @@ def _same(a: str, b: str) -> bool:
     return a.lower() == b.lower()
 
 
-def _rebuilt_tables(statements: list[str], effects: list[tuple]) -> list[_Table]:
+def _rebuilt_tables(statements: list[str], effects: list[Effect]) -> list[_Table]:
     tables = []
     for i, effect in enumerate(effects):
         if effect[0] != "rename":
@@ -151,7 +158,7 @@ def _rebuilt_tables(statements: list[str], effects: list[tuple]) -> list[_Table]
     return tables
 
 
-def _name_clashes(conn: sqlite3.Connection, effects: list[tuple]) -> list[str]:
+def _name_clashes(conn: sqlite3.Connection, effects: list[Effect]) -> list[str]:
     """Name each existing object that has the name of one the files create.
 
     An index or trigger stays until a file drops it by name: the user's are put
@@ -179,7 +186,8 @@ def _name_clashes(conn: sqlite3.Connection, effects: list[tuple]) -> list[str]:
     return problems
 
 
-def _inventory(conn, scratch, table: _Table, statements, effects, problems: list[str]) -> None:
+def _inventory(conn: sqlite3.Connection, scratch: sqlite3.Connection, table: _Table, statements: list[str],
+               effects: list[Effect], problems: list[str]) -> None:
     """Fill in what `table` carries over, from the live table and a scratch copy of the new one."""
     live_sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
                             (table.name,)).fetchone()
@@ -227,7 +235,7 @@ def _inventory(conn, scratch, table: _Table, statements, effects, problems: list
         if not any(e[0] == "drop" and _same(e[2], name) for e in effects)]
 
 
-def _scratch_table(scratch, table: _Table, problems: list[str]) -> dict[str, tuple]:
+def _scratch_table(scratch: sqlite3.Connection, table: _Table, problems: list[str]) -> dict[str, tuple[Any, ...]]:
     """Create the new table in `scratch` (with AUTOINCREMENT if the old one had it); return its columns."""
     scratch.execute(table.create_sql)
     columns = {row[1].lower(): row for row in scratch.execute(f"PRAGMA table_xinfo({_quote(table.name)})")}
@@ -260,7 +268,8 @@ def _with_autoincrement(create_sql: str, column: str) -> str | None:
     return None
 
 
-def _check_copy(table: _Table, statements, effects, old_columns, new_columns, problems: list[str]) -> None:
+def _check_copy(table: _Table, statements: list[str], effects: list[Effect], old_columns: list[tuple[Any, ...]],
+                new_columns: dict[str, tuple[Any, ...]], problems: list[str]) -> None:
     """Refuse a user's column that the file's copy cannot carry: one the new table defines too, but the
     copy leaves out; any, when the copy (``INSERT INTO t (...) SELECT ... FROM old``) names no columns."""
     for i, effect in enumerate(effects):
@@ -281,7 +290,8 @@ def _check_copy(table: _Table, statements, effects, old_columns, new_columns, pr
                                 "and would not keep its values")
 
 
-def _nulls(conn, table: _Table, old_columns, new_columns, problems: list[str]) -> None:
+def _nulls(conn: sqlite3.Connection, table: _Table, old_columns: list[tuple[Any, ...]],
+           new_columns: dict[str, tuple[Any, ...]], problems: list[str]) -> None:
     """Count the rows, and the NULLs that the new table's NOT NULL columns turn away."""
     nullable = [(c, new_columns[c.lower()][4]) for _, c, _, notnull, _, _, hidden in old_columns
                 if not notnull and not hidden and c.lower() in new_columns and new_columns[c.lower()][3]]
@@ -303,8 +313,8 @@ def _nulls(conn, table: _Table, old_columns, new_columns, problems: list[str]) -
                         f"no default for (rows {', '.join(map(repr, shown))}{', …' if count > len(shown) else ''})")
 
 
-def _script(statements: list[str], effects: list[tuple], tables: list[_Table]) -> list[tuple[str, dict]]:
-    script = [(f"DROP {kind.upper()} {_quote(name)}", {}) for t in tables for kind, name, _ in t.objects]
+def _script(statements: list[str], effects: list[Effect], tables: list[_Table]) -> list[Step]:
+    script: list[Step] = [(f"DROP {kind.upper()} {_quote(name)}", {}) for t in tables for kind, name, _ in t.objects]
     ignoring_checks = False
     for i, statement in enumerate(statements):
         effect = effects[i]
@@ -323,7 +333,7 @@ def _script(statements: list[str], effects: list[tuple], tables: list[_Table]) -
     return script
 
 
-def _set_defaults(table: _Table) -> list[tuple[str, dict]]:
+def _set_defaults(table: _Table) -> list[Step]:
     """Give the old rows' NULLs the new column defaults, before the file copies them."""
     if not table.defaults:
         return []
@@ -333,20 +343,20 @@ def _set_defaults(table: _Table) -> list[tuple[str, dict]]:
     return [(f"UPDATE {_quote(table.old)} SET {assignments} WHERE {where}", {})]
 
 
-def _copy_extra(table: _Table, ignoring_checks: bool) -> list[tuple[str, dict]]:
+def _copy_extra(table: _Table, ignoring_checks: bool) -> list[Step]:
     if not table.copied:
         return []
     new, old = _quote(table.name), _quote("_old_row")
     assignments = ", ".join(f"{_quote(c)} = {old}.{_quote(c)}" for c in table.copied)
     match = " AND ".join(f"{old}.{_quote(k)} = {new}.{_quote(k)}" for k in table.key)
-    copy = [(f"UPDATE {new} SET {assignments} FROM {_quote(table.old)} AS {old} WHERE {match}", {})]
+    copy: list[Step] = [(f"UPDATE {new} SET {assignments} FROM {_quote(table.old)} AS {old} WHERE {match}", {})]
     if ignoring_checks:
         return copy
     # Kept values are kept as they were, like the file's own copy: verify reports rule breakers.
     return [("PRAGMA ignore_check_constraints = ON", {}), *copy, ("PRAGMA ignore_check_constraints = OFF", {})]
 
 
-def _keep_sequence(table: _Table) -> list[tuple[str, dict]]:
+def _keep_sequence(table: _Table) -> list[Step]:
     """Carry the highest id AUTOINCREMENT handed out, deleted rows' ids included, to the new table."""
     if not table.autoincrement:
         return []

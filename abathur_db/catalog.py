@@ -7,6 +7,7 @@ the catalog's plans is a check of the package's own reads and claims.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _paging, agents, audit, checkpoints, metrics, sessions, state, tasks
 
@@ -23,7 +24,7 @@ class CatalogQuery:
     id: str
     title: str
     sql: str
-    params: dict = field(hash=False)
+    params: dict[str, Any] = field(hash=False)
     indexes: tuple[str, ...]
     # The plan may walk its index in order ("SCAN t USING INDEX i") because the query
     # stops after LIMIT rows: the claim walks only the partial index of claimable tasks.

@@ -84,7 +84,7 @@ def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointRe
             conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
 
 
-def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike) -> str:
+def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike[str]) -> str:
     """Copy the database behind `conn` to `dest_path` with SQLite's online backup API.
 
     The copy is written under a temporary name beside `dest_path` (``<dest>.<random>.partial``)

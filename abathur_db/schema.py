@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from . import _ddl, _rebuild, _values
 from .errors import AbathurDBError, BusyError, SchemaError, StorageFullError, translate
@@ -36,7 +36,7 @@ log = logging.getLogger("abathur_db")
 # applying pending files itself: long enough for another process to upgrade a
 # file of a million tasks (100,000 take under 2 s; see the README).
 UPGRADE_WAIT_SECONDS = 600
-_BUSY_TIMEOUT_MS = dict(PRAGMAS)["busy_timeout"]
+_BUSY_TIMEOUT_MS = int(dict(PRAGMAS)["busy_timeout"])
 
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # The first file is applied to every database and never edited, so its checksum
@@ -122,7 +122,7 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_files(directory: str | os.PathLike | None = None) -> list[SchemaFile]:
+def load_files(directory: str | os.PathLike[str] | None = None) -> list[SchemaFile]:
     """Return the schema files of `directory` (default: `schema_dir()`) in version order."""
     directory = Path(directory) if directory is not None else schema_dir()
     files = []
@@ -292,7 +292,7 @@ def _entered(conn: sqlite3.Connection, wait_ms: float) -> transaction:
         _set_busy_timeout(conn, _BUSY_TIMEOUT_MS)
 
 
-def _set_busy_timeout(conn: sqlite3.Connection, milliseconds: int) -> None:
+def _set_busy_timeout(conn: sqlite3.Connection, milliseconds: float) -> None:
     # An integer of our own: PRAGMA takes no bound parameters.
     conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
 
@@ -354,7 +354,7 @@ def _holds_the_same(source: sqlite3.Connection, path: str) -> bool:
         copy.close()
 
 
-def _contents(conn: sqlite3.Connection) -> tuple:
+def _contents(conn: sqlite3.Connection) -> tuple[int, list[Any], list[Any]]:
     """Return the schema version, the schema, and every table's row count and highest rowid."""
     schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
     rows = []
@@ -367,7 +367,7 @@ def _contents(conn: sqlite3.Connection) -> tuple:
 
 
 def _apply(conn: sqlite3.Connection, db_path: str, file: SchemaFile, plan: _rebuild.Plan) -> None:
-    ledger = (
+    ledger: tuple[_rebuild.Step, ...] = (
         ("INSERT INTO schema_migrations (version, name, sha256, applied_at) VALUES (?, ?, ?, ?)",
          (file.version, file.name, file.sha256, _values.now())),
         # user_version is an integer from our own file name; PRAGMA takes no parameters.

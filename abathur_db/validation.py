@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from typing import cast
 
 from . import _ddl
 from .catalog import CATALOG, CatalogQuery
 from .errors import AbathurDBError, ValidationError, translate
+from .rows import RuleViolation
 from .schema import statements
+from .transaction import Params
 
 __all__ = ["PlanCheck", "check_catalog", "check_plan", "explain_query_plan", "rule_violations",
            "validate_foreign_keys"]
@@ -36,7 +39,7 @@ class PlanCheck:
     problems: list[str] = field(default_factory=list)
 
 
-def validate_foreign_keys(conn: sqlite3.Connection) -> list[tuple]:
+def validate_foreign_keys(conn: sqlite3.Connection) -> list[tuple[str, int | None, str, int]]:
     """Return the rows of ``PRAGMA foreign_key_check``: (table, rowid, parent, fkid) per violation."""
     try:
         return [tuple(row) for row in conn.execute("PRAGMA foreign_key_check").fetchall()]
@@ -44,7 +47,7 @@ def validate_foreign_keys(conn: sqlite3.Connection) -> list[tuple]:
         raise translate(exc) from exc
 
 
-def explain_query_plan(conn: sqlite3.Connection, sql: str, params=()) -> list[str]:
+def explain_query_plan(conn: sqlite3.Connection, sql: str, params: Params = ()) -> list[str]:
     """Return the lines of ``EXPLAIN QUERY PLAN`` for one statement, without running it.
 
     :raises ValidationError: `sql` is empty, holds more than one statement, or is
@@ -95,7 +98,7 @@ def _one_statement(sql: str) -> str:
     found = [text for text in statements(sql) if _code(text)]
     if len(found) != 1:
         raise ValidationError(f"explain_query_plan takes exactly one statement; got {len(found)}")
-    keyword = _KEYWORD.match(_code(found[0]))[0].upper()
+    keyword = cast("re.Match[str]", _KEYWORD.match(_code(found[0])))[0].upper()  # it matches "", so never None
     if keyword not in _PLANNABLE:
         raise ValidationError(
             f"explain_query_plan: {keyword or found[0][:20]!r} statements are refused; "
@@ -106,7 +109,7 @@ def _one_statement(sql: str) -> str:
 
 def _code(statement: str) -> str:
     """Return `statement` without its leading whitespace, comments and semicolons."""
-    return statement[_LEADING_NOISE.match(statement).end():]
+    return statement[cast("re.Match[str]", _LEADING_NOISE.match(statement)).end():]  # it matches "", so never None
 
 
 def _index_names(conn: sqlite3.Connection) -> set[str]:
@@ -137,7 +140,7 @@ def _plan_problems(plan: list[str], query: CatalogQuery, missing: list[str]) -> 
     return problems
 
 
-def rule_violations(conn: sqlite3.Connection) -> list[dict]:
+def rule_violations(conn: sqlite3.Connection) -> list[RuleViolation]:
     """Return one dict per value that breaks a CHECK or NOT NULL rule of its table.
 
     Each names the ``table``, the row (``row_key`` is its one-column primary key,
@@ -154,7 +157,7 @@ def rule_violations(conn: sqlite3.Connection) -> list[dict]:
         raise translate(exc) from exc
 
 
-def _table_violations(conn: sqlite3.Connection, table: str, sql: str) -> list[dict]:
+def _table_violations(conn: sqlite3.Connection, table: str, sql: str) -> list[RuleViolation]:
     quote = _ddl.quote
     # Names and CHECK expressions come from the database's own schema, never from the caller.
     columns = conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
@@ -176,7 +179,7 @@ def _table_violations(conn: sqlite3.Connection, table: str, sql: str) -> list[di
     flags = ", ".join(f"CASE WHEN {broken} THEN 1 ELSE 0 END" for _, _, broken in rules)
     values = ", ".join(quote(column) if column in names else "NULL" for column, _, _ in rules)
     where = " OR ".join(broken for _, _, broken in rules)
-    found = []
+    found: list[RuleViolation] = []
     for key, *rest in conn.execute(f"SELECT {key_sql}, {flags}, {values} FROM {quote(table)} WHERE {where}"):
         for (column, rule, _), flag, value in zip(rules, rest, rest[len(rules):]):
             if flag:

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["ok"] else 1
 
 
-def gather(path: str, *, create: bool = False, upgrade: bool = False, repair: bool = False) -> dict:
+def gather(path: str, *, create: bool = False, upgrade: bool = False, repair: bool = False) -> dict[str, Any]:
     """Check the database at `path` and return the report as plain data; write only what the flags allow.
 
     `create` creates a missing file (or the schema in a database holding no tables),
@@ -200,7 +200,7 @@ def _foreign(tables: list[str], current: schema.SchemaStatus) -> bool:
     return bool(tables) and not current.applied and "tasks" not in tables
 
 
-def _repair(path: str, files: list[schema.SchemaFile], reader: sqlite3.Connection) -> dict:
+def _repair(path: str, files: list[schema.SchemaFile], reader: sqlite3.Connection) -> dict[str, Any]:
     """Recreate each index of the schema missing from the database; return their names and statements."""
     present = _index_names(reader)
     missing = {name: sql for name, sql in schema.indexes(files).items() if name not in present}
@@ -217,7 +217,7 @@ def _repair(path: str, files: list[schema.SchemaFile], reader: sqlite3.Connectio
     return {"created": list(missing), "sql": list(missing.values())}
 
 
-def _run_checks(conn: sqlite3.Connection, path: str, files: list[schema.SchemaFile]) -> dict:
+def _run_checks(conn: sqlite3.Connection, path: str, files: list[schema.SchemaFile]) -> dict[str, Any]:
     checks = {}
     for name, check in (("pragmas", _pragmas), ("tables", _tables), ("core_indexes", _indexes),
                         ("integrity_check", _integrity), ("foreign_key_check", _foreign_keys),
@@ -230,11 +230,11 @@ def _run_checks(conn: sqlite3.Connection, path: str, files: list[schema.SchemaFi
     return checks
 
 
-def _result(ok: bool, summary: str, next_step: str | None, **data: Any) -> dict:
+def _result(ok: bool, summary: str, next_step: str | None, **data: Any) -> dict[str, Any]:
     return {"ok": ok, "summary": summary, "next_step": None if ok else next_step, **data}
 
 
-def _schema(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _schema(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     status = schema.status(conn, files)
     by_version = {file.version: file for file in files}
     ledger = []
@@ -270,7 +270,7 @@ def _schema(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
                    ledger=ledger, pending=pending)
 
 
-def _pragmas(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _pragmas(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     # Names come from the fixed PRAGMAS table: PRAGMA takes no bound parameters.
     found = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name, _ in PRAGMAS}
     wrong = [name for name, wanted in PRAGMAS if found[name] != wanted]
@@ -282,7 +282,7 @@ def _pragmas(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
     return _result(not wrong, summary, step, found=found, expected=dict(PRAGMAS), wrong=wrong)
 
 
-def _tables(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _tables(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     found = _user_tables(conn)
     missing = [name for name in EXPECTED_TABLES if name not in found]
     extra = [name for name in found if name not in EXPECTED_TABLES]
@@ -295,7 +295,7 @@ def _tables(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
                    expected=list(EXPECTED_TABLES), found=found, missing=missing, extra=extra)
 
 
-def _indexes(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _indexes(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     present = _index_names(conn)
     expected = list(schema.indexes(files))
     missing = [name for name in expected if name not in present]
@@ -307,7 +307,7 @@ def _indexes(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
     return _result(not missing, summary, "run with --repair", missing=missing)
 
 
-def _integrity(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _integrity(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     problems = integrity_check(conn)
     # integrity_check counts rule breakers per table only, and a read-only
     # connection skips CHECK constraints: list the rows themselves.
@@ -328,7 +328,7 @@ def _plain(value: object) -> object:
     return short_repr(value, 200)
 
 
-def _foreign_keys(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
+def _foreign_keys(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
     violations = []
     keys: dict[str, tuple[str, dict[int, list[tuple[str, str | None]]]]] = {}  # table -> row key, fkid -> links
     for table, rowid, parent, fkid in validate_foreign_keys(conn):
@@ -360,8 +360,9 @@ def _row_key(conn: sqlite3.Connection, table: str) -> str:
     return keys[0] if len(keys) == 1 else "rowid"
 
 
-def _query_plans(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict:
-    results = [{"id": c.id, "ok": c.ok, "plan": c.plan, "problems": c.problems} for c in check_catalog(conn)]
+def _query_plans(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
+    results: list[dict[str, Any]] = [{"id": c.id, "ok": c.ok, "plan": c.plan, "problems": c.problems}
+                                     for c in check_catalog(conn)]
     failed = [result["id"] for result in results if not result["ok"]]
     summary = f"{len(results) - len(failed)} of {len(results)} use their index"
     if failed:
@@ -373,7 +374,7 @@ def _query_plans(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> di
     return _result(not failed, summary, step, failed=failed, queries=results)
 
 
-def render_text(report: dict) -> str:
+def render_text(report: dict[str, Any]) -> str:
     """Return `report` as the human-readable table that verify prints."""
     versions = report["versions"]
     lines = [f"abathur_db verify: {report['path']}",
@@ -395,7 +396,7 @@ def render_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_lines(report: dict) -> list[str]:
+def _write_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     if report["created"]:
         lines.append("created: applied " + ", ".join(report["created"]["applied"]))
@@ -414,12 +415,12 @@ def _write_lines(report: dict) -> list[str]:
     return lines
 
 
-def _detail_lines(name: str, check: dict) -> list[str]:
+def _detail_lines(name: str, check: dict[str, Any]) -> list[str]:
     if name == "schema":
         return [f"{row['name']:<40} sha256 {row['sha256'][:12]}  {row['file']}" for row in check["ledger"]]
     if name == "integrity_check":
         rows = check["rule_violations"]
-        lines = check["problems"][:_SHOWN_VIOLATIONS] + [
+        lines: list[str] = check["problems"][:_SHOWN_VIOLATIONS] + [
             f"{v['table']} {v['row_key']} {v['row']!r}: {v['column']} = {short_repr(v['value'])} breaks {v['rule']}"
             for v in rows[:_SHOWN_VIOLATIONS]]
         return lines + _hidden(len(rows))
@@ -432,7 +433,7 @@ def _detail_lines(name: str, check: dict) -> list[str]:
     return []
 
 
-def _dangling(v: dict) -> str:
+def _dangling(v: dict[str, Any]) -> str:
     """Return one foreign-key violation as text: the row, the column and its value, the missing parent key."""
     if not v["values"]:  # a WITHOUT ROWID table: SQLite does not say which row
         return f"{v['table']} (a row without rowid): {', '.join(v['columns'])} -> no such {v['parent']} row"

@@ -1,7 +1,10 @@
-"""The row TypedDicts match the tables' columns and the rows the table functions return."""
+"""The package's typing: the row TypedDicts match the tables and the rows returned, and every function is annotated."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import types
 import typing
 
@@ -106,6 +109,41 @@ def test_rule_violations_are_rows_of_the_rule_violation_typeddict(conn, make_tas
     found = validation.rule_violations(conn)
     assert [row["column"] for row in found] == ["priority"]
     assert _mismatches(found[0], rows.RuleViolation) == []
+
+
+def _package_modules() -> list[types.ModuleType]:
+    names = [f"abathur_db.{info.name}" for info in pkgutil.iter_modules(abathur_db.__path__)]
+    return [abathur_db, *(importlib.import_module(name) for name in names)]
+
+
+def _public_functions() -> list[tuple[str, object]]:
+    """Return every public function and public method defined in the package, by qualified name."""
+    found = []
+    for module in _package_modules():
+        for name, value in vars(module).items():
+            if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(value):
+                found.append((f"{module.__name__}.{name}", value))
+            elif inspect.isclass(value):
+                found += [(f"{module.__name__}.{name}.{method}", function)
+                          for method, function in vars(value).items()
+                          if not method.startswith("_") and inspect.isfunction(function)]
+    return found
+
+
+def test_every_public_function_of_the_package_is_annotated():
+    """Every public function and method of every module states its return type and the types of its parameters."""
+    functions = _public_functions()
+    assert len(functions) > 100  # the search found the package's functions
+    missing = []
+    for name, function in functions:
+        signature = inspect.signature(function)
+        if signature.return_annotation is inspect.Signature.empty:
+            missing.append(f"{name} (return)")
+        missing += [f"{name} ({parameter.name})" for parameter in signature.parameters.values()
+                    if parameter.annotation is inspect.Parameter.empty and parameter.name not in ("self", "cls")]
+    assert missing == []
 
 
 def test_the_row_typeddicts_are_exported_by_the_package():
