@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -454,6 +455,44 @@ def test_complete_stores_the_result(conn):
     assert done["started_at"] == task["started_at"]
     other = in_status(conn, "running")
     assert tasks.complete(conn, other["id"], other["lease"])["result_data"] is None
+
+
+def _raw(conn, task_id: str, column: str) -> tuple:
+    """Return the column as stored, and its SQLite type: what a decoded row cannot tell apart."""
+    # The column name is one of the test's own constants.
+    return conn.execute(f"SELECT {column}, typeof({column}) FROM tasks WHERE id = ?", (task_id,)).fetchone()
+
+
+# JSON values a careless `if not value` would take for None: each must be stored as JSON text.
+FALSY_JSON = [0, False, "", [], {}, 0.0]
+
+
+@pytest.mark.parametrize("finish", ["complete", "complete_and_claim"])
+@pytest.mark.parametrize("result", [None, *FALSY_JSON], ids=repr)
+def test_a_result_of_none_is_stored_as_sql_null_and_any_other_as_json(conn, finish, result):
+    """complete(result=None) stores SQL NULL, not the text 'null'; every other result, falsy ones too, its JSON."""
+    task = in_status(conn, "running")
+    getattr(tasks, finish)(conn, task["id"], task["lease"], result)
+    stored, kind = _raw(conn, task["id"], "result_data")
+    if result is None:
+        assert (stored, kind) == (None, "null")
+    else:
+        assert kind == "text" and json.loads(stored) == result and type(json.loads(stored)) is type(result)
+
+
+@pytest.mark.parametrize("create", ["create", "create_many"])
+@pytest.mark.parametrize("input_data", [None, *FALSY_JSON], ids=repr)
+def test_input_data_none_is_stored_as_an_empty_object_and_any_other_as_json(conn, create, input_data):
+    """No input_data stores the JSON text '{}' and no dependencies '[]'; a falsy input_data is stored as itself."""
+    if create == "create":
+        task_id = tasks.create(conn, "p", input_data=input_data)["id"]
+    else:
+        (task_id,) = tasks.create_many(conn, [{"prompt": "p", "input_data": input_data}])
+    stored, kind = _raw(conn, task_id, "input_data")
+    assert kind == "text" and json.loads(stored) == ({} if input_data is None else input_data)
+    assert type(json.loads(stored)) is (dict if input_data is None else type(input_data))
+    assert _raw(conn, task_id, "dependencies") == ("[]", "text")
+    assert _raw(conn, task_id, "result_data") == (None, "null")
 
 
 @pytest.mark.parametrize("result", [float("nan"), {"x": float("-inf")}, {1, 2}, object()])
