@@ -162,6 +162,27 @@ def test_badly_named_or_numbered_files_are_refused(tmp_path, names, message):
         schema.load_files(tmp_path)
 
 
+@pytest.mark.parametrize("folder, says", [("empty", "holds no schema files (NNNN_description.sql)"),
+                                          ("no-such-folder", "no such schema folder")])
+def test_a_schema_folder_without_schema_files_is_refused(db_path, tmp_path, folder, says):
+    """open() given an empty or missing schema folder raises SchemaError naming it; no database file is created."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SchemaError) as caught:
+        abathur_db.open(db_path, schema_dir=tmp_path / folder)
+    assert str(caught.value) == f"{tmp_path / folder}: {says}"
+    assert not db_path.exists()
+
+
+def test_an_empty_schema_folder_leaves_an_existing_database_alone(db_path, tmp_path):
+    """An existing database opened with an empty schema folder is refused as such (not as "newer"), unchanged."""
+    abathur_db.open(db_path).close()
+    before = _fingerprint(db_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SchemaError, match="holds no schema files"):
+        abathur_db.open(db_path, schema_dir=tmp_path / "empty")
+    assert _fingerprint(db_path) == before
+
+
 def test_statements_keep_triggers_strings_and_comments_whole():
     """Splitting a file keeps ';' inside trigger bodies, strings and comments."""
     sql = (
