@@ -670,6 +670,7 @@ def test_requeue_stale_counts_retries_then_fails(conn):
         assert requeued == tasks.get(conn, task["id"])
         assert (requeued["status"], requeued["retry_count"]) == ("pending", attempt)
         assert requeued["started_at"] is None and requeued["completed_at"] is None
+        assert requeued["error_message"] is None and requeued["lease"] is None  # no timeout message while retries remain
         assert requeued["last_updated_at"] == format_datetime(moment)
     running = tasks.claim_next(conn)
     moment = format_datetime(_stale_moment(running, extra_ms=5000))
@@ -1090,6 +1091,8 @@ def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn
     assert [t["id"] for t in first] == expected[:2]
     assert [t["id"] for t in tasks.stale(conn, now=at(100), limit=2, after=first[-1])] == expected[2:]
     assert [t["id"] for t in tasks.stale(conn, now=at(25))] == expected[:2]
+    assert tasks.stale(conn, now=at(10)) == []  # a deadline reached exactly is not yet past
+    assert [t["id"] for t in tasks.stale(conn, now=at(10.001))] == expected[:1]
     assert tasks.stale(conn, now=at(5)) == [] and conn.total_changes == changes
     assert {t["id"] for t in tasks.requeue_stale(conn, now=at(100))} == set(expected)
     assert tasks.stale(conn, now=at(100)) == []
