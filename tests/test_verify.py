@@ -379,16 +379,27 @@ def test_a_dangling_reference_in_a_user_table_without_rowid_is_still_listed(db_p
     assert "    notes (a row without rowid): task_id -> no such tasks row" in out
 
 
-def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys):
+def _more_lines(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines() if line.lstrip().startswith("... and ")]
+
+
+# How many are planted, and the line counting those the text leaves out (none up to the cap of 20).
+AROUND_THE_CAP = [(20, []), (21, ["... and 1 more (--json lists every one)"]),
+                  (25, ["... and 5 more (--json lists every one)"])]
+
+
+@pytest.mark.parametrize("planted, more", AROUND_THE_CAP)
+def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys, planted, more):
     """The text lists the first 20 violations and counts the rest; --json lists every one."""
     _create(db_path)
-    _plant_orphans(db_path, 25)
+    _plant_orphans(db_path, planted)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
+    assert f"foreign_key_check  FAIL    {planted} violation(s); next: " in out
     assert out.count("but tasks has no row with id 'no-such-task'") == 20
-    assert "... and 5 more (--json lists every one)" in out
+    assert _more_lines(out) == more
     code, out, _ = _run(capsys, db_path, "--json")
-    assert len(json.loads(out)["checks"]["foreign_key_check"]["violations"]) == 25
+    assert len(json.loads(out)["checks"]["foreign_key_check"]["violations"]) == planted
 
 
 def test_legacy_value_breaking_a_check_fails_integrity_check(tmp_path, capsys):
@@ -430,19 +441,40 @@ def test_kept_legacy_values_are_listed_by_row_column_and_value(tmp_path, capsys)
     assert {r["rule"] for r in rows} >= {"CHECK input_data", "CHECK status", "CHECK state"}
 
 
-def test_many_rule_breakers_are_cut_short_in_text_but_not_in_json(db_path, capsys):
+@pytest.mark.parametrize("planted, more", AROUND_THE_CAP)
+def test_many_rule_breakers_are_cut_short_in_text_but_not_in_json(db_path, capsys, planted, more):
     """The text lists the first 20 rule breakers and counts the rest; --json lists every one."""
     _create(db_path)
     conn = _raw(db_path)
     conn.execute("PRAGMA ignore_check_constraints = ON")
-    conn.executemany("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', ?)", [(-i,) for i in range(1, 26)])
+    conn.executemany("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', ?)",
+                     [(-i,) for i in range(1, planted + 1)])
     conn.close()
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     assert out.count("breaks CHECK metric_value") == 20
-    assert "    ... and 5 more (--json lists every one)" in out
+    assert _more_lines(out) == more
     code, out, _ = _run(capsys, db_path, "--json")
-    assert len(json.loads(out)["checks"]["integrity_check"]["rule_violations"]) == 25
+    assert len(json.loads(out)["checks"]["integrity_check"]["rule_violations"]) == planted
+
+
+@pytest.mark.parametrize("rows, more", [(21, []), (30, ["... and 9 more (--json lists every one)"])])
+def test_many_integrity_problems_are_cut_short_in_text_but_not_in_json(db_path, capsys, rows, more):
+    """Problems integrity_check reports beyond the first 20 are counted in the text, and all listed in --json."""
+    _create(db_path)
+    # Rows 2.. of the user's table go missing from its index (row 1's key matches either definition).
+    _execute(db_path, "CREATE TABLE notes (a, b); CREATE INDEX notes_a ON notes (a);"
+                      + "".join(f"INSERT INTO notes VALUES ({i}, {-i});" for i in range(rows))
+                      + "PRAGMA writable_schema = ON;"
+                      " UPDATE sqlite_master SET sql = 'CREATE INDEX notes_a ON notes (b)' WHERE name = 'notes_a';")
+    code, out, _ = _run(capsys, db_path, "--json")
+    problems = json.loads(out)["checks"]["integrity_check"]["problems"]
+    assert len(problems) == rows - 1
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "integrity_check").startswith(f"integrity_check    FAIL    {rows - 1} problem(s); next: ")
+    assert out.count("missing from index notes_a") == 20
+    assert _more_lines(out) == more
 
 
 def test_long_and_binary_values_are_shortened_in_json(db_path, capsys):
