@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -102,6 +103,9 @@ def test_create_makes_a_new_database_that_passes_every_check(db_path, capsys):
     assert f"query_plans        PASS    {len(CATALOG)} of {len(CATALOG)} use their index" in out
     assert f"abathur_db {abathur_db.__version__}, SQLite {sqlite3.sqlite_version}" in out
     assert out.count(" match\n") == len(FILE_NAMES)
+    assert _check_line(out, "schema") == (f"schema             PASS    version {len(FILE_NAMES)} of {len(FILE_NAMES)}; "
+                                          f"{len(FILE_NAMES)} of {len(FILE_NAMES)} files applied, none pending")
+    assert _check_line(out, "tables") == "tables             PASS    10 of 10 present"
     assert out.rstrip().endswith("result: PASS, every check passed")
 
 
@@ -255,6 +259,21 @@ def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys)
     assert stored == SCHEMA_INDEXES
     code, out, _ = _run(capsys, db_path, "--repair", "--json")
     assert json.loads(out)["repaired"] == {"created": [], "sql": []}
+
+
+def test_each_catalog_query_has_its_own_pass_or_fail_line(db_path, capsys):
+    """Under query_plans, each catalog query has one line: PASS with its plan, or FAIL with its problems."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_audit_timestamp")
+    code, out, _ = _run(capsys, db_path, "--json")
+    queries = json.loads(out)["checks"]["query_plans"]["queries"]
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    labels = dict(re.findall(r"^    (\w+) +(PASS|FAIL)  ", out, re.MULTILINE))
+    assert labels == {query.id: "FAIL" if query.id == "U2" else "PASS" for query in CATALOG}
+    for query in queries:
+        shown = "; ".join(query["plan"] if query["ok"] else query["problems"])
+        assert f"    {query['id']:<3} {labels[query['id']]}  {shown}\n" in out
 
 
 def test_repair_says_what_it_created_in_json(db_path, capsys):
@@ -581,6 +600,45 @@ def test_errors_that_stop_verify_say_what_to_do_next(db_path, capsys, monkeypatc
 
 
 # --- the report as data -----------------------------------------------------------------------
+
+
+def test_a_dropped_table_is_counted_and_named(db_path, capsys):
+    """A table of the schema that is gone fails `tables` with "9 of 10 present; missing <it>", in text and JSON."""
+    _create(db_path)
+    _execute(db_path, "DROP TABLE metrics; CREATE TABLE notes (body TEXT)")
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "tables").startswith(
+        "tables             FAIL    9 of 10 present; missing metrics; also found notes; next: ")
+    code, out, _ = _run(capsys, db_path, "--json")
+    tables = json.loads(out)["checks"]["tables"]
+    assert tables["ok"] is False and tables["missing"] == ["metrics"] and tables["extra"] == ["notes"]
+    assert tables["found"] == sorted({*verify.EXPECTED_TABLES, "notes"} - {"metrics"})
+
+
+def test_json_ledger_rows_are_the_ledgers_own(db_path, capsys):
+    """--json lists each ledger row with its version, name, sha256 and applied_at as stored, and `file`."""
+    _create(db_path)
+    conn = _raw(db_path)
+    stored = conn.execute("SELECT version, name, sha256, applied_at FROM schema_migrations ORDER BY version").fetchall()
+    conn.close()
+    code, out, _ = _run(capsys, db_path, "--json")
+    assert json.loads(out)["checks"]["schema"]["ledger"] == [
+        {"version": version, "name": name, "sha256": sha256, "applied_at": applied_at, "file": "match"}
+        for version, name, sha256, applied_at in stored]
+    assert [name for _, name, _, _ in stored] == FILE_NAMES
+
+
+def test_wal_bytes_is_the_size_of_the_wal_file(db_path, capsys):
+    """wal_bytes, and the wal_file line, give the size of the -wal file another connection keeps."""
+    with abathur_db.open(db_path) as pool:
+        abathur_db.tasks.create(pool.connection(), "kept in the WAL while the pool is open")
+        code, out, _ = _run(capsys, db_path, "--json")
+        size = os.path.getsize(f"{db_path}-wal")
+        assert code == 0 and size > 0
+        assert json.loads(out)["wal_bytes"] == size
+        code, out, _ = _run(capsys, db_path)
+        assert f"\nwal_file           -       {size} bytes\n" in out
 
 
 def test_ledger_rows_are_shown_against_the_files(db_path, capsys):
