@@ -119,6 +119,21 @@ def test_pending_file_is_applied_after_a_backup(db_path, schema_copy):
     assert _user_version(db_path) == NEXT
 
 
+def test_a_database_holding_only_the_ledger_gets_no_backup(db_path, tmp_path):
+    """Upgrading a database whose only table is the schema ledger writes no backup copy: it holds nothing to keep."""
+    first_only = tmp_path / "first-only"
+    first_only.mkdir()
+    shutil.copy(SCHEMA_DIR / FILES[0].name, first_only)
+    abathur_db.open(db_path, schema_dir=first_only).close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("schema_migrations",)]
+    conn.close()
+    with abathur_db.open(db_path) as pool:
+        assert pool.applied == [f.name for f in FILES[1:]]
+        assert pool.backup_path is None
+    assert not list(tmp_path.glob("*.bak*"))
+
+
 def test_failing_file_leaves_no_trace(db_path, schema_copy):
     """A file that fails half way is rolled back whole: no table, no ledger row, same version."""
     abathur_db.open(db_path, schema_dir=schema_copy).close()
@@ -208,7 +223,7 @@ def _open_at_barrier(path: str, barrier, results) -> None:
     barrier.wait(timeout=60)
     try:
         with abathur_db.open(path) as pool:
-            results.put(("ok", pool.applied))
+            results.put(("ok", pool.applied, pool.backup_path))
     except BaseException as exc:  # reported to the parent, which fails the test
         results.put(("error", repr(exc)))
 
@@ -225,9 +240,13 @@ def test_two_processes_opening_a_new_file_at_once_both_succeed(tmp_path, round_)
     outcomes = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=60)
-    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
-    applied = sorted(name for _, names in outcomes for name in names)
+    assert [status for status, *_ in outcomes] == ["ok", "ok"], outcomes
+    applied = sorted(name for _, names, _ in outcomes for name in names)
     assert applied == [f.name for f in FILES]
+    # The loser finds nothing pending once it holds the lock: it neither applies nor backs up anything.
+    assert sorted(len(names) for _, names, _ in outcomes) == [0, len(FILES)]
+    assert [backup for *_, backup in outcomes] == [None, None]
+    assert not list(tmp_path.glob("*.bak*"))
     assert [v for v, _, _ in _ledger(path)] == [f.version for f in FILES]
     assert _user_version(path) == FILES[-1].version
 
