@@ -220,6 +220,21 @@ def test_create_many_stores_every_task_in_one_transaction(conn):
     assert {row["status"] for row in rows.values()} == {"pending"}
 
 
+def test_create_many_items_that_omit_options_get_creates_defaults(conn):
+    """A create_many item holding only a prompt is stored exactly as create() with only a prompt stores it."""
+    (many,) = tasks.create_many(conn, [{"prompt": "p"}])
+    single = tasks.create(conn, "p")["id"]
+    moments = ("submitted_at", "last_updated_at")
+    columns = ", ".join(c for c in tasks.COLUMNS if c not in ("id", *moments))
+    stored = {task_id: conn.execute(f"SELECT {columns} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+              for task_id in (many, single)}
+    assert stored[many] == stored[single]
+    row = tasks.get(conn, many)
+    assert (row["agent_type"], row["priority"], row["max_retries"], row["max_execution_timeout_seconds"]) == (
+        "general", 5, 3, 3600)
+    assert row["submitted_at"] == row["last_updated_at"]
+
+
 def test_create_many_stores_nothing_when_one_task_is_refused(conn):
     """A bad task anywhere in the batch leaves no task of the batch behind."""
     with pytest.raises(ForeignKeyError, match="ghost"):
