@@ -134,6 +134,22 @@ def test_a_database_holding_only_the_ledger_gets_no_backup(db_path, tmp_path):
     assert not list(tmp_path.glob("*.bak*"))
 
 
+def test_a_retried_upgrade_reuses_the_newest_complete_backup(db_path, schema_copy):
+    """Of two complete backups of the same contents, a retried upgrade reuses the newest and writes no other."""
+    abathur_db.open(db_path, schema_dir=schema_copy).close()
+    pending = schema_copy / f"{NEXT:04d}_extra.sql"
+    pending.write_text("INSERT INTO no_such_table VALUES (1);\n")
+    with pytest.raises(SchemaError, match="no such table"):
+        abathur_db.open(db_path, schema_dir=schema_copy)
+    (newest,) = db_path.parent.glob("*.bak")
+    older = db_path.parent / f"{db_path.name}.v{NEXT - 1}-20000101T000000000Z.bak"
+    shutil.copy(newest, older)
+    pending.write_text("CREATE TABLE extra (x INTEGER);\n")
+    with abathur_db.open(db_path, schema_dir=schema_copy) as pool:
+        assert pool.backup_path == str(newest)
+    assert sorted(db_path.parent.glob("*.bak")) == sorted([newest, older])
+
+
 def test_failing_file_leaves_no_trace(db_path, schema_copy):
     """A file that fails half way is rolled back whole: no table, no ledger row, same version."""
     abathur_db.open(db_path, schema_dir=schema_copy).close()

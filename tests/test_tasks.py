@@ -1087,10 +1087,11 @@ def test_a_status_this_version_does_not_know_refuses_an_owners_call(conn):
 
 def test_counts_has_every_status(conn):
     """counts() returns each status with its number of tasks, 0 included; an unknown stored status is left out."""
-    for status in ("running", "failed", "cancelled", "pending", "pending"):
+    assert tasks.counts(conn) == dict.fromkeys(tasks.STATUSES, 0)
+    for status in ("completed", "completed", "completed", "failed", "cancelled", "running", "pending", "pending"):
         in_status(conn, status)
     _legacy(conn, "INSERT INTO tasks (id, prompt, status) VALUES ('odd', 'p', 'paused')")
-    assert tasks.counts(conn) == {"pending": 2, "running": 1, "completed": 0, "failed": 1, "cancelled": 1}
+    assert tasks.counts(conn) == {"pending": 2, "running": 1, "completed": 3, "failed": 1, "cancelled": 1}
 
 
 def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn):
