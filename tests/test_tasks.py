@@ -651,6 +651,31 @@ def test_operations_on_an_unknown_task_raise_not_found(conn, operation):
     assert counts(conn) == before
 
 
+@pytest.mark.parametrize("operation", OWNER_OPERATIONS)
+@pytest.mark.parametrize("status", [s for s in tasks.STATUSES if s != "running"])
+def test_an_owners_call_changes_only_a_running_task_even_with_its_lease(conn, status, operation):
+    """An owner's call on a task that is not running is refused even when its row still names the lease."""
+    task = in_status(conn, status)
+    # No call of the package leaves a lease on a task that is not running: a raw write does.
+    conn.execute("UPDATE tasks SET lease = ? WHERE id = ?", (OTHER_LEASE, task["id"]))
+    planted = tasks.get(conn, task["id"])
+    with pytest.raises(LeaseLostError, match=LOST_BECAUSE[status]):
+        OPERATIONS[operation][0](conn, planted)
+    assert tasks.get(conn, task["id"]) == planted
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_status_change_stamps_last_updated_at(conn, operation):
+    """Every allowed change sets last_updated_at to its moment, and completed_at to the same when it ends the task."""
+    run, allowed, target = OPERATIONS[operation]
+    task = in_status(conn, allowed[-1])
+    conn.execute("UPDATE tasks SET submitted_at = ?, last_updated_at = ? WHERE id = ?", (at(0), at(0), task["id"]))
+    changed = run(conn, task)
+    assert changed["last_updated_at"] > at(0)
+    if target in ("completed", "failed", "cancelled"):
+        assert changed["completed_at"] == changed["last_updated_at"]
+
+
 def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
     """The status a refusal reports is read under the same write lock as the refused UPDATE."""
     task = in_status(conn, "pending")
@@ -685,7 +710,7 @@ def test_requeue_stale_counts_retries_then_fails(conn):
         assert requeued == tasks.get(conn, task["id"])
         assert (requeued["status"], requeued["retry_count"]) == ("pending", attempt)
         assert requeued["started_at"] is None and requeued["completed_at"] is None
-        assert requeued["error_message"] is None and requeued["lease"] is None  # no timeout message while retries remain
+        assert requeued["error_message"] is None and requeued["lease"] is None  # no timeout message yet
         assert requeued["last_updated_at"] == format_datetime(moment)
     running = tasks.claim_next(conn)
     moment = format_datetime(_stale_moment(running, extra_ms=5000))
@@ -695,6 +720,16 @@ def test_requeue_stale_counts_retries_then_fails(conn):
     assert failed["completed_at"] == failed["last_updated_at"] == moment
     assert failed["started_at"] == running["started_at"]
     assert tasks.requeue_stale(conn, now=FUTURE) == []
+
+
+def test_requeue_stale_with_retries_left_keeps_the_error_message(conn):
+    """A stale task sent back to pending keeps the error_message it had (an earlier failure's), as retry() does."""
+    task = tasks.create(conn, "p", max_retries=3)
+    tasks.fail(conn, task["id"], tasks.claim_next(conn)["lease"], "first failure")
+    tasks.retry(conn, task["id"])
+    running = tasks.claim_next(conn)
+    [requeued] = tasks.requeue_stale(conn, now=_stale_moment(running))
+    assert (requeued["status"], requeued["retry_count"], requeued["error_message"]) == ("pending", 2, "first failure")
 
 
 def test_requeue_stale_leaves_fresh_and_idle_tasks_alone(conn):
