@@ -641,6 +641,32 @@ def test_wal_bytes_is_the_size_of_the_wal_file(db_path, capsys):
         assert f"\nwal_file           -       {size} bytes\n" in out
 
 
+def test_wal_bytes_is_0_without_a_wal_file(db_path):
+    """A database with no -wal file beside it (journal_mode DELETE here) reports wal_bytes 0."""
+    _create(db_path)
+    _execute(db_path, "PRAGMA journal_mode = DELETE")
+    report = verify.gather(str(db_path))
+    assert not os.path.exists(f"{db_path}-wal") and report["wal_bytes"] == 0
+
+
+def test_gather_writes_nothing_by_default(tmp_path, db_path):
+    """gather(path) without flags creates, upgrades and repairs nothing, as the command line without options."""
+    with pytest.raises(DatabaseFileError, match="no such file"):
+        verify.gather(str(db_path))
+    assert not db_path.exists()
+    legacy = tmp_path / "legacy.db"
+    build_legacy(legacy)
+    before = _fingerprint(legacy)
+    report = verify.gather(str(legacy))
+    assert report["checks"]["schema"]["ok"] is False and report["upgraded"] is None
+    assert _fingerprint(legacy) == before
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
+    report = verify.gather(str(db_path))
+    assert report["repaired"] is None and report["checks"]["core_indexes"]["missing"] == ["idx_metrics_timestamp"]
+    assert report["writes_allowed"] == []
+
+
 def test_ledger_rows_are_shown_against_the_files(db_path, capsys):
     """Each ledger row is shown as match, changed or missing file."""
     _create(db_path)
