@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import sqlite3
 from typing import Any
 
@@ -129,3 +130,22 @@ def prune(conn: sqlite3.Connection, task_id: str, keep_last: int) -> int:
     _values.require_text(task_id, TABLE, "task_id")
     _values.require_int(keep_last, TABLE, "keep_last", 0)
     return len(write(conn, TABLE, _PRUNE, {"task_id": task_id, "keep_last": keep_last}))
+
+
+# Tasks holding more than :keep_last checkpoints, read from idx_checkpoints_task_id_iteration alone.
+CROWDED_SQL = "SELECT task_id FROM checkpoints GROUP BY task_id HAVING count(*) > :keep_last"
+
+
+def prune_all(conn: sqlite3.Connection, keep_last: int) -> int:
+    """Delete all but the `keep_last` highest iterations of every task; return how many were deleted.
+
+    Each task's checkpoints go in a write transaction of their own (unless the
+    caller's transaction holds them all), so other writers wait behind one task
+    at most; tasks pruned before a failure stay pruned.
+    """
+    _values.require_int(keep_last, TABLE, "keep_last", 0)
+    crowded = [task_id for (task_id,) in rows(conn, TABLE, CROWDED_SQL, {"keep_last": keep_last})]
+    deleted = sum(prune(conn, task_id, keep_last) for task_id in crowded)
+    logging.getLogger("abathur_db").info("%s: pruned %d checkpoint(s) of %d task(s), keeping the last %d of each",
+                                         TABLE, deleted, len(crowded), keep_last)
+    return deleted

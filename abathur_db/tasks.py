@@ -684,3 +684,42 @@ def _refusal(conn: sqlite3.Connection, operation: str, allowed: tuple[str, ...],
     if status not in allowed:
         return TransitionError(f"{doing}: its status is {status!r}, must be {' or '.join(map(repr, allowed))}")
     return TransitionError(f"{doing}: retries are used up ({retry_count} of {max_retries})")
+
+
+# The oldest pending task: min() reads the pending entries of idx_tasks_status_priority
+# alone (an ORDER BY submitted_at would sort them, or walk idx_tasks_submitted_at
+# through every finished task); SQLite takes the bare rowid from the row min() chose.
+OLDEST_PENDING_SQL = (
+    _SELECT + " WHERE rowid = (SELECT rowid FROM (SELECT rowid, min(submitted_at) FROM tasks"
+    " WHERE status = 'pending'))"
+)
+
+
+def oldest_pending(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """Return the pending task submitted first, claimable or not, or None when no task is pending.
+
+    Like counts(), it reads every pending entry of one index: its cost grows with
+    the number of pending tasks.
+    """
+    oldest: dict[str, Any] | None = one(conn, TABLE, OLDEST_PENDING_SQL, {}, decode_row)
+    return oldest
+
+
+_FORCE_RELEASE = (
+    "UPDATE tasks SET status = 'pending', started_at = NULL, last_updated_at = :now, lease = NULL"
+    " WHERE id = :id AND status = 'running'" + _RETURNING,
+    ("running",),
+)
+
+
+def force_release(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+    """Hand a running task back to ``pending`` whatever its lease, no retry used; return it.
+
+    An operator's release (no lease needed): the run ends, so its worker's later
+    calls raise LeaseLostError, and the task keeps its place in the queue.
+
+    :raises TransitionError: when the task is not running.
+    """
+    released: dict[str, Any] = _transition(conn, "release", _FORCE_RELEASE, {"id": task_id})
+    logging.getLogger("abathur_db").info("force_release: task %r back to pending, its lease ended", task_id)
+    return released

@@ -575,6 +575,8 @@ SPECS = [
     Spec(tasks.cancel, {"task_id": TASK}, {"task_id": KEY}),
     Spec(tasks.retry, {"task_id": FAILED}, {"task_id": KEY}),
     Spec(tasks.requeue_stale, {}, {"now": Time()}),
+    Spec(tasks.oldest_pending, {}, {}),
+    Spec(tasks.force_release, {"task_id": RUNNING}, {"task_id": KEY}),
     # agents
     Spec(agents.spawn, {"task_id": TASK, "name": "n", "specialization": "s", "model": "m"}, {
         "task_id": Ref(ForeignKeyError), "name": Text("name"), "specialization": Text("specialization"),
@@ -629,6 +631,7 @@ SPECS = [
     Spec(checkpoints.prune, {"task_id": TASK, "keep_last": 0}, {
         "task_id": Ref(Returns(0)), "keep_last": Int(0),
     }),
+    Spec(checkpoints.prune_all, {"keep_last": 0}, {"keep_last": Int(0)}),
     # state
     Spec(state.set, {"task_id": TASK, "key": "k2", "value": 1}, {
         "task_id": Ref(ForeignKeyError), "key": Text("key"), "value": Json("value"),

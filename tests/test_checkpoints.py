@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import sqlite3
 
@@ -264,3 +265,42 @@ def test_database_rejects_invalid_raw_rows(conn, task, column, value):
             list(row.values()),
         )
     assert count(conn) == 0
+
+
+@pytest.mark.parametrize("keep_last", [0, 1, 2, 5])
+def test_prune_all_keeps_the_newest_iterations_of_every_task(conn, make_task, keep_last):
+    """prune_all deletes all but the newest keep_last iterations of each task, and counts them."""
+    saved = {make_task("t1"): [4, 0, 9, 2, 6], make_task("t2"): [0], make_task("t3"): [7, 3], make_task("t4"): []}
+    for task_id, numbers in saved.items():
+        for iteration in numbers:
+            checkpoints.save(conn, task_id, iteration, {})
+    kept = {task_id: sorted(numbers)[len(numbers) - keep_last:] if keep_last else [] for task_id, numbers in saved.items()}
+    expected = sum(len(numbers) - len(kept[task_id]) for task_id, numbers in saved.items())
+    assert checkpoints.prune_all(conn, keep_last) == expected
+    assert {task_id: iterations(conn, task_id) for task_id in saved} == kept
+
+
+def test_prune_all_commits_one_task_at_a_time_and_logs_once(conn, make_task, caplog):
+    """Each task's checkpoints are deleted in a write transaction of their own; one INFO line sums it up."""
+    for task_id in (make_task("t1"), make_task("t2")):
+        for iteration in range(3):
+            checkpoints.save(conn, task_id, iteration, {})
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        with caplog.at_level(logging.INFO, logger="abathur_db"):
+            assert checkpoints.prune_all(conn, 1) == 4
+    finally:
+        conn.set_trace_callback(None)
+    assert [line for line in sent if line in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"] * 2
+    assert [record.getMessage() for record in caplog.records] == [
+        "checkpoints: pruned 4 checkpoint(s) of 2 task(s), keeping the last 1 of each"]
+
+
+@pytest.mark.parametrize("keep_last", [-1, "2", None, True])
+def test_prune_all_rejects_bad_keep_last(conn, task, keep_last):
+    """A bad keep_last raises ValidationError naming it and deletes nothing."""
+    checkpoints.save(conn, task, 0, {})
+    with pytest.raises(ValidationError, match="checkpoints.keep_last"):
+        checkpoints.prune_all(conn, keep_last)
+    assert count(conn) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import json
+import logging
 import os
 import random
 import re
@@ -1367,3 +1368,59 @@ def test_random_operations_match_a_model_of_the_queue(conn, seed):
         stored = {i: tuple(row) for i, *row in conn.execute(
             "SELECT id, status, retry_count, unmet_dependencies, lease FROM tasks")}
         assert stored == model.state(), f"seed {seed}, step {number}: last steps: {history[-5:]}"
+
+
+# --- the operator's reads and release -------------------------------------------------------
+
+
+def test_oldest_pending_is_the_first_submitted_whatever_its_priority_or_dependencies(conn):
+    """oldest_pending() returns the pending task submitted first, blocked or not; None when none is pending."""
+    assert tasks.oldest_pending(conn) is None
+    ancient = tasks.create(conn, "ancient", priority=0, submitted_at=at(0))
+    tasks.claim_next(conn)  # running: no longer pending
+    blocker = tasks.create(conn, "blocker", priority=9, submitted_at=at(30))
+    blocked = tasks.create(conn, "blocked", priority=2, submitted_at=at(10), dependencies=[blocker["id"]])
+    tasks.create(conn, "urgent", priority=10, submitted_at=at(20))
+    assert tasks.oldest_pending(conn) == tasks.get(conn, blocked["id"])
+    assert tasks.get(conn, ancient["id"])["status"] == "running"
+    tasks.cancel(conn, blocked["id"])
+    assert tasks.oldest_pending(conn)["prompt"] == "urgent"
+
+
+def test_oldest_pending_reads_one_index_and_sorts_nothing(conn):
+    """oldest_pending's plan searches idx_tasks_status_priority for pending tasks: no table scan, no sort."""
+    plan = abathur_db.explain_query_plan(conn, tasks.OLDEST_PENDING_SQL)
+    assert any("COVERING INDEX idx_tasks_status_priority (status=?)" in line for line in plan), plan
+    assert not any(line.startswith("SCAN tasks") or "TEMP B-TREE" in line for line in plan), plan
+
+
+def test_force_release_ends_any_run_without_a_retry(conn, caplog):
+    """force_release() puts a running task back to pending, keeps its retries, loses its lease, logs at INFO."""
+    task = tasks.create(conn, "work", submitted_at=at(0))
+    claimed = tasks.claim_next(conn)
+    with caplog.at_level(logging.INFO, logger="abathur_db"):
+        released = tasks.force_release(conn, task["id"])
+    assert [record.getMessage() for record in caplog.records] == [
+        f"force_release: task {task['id']!r} back to pending, its lease ended"]
+    assert released == tasks.get(conn, task["id"])
+    assert (released["status"], released["retry_count"], released["lease"], released["started_at"]) == (
+        "pending", 0, None, None)
+    with pytest.raises(LeaseLostError, match="went back to pending"):
+        tasks.complete(conn, task["id"], claimed["lease"])
+    assert tasks.claim_next(conn)["id"] == task["id"]
+
+
+@pytest.mark.parametrize("status", ["pending", "completed", "failed", "cancelled"])
+def test_force_release_refuses_a_task_that_is_not_running(conn, status):
+    """force_release() of a task in any other status raises TransitionError and changes nothing."""
+    task = in_status(conn, status)
+    before = tasks.get(conn, task["id"])
+    with pytest.raises(TransitionError, match=f"its status is '{status}', must be 'running'"):
+        tasks.force_release(conn, task["id"])
+    assert tasks.get(conn, task["id"]) == before
+
+
+def test_force_release_of_an_unknown_task_raises_not_found(conn):
+    """force_release() names a task id that does not exist."""
+    with pytest.raises(NotFoundError, match="no task with id 'nope'"):
+        tasks.force_release(conn, "nope")
