@@ -960,6 +960,32 @@ def test_the_cascade_passes_only_through_pending_tasks(conn):
     assert (statuses["odd"][0], statuses["below"][0]) == ("running", "pending")
 
 
+def test_the_cascade_ends_on_a_dependency_cycle_a_legacy_database_may_hold(conn):
+    """Cancelling into a dependency cycle (only a legacy database can hold one) cancels each task of it, and ends."""
+    tasks.create(conn, "root", task_id="root")
+    tasks.create(conn, "a", task_id="a", dependencies=["root"])
+    tasks.create(conn, "b", task_id="b", dependencies=["a"])
+    conn.execute("INSERT INTO task_dependencies (depends_on_task_id, task_id) VALUES ('b', 'a')")  # a waits on b too
+    # A cascade going round the cycle for ever is interrupted here, failing the test instead of hanging it.
+    budget = iter(range(10_000))
+    conn.set_progress_handler(lambda: next(budget, None) is None, 1000)
+    try:
+        tasks.cancel(conn, "root")
+    finally:
+        conn.set_progress_handler(None, 0)
+    assert {task_id: status for task_id, (status, _) in _statuses(conn).items()} == dict.fromkeys(
+        ("root", "a", "b"), "cancelled")
+
+
+def test_the_cascade_ends_a_lease_a_pending_dependent_still_names(conn):
+    """A pending dependent whose row still names a lease (a raw write; no call leaves one) is cancelled without it."""
+    tasks.create(conn, "root", task_id="root")
+    tasks.create(conn, "waiting", task_id="waiting", dependencies=["root"])
+    conn.execute("UPDATE tasks SET lease = ? WHERE id = 'waiting'", (OTHER_LEASE,))
+    tasks.cancel(conn, "root")
+    assert (tasks.get(conn, "waiting")["status"], tasks.get(conn, "waiting")["lease"]) == ("cancelled", None)
+
+
 def test_the_cascade_reads_by_key(conn):
     """The cascade's plan searches tasks and task_dependencies by key; only its own working set is scanned."""
     plan = abathur_db.explain_query_plan(conn, tasks.CANCEL_DEPENDENTS_SQL, {"id": "t", "how": "", "now": FUTURE})
