@@ -665,10 +665,14 @@ def test_an_owners_call_changes_only_a_running_task_even_with_its_lease(conn, st
     assert tasks.get(conn, task["id"]) == planted
 
 
-@pytest.mark.parametrize("operation", OPERATIONS)
+STAMPING = {**OPERATIONS, "force_release": (lambda conn, task: tasks.force_release(conn, task["id"]), ("running",),
+                                             "pending")}
+
+
+@pytest.mark.parametrize("operation", STAMPING)
 def test_every_status_change_stamps_last_updated_at(conn, operation):
     """Every allowed change sets last_updated_at to its moment, and completed_at to the same when it ends the task."""
-    run, allowed, target = OPERATIONS[operation]
+    run, allowed, target = STAMPING[operation]
     task = in_status(conn, allowed[-1])
     conn.execute("UPDATE tasks SET submitted_at = ?, last_updated_at = ? WHERE id = ?", (at(0), at(0), task["id"]))
     changed = run(conn, task)

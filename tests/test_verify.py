@@ -102,6 +102,7 @@ def test_create_makes_a_new_database_that_passes_every_check(db_path, capsys):
            "of the schema" in out
     assert f"query_plans        PASS    {len(CATALOG)} of {len(CATALOG)} use their index" in out
     assert f"abathur_db {abathur_db.__version__}, SQLite {sqlite3.sqlite_version}" in out
+    assert "\nCHECK              RESULT  DETAIL\n" in out
     assert out.count(" match\n") == len(FILE_NAMES)
     assert _check_line(out, "schema") == (f"schema             PASS    version {len(FILE_NAMES)} of {len(FILE_NAMES)}; "
                                           f"{len(FILE_NAMES)} of {len(FILE_NAMES)} files applied, none pending")
@@ -342,6 +343,22 @@ def test_every_failure_ends_with_its_next_step(db_path, capsys, damage, check, s
     assert all(c["next_step"] is None for c in checks.values() if c["ok"])
 
 
+@pytest.mark.parametrize("damage, says", [
+    pytest.param("PRAGMA user_version = 3", f"version 3 of {len(FILE_NAMES)}; user_version 3 disagrees with the ledger",
+                 id="user-version"),
+    pytest.param(EDITED_LEDGER, f"schema file {FILE_NAMES[1]} changed after it was applied (ledger sha256 abc…, file ",
+                 id="edited-file"),
+    pytest.param(NEWER_LEDGER, "database schema version 99 is newer than this abathur_db knows", id="newer"),
+])
+def test_a_schema_that_disagrees_with_the_files_says_how(db_path, capsys, damage, says):
+    """The schema check's FAIL line says what disagrees: user_version, the changed file, or the newer version."""
+    _create(db_path)
+    _execute(db_path, damage)
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "schema").startswith(f"schema             FAIL    {says}")
+
+
 def test_a_pragma_this_sqlite_does_not_keep_is_reported(db_path, capsys, monkeypatch):
     """A per-connection setting that does not read back as expected says to report it."""
     _create(db_path)
@@ -362,6 +379,19 @@ def test_a_plan_that_fails_with_every_index_present_points_to_the_docs(db_path, 
     assert _check_line(out, "query_plans").endswith(
         "next: a plan changed without a missing index (an index of yours, or ANALYZE statistics?): see the plans "
         "below and docs/verify.md")
+
+
+def test_a_plan_that_fails_beside_a_missing_index_is_sent_to_repair(db_path, capsys, monkeypatch):
+    """When any failing query lacks an index, the step is --repair, even if another one fails with its index present."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
+    check_catalog = verify.check_catalog
+    monkeypatch.setattr(verify, "check_catalog", lambda conn: [
+        PlanCheck("T1", False, ["SCAN tasks"], ["full scan of tasks (SCAN tasks)"]), *check_catalog(conn)])
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    line = _check_line(out, "query_plans")
+    assert "; failing: T1, M1; next: run with --repair" in line
 
 
 def test_a_database_of_another_application_is_named_as_such(db_path, capsys):
@@ -396,6 +426,15 @@ def test_a_dangling_reference_in_a_user_table_without_rowid_is_still_listed(db_p
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     assert "    notes (a row without rowid): task_id -> no such tasks row" in out
+
+
+def test_a_dangling_reference_that_names_no_parent_column_names_the_parents_key(db_path, capsys):
+    """A foreign key written without a parent column (REFERENCES tasks) is listed with the parent's key, id."""
+    _create(db_path)
+    _execute(db_path, "CREATE TABLE notes (task TEXT REFERENCES tasks); INSERT INTO notes VALUES ('gone')")
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert "    notes rowid 1: task = 'gone', but tasks has no row with id 'gone'" in out
 
 
 def _more_lines(out: str) -> list[str]:
