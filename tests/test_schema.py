@@ -470,23 +470,23 @@ def _hold_write_lock(path, held: threading.Event, release: threading.Event, sql:
 
 
 class _SetWhenWaiting(logging.Handler):
-    """Set an event once the package logs that it waits for another connection."""
+    """Set an event `delay` seconds after the package logs that it waits for another connection."""
 
-    def __init__(self, event: threading.Event) -> None:
+    def __init__(self, event: threading.Event, delay: float = 0) -> None:
         super().__init__()
-        self.event = event
+        self.event, self.delay = event, delay
 
     def emit(self, record: logging.LogRecord) -> None:
         if f"another connection is writing (upgrading the schema?); waiting up to {schema.UPGRADE_WAIT_SECONDS} s" \
                 in record.getMessage():
-            self.event.set()
+            threading.Timer(self.delay, self.event.set).start()
 
 
-def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None):
-    """Open `db_path` while a raw connection holds the write lock; it runs `sql` and commits once the opener waits."""
+def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None, hold: float = 0):
+    """Open `db_path` while a raw connection holds the write lock, which commits `sql` `hold` s after the opener waits."""
     held, release = threading.Event(), threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db_path, held, release, sql))
-    handler = _SetWhenWaiting(release)
+    handler = _SetWhenWaiting(release, hold)
     logger = logging.getLogger("abathur_db")
     logger.addHandler(handler)
     level = logger.level
@@ -518,6 +518,13 @@ def test_an_opener_that_finds_the_file_locked_waits_then_applies(db_path, one_fi
     """An opener with a file to apply waits for the writer (logging that it does), then applies the file."""
     assert _open_while_another_connection_writes(db_path, "", one_file_behind) == [f"{NEXT:04d}_extra.sql"]
     assert _user_version(db_path) == NEXT
+
+
+@pytest.mark.slow
+def test_an_opener_waits_for_an_upgrade_longer_than_busy_timeout(db_path, one_file_behind):
+    """An opener waits for another writer past busy_timeout (up to UPGRADE_WAIT_SECONDS), then applies its file."""
+    hold = pool_module.BUSY_TIMEOUT_SECONDS + 1
+    assert _open_while_another_connection_writes(db_path, "", one_file_behind, hold) == [f"{NEXT:04d}_extra.sql"]
 
 
 def test_an_opener_works_out_pending_files_again_once_it_has_waited(db_path, one_file_behind):
