@@ -483,7 +483,7 @@ class _SetWhenWaiting(logging.Handler):
 
 
 def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None, hold: float = 0):
-    """Open `db_path` while a raw connection holds the write lock, which commits `sql` `hold` s after the opener waits."""
+    """Open `db_path` while a raw connection holds the write lock; it commits `sql` `hold` s after the opener waits."""
     held, release = threading.Event(), threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db_path, held, release, sql))
     handler = _SetWhenWaiting(release, hold)
