@@ -125,6 +125,8 @@ def _sha256(text: str) -> str:
 def load_files(directory: str | os.PathLike[str] | None = None) -> list[SchemaFile]:
     """Return the schema files of `directory` (default: `schema_dir()`) in version order."""
     directory = Path(directory) if directory is not None else schema_dir()
+    if not directory.is_dir():
+        raise SchemaError(f"{directory}: no such schema folder")
     files = []
     for path in sorted(directory.glob("*.sql")):
         match = _FILE_NAME.fullmatch(path.name)
@@ -132,6 +134,8 @@ def load_files(directory: str | os.PathLike[str] | None = None) -> list[SchemaFi
             raise SchemaError(f"{path.name}: schema files are named NNNN_description.sql")
         sql = _read_sql(path)
         files.append(SchemaFile(int(match.group(1)), path.name, sql, _sha256(sql)))
+    if not files:  # a mistyped schema_dir would otherwise open a database without tables
+        raise SchemaError(f"{directory}: holds no schema files (NNNN_description.sql)")
     versions = [f.version for f in files]
     if versions != list(range(1, len(files) + 1)):
         raise SchemaError(f"{directory}: schema versions must run 1, 2, 3… without gaps; found {versions}")

@@ -419,11 +419,11 @@ def _detail_lines(name: str, check: dict[str, Any]) -> list[str]:
     if name == "schema":
         return [f"{row['name']:<40} sha256 {row['sha256'][:12]}  {row['file']}" for row in check["ledger"]]
     if name == "integrity_check":
+        problems: list[str] = check["problems"]
         rows = check["rule_violations"]
-        lines: list[str] = check["problems"][:_SHOWN_VIOLATIONS] + [
+        return problems[:_SHOWN_VIOLATIONS] + _hidden(len(problems)) + [
             f"{v['table']} {v['row_key']} {v['row']!r}: {v['column']} = {short_repr(v['value'])} breaks {v['rule']}"
-            for v in rows[:_SHOWN_VIOLATIONS]]
-        return lines + _hidden(len(rows))
+            for v in rows[:_SHOWN_VIOLATIONS]] + _hidden(len(rows))
     if name == "foreign_key_check":
         return [_dangling(v) for v in check["violations"][:_SHOWN_VIOLATIONS]] + _hidden(len(check["violations"]))
     if name == "query_plans":

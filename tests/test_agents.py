@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import re
 import sqlite3
 
@@ -78,6 +79,32 @@ def test_spawn_without_resource_usage_stores_null(conn, task):
     row = agents.spawn(conn, task, "w", "s", "m")
     assert row["resource_usage"] is None
     assert conn.execute("SELECT resource_usage IS NULL FROM agents").fetchone()[0] == 1
+
+
+def _stored_usage(conn, agent_id: str) -> tuple:
+    """Return resource_usage as stored and its SQLite type, which the decoded row cannot tell apart."""
+    return conn.execute("SELECT resource_usage, typeof(resource_usage) FROM agents WHERE id = ?",
+                        (agent_id,)).fetchone()
+
+
+@pytest.mark.parametrize("usage", [0, False, "", [], {}], ids=repr)
+def test_a_falsy_resource_usage_is_stored_as_json_not_null(conn, task, usage):
+    """A resource_usage that is falsy but not None (0, false, "", [], {}) is stored as its JSON text."""
+    agent = agents.spawn(conn, task, "w", "s", "m", resource_usage=usage)
+    stored, kind = _stored_usage(conn, agent["id"])
+    assert kind == "text" and json.loads(stored) == usage and type(json.loads(stored)) is type(usage)
+    other = agents.spawn(conn, task, "w", "s", "m")
+    agents.terminate(conn, other["id"], usage)
+    assert _stored_usage(conn, other["id"]) == (stored, "text")
+
+
+def test_state_changes_without_usage_leave_sql_null(conn, task):
+    """set_state and terminate without resource_usage keep a missing one SQL NULL, not the text 'null'."""
+    agent = agents.spawn(conn, task, "w", "s", "m")
+    agents.set_state(conn, agent["id"], "idle")
+    assert _stored_usage(conn, agent["id"]) == (None, "null")
+    agents.terminate(conn, agent["id"])
+    assert _stored_usage(conn, agent["id"]) == (None, "null")
 
 
 @pytest.mark.parametrize("field", ["name", "specialization", "model", "agent_id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sqlite3
 
@@ -68,6 +69,14 @@ def test_record_with_only_an_action_type(conn):
     assert {k: v for k, v in row.items() if v is not None} == {
         "id": row["id"], "timestamp": row["timestamp"], "action_type": "startup"}
     assert conn.execute("SELECT action_data IS NULL FROM audit").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("action_data", [0, False, "", [], {}], ids=repr)
+def test_a_falsy_action_data_is_stored_as_json_not_null(conn, action_data):
+    """An action_data that is falsy but not None (0, false, "", [], {}) is stored as its JSON text."""
+    audit.record(conn, "note", action_data=action_data)
+    stored, kind = conn.execute("SELECT action_data, typeof(action_data) FROM audit").fetchone()
+    assert kind == "text" and json.loads(stored) == action_data and type(json.loads(stored)) is type(action_data)
 
 
 @pytest.mark.parametrize("operation", audit.MEMORY_OPERATION_TYPES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import sqlite3
@@ -51,6 +52,14 @@ def test_save_then_load_returns_the_state_verbatim(conn, task, state):
     assert row == checkpoints.load(conn, task, 0) == checkpoints.load(conn, task)
     assert row["state"] == state and row["task_id"] == task and row["iteration"] == 0
     assert row["session_id"] is None and TIMESTAMP.fullmatch(row["created_at"])
+
+
+@pytest.mark.parametrize("state", [None, 0, False, "", [], {}], ids=repr)
+def test_a_state_of_none_is_stored_as_the_json_null_text(conn, task, state):
+    """A None state is stored as the JSON text 'null' (the column is NOT NULL); falsy ones as their JSON."""
+    checkpoints.save(conn, task, 0, state)
+    stored, kind = conn.execute("SELECT state, typeof(state) FROM checkpoints").fetchone()
+    assert kind == "text" and json.loads(stored) == state and type(json.loads(stored)) is type(state)
 
 
 def test_save_links_a_session(conn, task):

@@ -45,6 +45,12 @@ def test_record_without_labels_stores_null(conn):
     assert conn.execute("SELECT labels IS NULL FROM metrics").fetchone()[0] == 1
 
 
+def test_empty_labels_are_stored_as_an_empty_object_not_null(conn):
+    """labels={} is stored as the JSON text '{}', not as SQL NULL."""
+    assert metrics.record(conn, "x", 1, labels={})["labels"] == {}
+    assert conn.execute("SELECT labels, typeof(labels) FROM metrics").fetchone() == ("{}", "text")
+
+
 @pytest.mark.parametrize("moment, stored", [
     pytest.param("2024-03-01T12:00:00.250Z", "2024-03-01T12:00:00.250Z", id="schema-format"),
     pytest.param("2024-03-01T13:00:00+01:00", "2024-03-01T12:00:00.000Z", id="offset-string"),

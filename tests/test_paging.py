@@ -150,9 +150,50 @@ def test_every_list_refuses_a_limit_below_one(conn, function, kwargs, limit):
         function(conn, **kwargs, limit=limit)
 
 
-def test_every_list_returns_100_rows_by_default(conn):
-    """Without a limit, every list() returns at most 100 rows."""
-    for i in range(101):
-        metrics.record(conn, "m", i)
-    assert len(metrics.query(conn)) == 100
-    assert len(metrics.query(conn, limit=101)) == 101
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory):
+    """Return a file with more rows than a default page (100) for every list() and each of its filters."""
+    path = tmp_path_factory.mktemp("crowd") / "crowd.db"
+    with abathur_db.open(path) as pool:
+        conn = pool.connection()
+        with abathur_db.transaction(conn):
+            sessions.create(conn, "app", "user", session_id="s")
+            tasks.create(conn, "parent", task_id="parent", priority=0)
+            conn.execute("INSERT INTO memory_entries (id, namespace, key, value, memory_type)"
+                         " VALUES (1, 'n', 'k', '1', 'semantic')")
+            for i in range(101):
+                tasks.create(conn, f"task {i}", session_id="s", parent_task_id="parent",
+                             max_execution_timeout_seconds=1)
+                agents.spawn(conn, "parent", "a", "s", "m", session_id="s")
+                audit.record(conn, "act", task_id="parent", memory_operation_type="update", memory_entry_id=1)
+                checkpoints.save(conn, "parent", i, {"i": i}, session_id="s")
+                metrics.record(conn, "m", i)
+            for _ in range(101):
+                tasks.claim_next(conn)
+    return path
+
+
+DEFAULT_PAGES = [
+    (tasks.list, {"status": "running"}), (tasks.list, {"session_id": "s"}), (tasks.list, {"parent_task_id": "parent"}),
+    (tasks.list, {"submitted_since": MOMENTS[0]}), (tasks.stale, {"now": "2100-01-01T00:00:00Z"}),
+    (agents.list, {"task_id": "parent"}), (agents.list, {"session_id": "s"}),
+    (agents.list, {"spawned_since": MOMENTS[0]}),
+    (checkpoints.list, {"task_id": "parent"}), (checkpoints.list, {"session_id": "s"}),
+    (checkpoints.list, {"created_since": MOMENTS[0]}),
+    (audit.list, {}), (audit.list, {"task_id": "parent"}), (audit.list, {"memory_entry_id": 1}),
+    (audit.list, {"memory_operation_type": "update"}),
+    (metrics.query, {}), (metrics.query, {"name": "m"}),
+]
+
+
+@pytest.mark.parametrize("case", DEFAULT_PAGES, ids=_name)
+def test_every_list_returns_its_first_100_rows_by_default(crowd, case):
+    """Without a limit, every list() returns the first 100 of the rows it could return, in its order."""
+    function, kwargs = case
+    conn = abathur_db.connect(crowd)
+    try:
+        whole = function(conn, **kwargs, limit=1000)
+        assert len(whole) > 100
+        assert function(conn, **kwargs) == whole[:100]
+    finally:
+        conn.close()

@@ -798,3 +798,49 @@ def test_a_child_forked_inside_a_block_never_ends_the_parents_transaction(db_pat
     assert json.loads(out.splitlines()[-1]) == {"child": status, "tasks": 401, "problems": []}, err
     if how == "leave":
         assert "cannot commit it" in err
+
+
+# The child ends through the interpreter's normal shutdown without ever leaving the
+# parent's block, so every object it inherited, the copy of the connection included,
+# is torn down by the interpreter itself.
+FORK_THEN_NORMAL_EXIT = """
+    import json, os, sqlite3, sys
+    import abathur_db
+    from abathur_db import tasks, transaction
+
+    path = sys.argv[1]
+    pool = abathur_db.open(path)
+    conn = pool.connection()
+    block = transaction(conn)
+    block.__enter__()  # by hand: the child below never runs its exit
+    for i in range(400):  # some 4 MB: more than the page cache holds, so pages spill to the WAL
+        tasks.create(conn, f"bulk {i}", input_data={"pad": "y" * 10_000})
+    spilled = os.path.getsize(path + "-wal")
+    pid = os.fork()
+    if pid:
+        child = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        block.__exit__(None, None, None)
+        reader = abathur_db.connect(path)
+        try:
+            rows = reader.execute("SELECT prompt, input_data ->> '$.pad' FROM tasks ORDER BY rowid").fetchall()
+            found = {"rows_intact": rows == [(f"bulk {i}", "y" * 10_000) for i in range(400)],
+                     "problems": abathur_db.integrity_check(reader)[:3]}
+        except sqlite3.DatabaseError as exc:
+            found = {"error": str(exc)}
+        print(json.dumps({"child": child, "spilled": spilled > 0, **found}))
+"""
+
+
+@needs_fork
+def test_a_child_ending_normally_inside_the_parents_block_leaves_its_transaction_whole(db_path):
+    """A child that exits through normal interpreter shutdown, never leaving the parent's block, undoes nothing of it.
+
+    The interpreter's shutdown deallocates what the child inherited; deallocating its
+    copy of the connection would close it, and closing rolls back, in the WAL index the
+    processes share, the frames the parent spilled (the parent then read "database
+    disk image is malformed"). pool._keep_forever holds a reference that is never given back.
+    """
+    child = _python(FORK_THEN_NORMAL_EXIT, str(db_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert child.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"child": 0, "spilled": True, "rows_intact": True, "problems": []}, err

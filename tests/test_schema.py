@@ -119,6 +119,37 @@ def test_pending_file_is_applied_after_a_backup(db_path, schema_copy):
     assert _user_version(db_path) == NEXT
 
 
+def test_a_database_holding_only_the_ledger_gets_no_backup(db_path, tmp_path):
+    """Upgrading a database whose only table is the schema ledger writes no backup copy: it holds nothing to keep."""
+    first_only = tmp_path / "first-only"
+    first_only.mkdir()
+    shutil.copy(SCHEMA_DIR / FILES[0].name, first_only)
+    abathur_db.open(db_path, schema_dir=first_only).close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("schema_migrations",)]
+    conn.close()
+    with abathur_db.open(db_path) as pool:
+        assert pool.applied == [f.name for f in FILES[1:]]
+        assert pool.backup_path is None
+    assert not list(tmp_path.glob("*.bak*"))
+
+
+def test_a_retried_upgrade_reuses_the_newest_complete_backup(db_path, schema_copy):
+    """Of two complete backups of the same contents, a retried upgrade reuses the newest and writes no other."""
+    abathur_db.open(db_path, schema_dir=schema_copy).close()
+    pending = schema_copy / f"{NEXT:04d}_extra.sql"
+    pending.write_text("INSERT INTO no_such_table VALUES (1);\n")
+    with pytest.raises(SchemaError, match="no such table"):
+        abathur_db.open(db_path, schema_dir=schema_copy)
+    (newest,) = db_path.parent.glob("*.bak")
+    older = db_path.parent / f"{db_path.name}.v{NEXT - 1}-20000101T000000000Z.bak"
+    shutil.copy(newest, older)
+    pending.write_text("CREATE TABLE extra (x INTEGER);\n")
+    with abathur_db.open(db_path, schema_dir=schema_copy) as pool:
+        assert pool.backup_path == str(newest)
+    assert sorted(db_path.parent.glob("*.bak")) == sorted([newest, older])
+
+
 def test_failing_file_leaves_no_trace(db_path, schema_copy):
     """A file that fails half way is rolled back whole: no table, no ledger row, same version."""
     abathur_db.open(db_path, schema_dir=schema_copy).close()
@@ -162,6 +193,27 @@ def test_badly_named_or_numbered_files_are_refused(tmp_path, names, message):
         schema.load_files(tmp_path)
 
 
+@pytest.mark.parametrize("folder, says", [("empty", "holds no schema files (NNNN_description.sql)"),
+                                          ("no-such-folder", "no such schema folder")])
+def test_a_schema_folder_without_schema_files_is_refused(db_path, tmp_path, folder, says):
+    """open() given an empty or missing schema folder raises SchemaError naming it; no database file is created."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SchemaError) as caught:
+        abathur_db.open(db_path, schema_dir=tmp_path / folder)
+    assert str(caught.value) == f"{tmp_path / folder}: {says}"
+    assert not db_path.exists()
+
+
+def test_an_empty_schema_folder_leaves_an_existing_database_alone(db_path, tmp_path):
+    """An existing database opened with an empty schema folder is refused as such (not as "newer"), unchanged."""
+    abathur_db.open(db_path).close()
+    before = _fingerprint(db_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SchemaError, match="holds no schema files"):
+        abathur_db.open(db_path, schema_dir=tmp_path / "empty")
+    assert _fingerprint(db_path) == before
+
+
 def test_statements_keep_triggers_strings_and_comments_whole():
     """Splitting a file keeps ';' inside trigger bodies, strings and comments."""
     sql = (
@@ -187,7 +239,7 @@ def _open_at_barrier(path: str, barrier, results) -> None:
     barrier.wait(timeout=60)
     try:
         with abathur_db.open(path) as pool:
-            results.put(("ok", pool.applied))
+            results.put(("ok", pool.applied, pool.backup_path))
     except BaseException as exc:  # reported to the parent, which fails the test
         results.put(("error", repr(exc)))
 
@@ -204,9 +256,13 @@ def test_two_processes_opening_a_new_file_at_once_both_succeed(tmp_path, round_)
     outcomes = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=60)
-    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
-    applied = sorted(name for _, names in outcomes for name in names)
+    assert [status for status, *_ in outcomes] == ["ok", "ok"], outcomes
+    applied = sorted(name for _, names, _ in outcomes for name in names)
     assert applied == [f.name for f in FILES]
+    # The loser finds nothing pending once it holds the lock: it neither applies nor backs up anything.
+    assert sorted(len(names) for _, names, _ in outcomes) == [0, len(FILES)]
+    assert [backup for *_, backup in outcomes] == [None, None]
+    assert not list(tmp_path.glob("*.bak*"))
     assert [v for v, _, _ in _ledger(path)] == [f.version for f in FILES]
     assert _user_version(path) == FILES[-1].version
 
@@ -414,23 +470,23 @@ def _hold_write_lock(path, held: threading.Event, release: threading.Event, sql:
 
 
 class _SetWhenWaiting(logging.Handler):
-    """Set an event once the package logs that it waits for another connection."""
+    """Set an event `delay` seconds after the package logs that it waits for another connection."""
 
-    def __init__(self, event: threading.Event) -> None:
+    def __init__(self, event: threading.Event, delay: float = 0) -> None:
         super().__init__()
-        self.event = event
+        self.event, self.delay = event, delay
 
     def emit(self, record: logging.LogRecord) -> None:
         if f"another connection is writing (upgrading the schema?); waiting up to {schema.UPGRADE_WAIT_SECONDS} s" \
                 in record.getMessage():
-            self.event.set()
+            threading.Timer(self.delay, self.event.set).start()
 
 
-def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None):
-    """Open `db_path` while a raw connection holds the write lock; it runs `sql` and commits once the opener waits."""
+def _open_while_another_connection_writes(db_path, sql: str, schema_dir=None, hold: float = 0):
+    """Open `db_path` while a raw connection holds the write lock; it commits `sql` `hold` s after the opener waits."""
     held, release = threading.Event(), threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db_path, held, release, sql))
-    handler = _SetWhenWaiting(release)
+    handler = _SetWhenWaiting(release, hold)
     logger = logging.getLogger("abathur_db")
     logger.addHandler(handler)
     level = logger.level
@@ -462,6 +518,13 @@ def test_an_opener_that_finds_the_file_locked_waits_then_applies(db_path, one_fi
     """An opener with a file to apply waits for the writer (logging that it does), then applies the file."""
     assert _open_while_another_connection_writes(db_path, "", one_file_behind) == [f"{NEXT:04d}_extra.sql"]
     assert _user_version(db_path) == NEXT
+
+
+@pytest.mark.slow
+def test_an_opener_waits_for_an_upgrade_longer_than_busy_timeout(db_path, one_file_behind):
+    """An opener waits for another writer past busy_timeout (up to UPGRADE_WAIT_SECONDS), then applies its file."""
+    hold = pool_module.BUSY_TIMEOUT_SECONDS + 1
+    assert _open_while_another_connection_writes(db_path, "", one_file_behind, hold) == [f"{NEXT:04d}_extra.sql"]
 
 
 def test_an_opener_works_out_pending_files_again_once_it_has_waited(db_path, one_file_behind):

@@ -28,6 +28,15 @@ def test_create_and_get_round_trip(conn):
     assert created["terminated_at"] is None and created["archived_at"] is None
 
 
+def test_missing_json_fields_are_stored_as_empty_json(conn):
+    """No events, state or metadata stores the JSON texts '[]', '{}' and '{}', never SQL NULL."""
+    created = sessions.create(conn, "app", "user")
+    assert (created["events"], created["state"], created["metadata"]) == ([], {}, {})
+    stored = conn.execute("SELECT events, typeof(events), state, typeof(state), metadata, typeof(metadata)"
+                          " FROM sessions").fetchone()
+    assert stored == ("[]", "text", "{}", "text", "{}", "text")
+
+
 def test_given_id_and_verbatim_text(conn):
     """A caller's id and text with quotes, SQL, unicode and NUL are stored verbatim."""
     odd = "x'); DROP TABLE sessions; -- \"ünï\x00code\""

@@ -101,6 +101,7 @@ def test_get_distinguishes_a_stored_null_from_a_missing_key(conn, task):
     """A stored JSON null is returned as None, not replaced by the default."""
     state.set(conn, task, "k", None)
     assert state.get(conn, task, "k", "default") is None
+    assert conn.execute("SELECT value, typeof(value) FROM state").fetchone() == ("null", "text")
 
 
 def test_delete_reports_whether_the_key_was_there(conn, task):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import json
 import logging
 import os
 import random
@@ -218,6 +219,21 @@ def test_create_many_stores_every_task_in_one_transaction(conn):
     assert rows[ids[0]]["submitted_at"] == rows[ids[1]]["submitted_at"]  # one moment for the batch
     assert rows[ids[2]]["submitted_at"] == at(5)
     assert {row["status"] for row in rows.values()} == {"pending"}
+
+
+def test_create_many_items_that_omit_options_get_creates_defaults(conn):
+    """A create_many item holding only a prompt is stored exactly as create() with only a prompt stores it."""
+    (many,) = tasks.create_many(conn, [{"prompt": "p"}])
+    single = tasks.create(conn, "p")["id"]
+    moments = ("submitted_at", "last_updated_at")
+    columns = ", ".join(c for c in tasks.COLUMNS if c not in ("id", *moments))
+    stored = {task_id: conn.execute(f"SELECT {columns} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+              for task_id in (many, single)}
+    assert stored[many] == stored[single]
+    row = tasks.get(conn, many)
+    assert (row["agent_type"], row["priority"], row["max_retries"], row["max_execution_timeout_seconds"]) == (
+        "general", 5, 3, 3600)
+    assert row["submitted_at"] == row["last_updated_at"]
 
 
 def test_create_many_stores_nothing_when_one_task_is_refused(conn):
@@ -457,6 +473,44 @@ def test_complete_stores_the_result(conn):
     assert tasks.complete(conn, other["id"], other["lease"])["result_data"] is None
 
 
+def _raw(conn, task_id: str, column: str) -> tuple:
+    """Return the column as stored, and its SQLite type: what a decoded row cannot tell apart."""
+    # The column name is one of the test's own constants.
+    return conn.execute(f"SELECT {column}, typeof({column}) FROM tasks WHERE id = ?", (task_id,)).fetchone()
+
+
+# JSON values a careless `if not value` would take for None: each must be stored as JSON text.
+FALSY_JSON = [0, False, "", [], {}, 0.0]
+
+
+@pytest.mark.parametrize("finish", ["complete", "complete_and_claim"])
+@pytest.mark.parametrize("result", [None, *FALSY_JSON], ids=repr)
+def test_a_result_of_none_is_stored_as_sql_null_and_any_other_as_json(conn, finish, result):
+    """complete(result=None) stores SQL NULL, not the text 'null'; every other result, falsy ones too, its JSON."""
+    task = in_status(conn, "running")
+    getattr(tasks, finish)(conn, task["id"], task["lease"], result)
+    stored, kind = _raw(conn, task["id"], "result_data")
+    if result is None:
+        assert (stored, kind) == (None, "null")
+    else:
+        assert kind == "text" and json.loads(stored) == result and type(json.loads(stored)) is type(result)
+
+
+@pytest.mark.parametrize("create", ["create", "create_many"])
+@pytest.mark.parametrize("input_data", [None, *FALSY_JSON], ids=repr)
+def test_input_data_none_is_stored_as_an_empty_object_and_any_other_as_json(conn, create, input_data):
+    """No input_data stores the JSON text '{}' and no dependencies '[]'; a falsy input_data is stored as itself."""
+    if create == "create":
+        task_id = tasks.create(conn, "p", input_data=input_data)["id"]
+    else:
+        (task_id,) = tasks.create_many(conn, [{"prompt": "p", "input_data": input_data}])
+    stored, kind = _raw(conn, task_id, "input_data")
+    assert kind == "text" and json.loads(stored) == ({} if input_data is None else input_data)
+    assert type(json.loads(stored)) is (dict if input_data is None else type(input_data))
+    assert _raw(conn, task_id, "dependencies") == ("[]", "text")
+    assert _raw(conn, task_id, "result_data") == (None, "null")
+
+
 @pytest.mark.parametrize("result", [float("nan"), {"x": float("-inf")}, {1, 2}, object()])
 def test_complete_rejects_a_result_that_is_not_json(conn, result):
     """A result that is not JSON raises ValidationError and the task stays running."""
@@ -598,6 +652,35 @@ def test_operations_on_an_unknown_task_raise_not_found(conn, operation):
     assert counts(conn) == before
 
 
+@pytest.mark.parametrize("operation", OWNER_OPERATIONS)
+@pytest.mark.parametrize("status", [s for s in tasks.STATUSES if s != "running"])
+def test_an_owners_call_changes_only_a_running_task_even_with_its_lease(conn, status, operation):
+    """An owner's call on a task that is not running is refused even when its row still names the lease."""
+    task = in_status(conn, status)
+    # No call of the package leaves a lease on a task that is not running: a raw write does.
+    conn.execute("UPDATE tasks SET lease = ? WHERE id = ?", (OTHER_LEASE, task["id"]))
+    planted = tasks.get(conn, task["id"])
+    with pytest.raises(LeaseLostError, match=LOST_BECAUSE[status]):
+        OPERATIONS[operation][0](conn, planted)
+    assert tasks.get(conn, task["id"]) == planted
+
+
+STAMPING = {**OPERATIONS, "force_release": (lambda conn, task: tasks.force_release(conn, task["id"]), ("running",),
+                                             "pending")}
+
+
+@pytest.mark.parametrize("operation", STAMPING)
+def test_every_status_change_stamps_last_updated_at(conn, operation):
+    """Every allowed change sets last_updated_at to its moment, and completed_at to the same when it ends the task."""
+    run, allowed, target = STAMPING[operation]
+    task = in_status(conn, allowed[-1])
+    conn.execute("UPDATE tasks SET submitted_at = ?, last_updated_at = ? WHERE id = ?", (at(0), at(0), task["id"]))
+    changed = run(conn, task)
+    assert changed["last_updated_at"] > at(0)
+    if target in ("completed", "failed", "cancelled"):
+        assert changed["completed_at"] == changed["last_updated_at"]
+
+
 def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
     """The status a refusal reports is read under the same write lock as the refused UPDATE."""
     task = in_status(conn, "pending")
@@ -632,6 +715,7 @@ def test_requeue_stale_counts_retries_then_fails(conn):
         assert requeued == tasks.get(conn, task["id"])
         assert (requeued["status"], requeued["retry_count"]) == ("pending", attempt)
         assert requeued["started_at"] is None and requeued["completed_at"] is None
+        assert requeued["error_message"] is None and requeued["lease"] is None  # no timeout message yet
         assert requeued["last_updated_at"] == format_datetime(moment)
     running = tasks.claim_next(conn)
     moment = format_datetime(_stale_moment(running, extra_ms=5000))
@@ -641,6 +725,16 @@ def test_requeue_stale_counts_retries_then_fails(conn):
     assert failed["completed_at"] == failed["last_updated_at"] == moment
     assert failed["started_at"] == running["started_at"]
     assert tasks.requeue_stale(conn, now=FUTURE) == []
+
+
+def test_requeue_stale_with_retries_left_keeps_the_error_message(conn):
+    """A stale task sent back to pending keeps the error_message it had (an earlier failure's), as retry() does."""
+    task = tasks.create(conn, "p", max_retries=3)
+    tasks.fail(conn, task["id"], tasks.claim_next(conn)["lease"], "first failure")
+    tasks.retry(conn, task["id"])
+    running = tasks.claim_next(conn)
+    [requeued] = tasks.requeue_stale(conn, now=_stale_moment(running))
+    assert (requeued["status"], requeued["retry_count"], requeued["error_message"]) == ("pending", 2, "first failure")
 
 
 def test_requeue_stale_leaves_fresh_and_idle_tasks_alone(conn):
@@ -870,6 +964,32 @@ def test_the_cascade_passes_only_through_pending_tasks(conn):
     assert (statuses["odd"][0], statuses["below"][0]) == ("running", "pending")
 
 
+def test_the_cascade_ends_on_a_dependency_cycle_a_legacy_database_may_hold(conn):
+    """Cancelling into a dependency cycle (only a legacy database can hold one) cancels each task of it, and ends."""
+    tasks.create(conn, "root", task_id="root")
+    tasks.create(conn, "a", task_id="a", dependencies=["root"])
+    tasks.create(conn, "b", task_id="b", dependencies=["a"])
+    conn.execute("INSERT INTO task_dependencies (depends_on_task_id, task_id) VALUES ('b', 'a')")  # a waits on b too
+    # A cascade going round the cycle for ever is interrupted here, failing the test instead of hanging it.
+    budget = iter(range(10_000))
+    conn.set_progress_handler(lambda: next(budget, None) is None, 1000)
+    try:
+        tasks.cancel(conn, "root")
+    finally:
+        conn.set_progress_handler(None, 0)
+    assert {task_id: status for task_id, (status, _) in _statuses(conn).items()} == dict.fromkeys(
+        ("root", "a", "b"), "cancelled")
+
+
+def test_the_cascade_ends_a_lease_a_pending_dependent_still_names(conn):
+    """A pending dependent whose row still names a lease (a raw write; no call leaves one) is cancelled without it."""
+    tasks.create(conn, "root", task_id="root")
+    tasks.create(conn, "waiting", task_id="waiting", dependencies=["root"])
+    conn.execute("UPDATE tasks SET lease = ? WHERE id = 'waiting'", (OTHER_LEASE,))
+    tasks.cancel(conn, "root")
+    assert (tasks.get(conn, "waiting")["status"], tasks.get(conn, "waiting")["lease"]) == ("cancelled", None)
+
+
 def test_the_cascade_reads_by_key(conn):
     """The cascade's plan searches tasks and task_dependencies by key; only its own working set is scanned."""
     plan = abathur_db.explain_query_plan(conn, tasks.CANCEL_DEPENDENTS_SQL, {"id": "t", "how": "", "now": FUTURE})
@@ -1033,10 +1153,11 @@ def test_a_status_this_version_does_not_know_refuses_an_owners_call(conn):
 
 def test_counts_has_every_status(conn):
     """counts() returns each status with its number of tasks, 0 included; an unknown stored status is left out."""
-    for status in ("running", "failed", "cancelled", "pending", "pending"):
+    assert tasks.counts(conn) == dict.fromkeys(tasks.STATUSES, 0)
+    for status in ("completed", "completed", "completed", "failed", "cancelled", "running", "pending", "pending"):
         in_status(conn, status)
     _legacy(conn, "INSERT INTO tasks (id, prompt, status) VALUES ('odd', 'p', 'paused')")
-    assert tasks.counts(conn) == {"pending": 2, "running": 1, "completed": 0, "failed": 1, "cancelled": 1}
+    assert tasks.counts(conn) == {"pending": 2, "running": 1, "completed": 3, "failed": 1, "cancelled": 1}
 
 
 def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn):
@@ -1052,6 +1173,8 @@ def test_stale_lists_what_requeue_stale_would_take_back_and_changes_nothing(conn
     assert [t["id"] for t in first] == expected[:2]
     assert [t["id"] for t in tasks.stale(conn, now=at(100), limit=2, after=first[-1])] == expected[2:]
     assert [t["id"] for t in tasks.stale(conn, now=at(25))] == expected[:2]
+    assert tasks.stale(conn, now=at(10)) == []  # a deadline reached exactly is not yet past
+    assert [t["id"] for t in tasks.stale(conn, now=at(10.001))] == expected[:1]
     assert tasks.stale(conn, now=at(5)) == [] and conn.total_changes == changes
     assert {t["id"] for t in tasks.requeue_stale(conn, now=at(100))} == set(expected)
     assert tasks.stale(conn, now=at(100)) == []

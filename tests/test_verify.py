@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -101,7 +102,11 @@ def test_create_makes_a_new_database_that_passes_every_check(db_path, capsys):
            "of the schema" in out
     assert f"query_plans        PASS    {len(CATALOG)} of {len(CATALOG)} use their index" in out
     assert f"abathur_db {abathur_db.__version__}, SQLite {sqlite3.sqlite_version}" in out
+    assert "\nCHECK              RESULT  DETAIL\n" in out
     assert out.count(" match\n") == len(FILE_NAMES)
+    assert _check_line(out, "schema") == (f"schema             PASS    version {len(FILE_NAMES)} of {len(FILE_NAMES)}; "
+                                          f"{len(FILE_NAMES)} of {len(FILE_NAMES)} files applied, none pending")
+    assert _check_line(out, "tables") == "tables             PASS    10 of 10 present"
     assert out.rstrip().endswith("result: PASS, every check passed")
 
 
@@ -257,6 +262,21 @@ def test_repair_recreates_dropped_indexes_from_the_schema_files(db_path, capsys)
     assert json.loads(out)["repaired"] == {"created": [], "sql": []}
 
 
+def test_each_catalog_query_has_its_own_pass_or_fail_line(db_path, capsys):
+    """Under query_plans, each catalog query has one line: PASS with its plan, or FAIL with its problems."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_audit_timestamp")
+    code, out, _ = _run(capsys, db_path, "--json")
+    queries = json.loads(out)["checks"]["query_plans"]["queries"]
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    labels = dict(re.findall(r"^    (\w+) +(PASS|FAIL)  ", out, re.MULTILINE))
+    assert labels == {query.id: "FAIL" if query.id == "U2" else "PASS" for query in CATALOG}
+    for query in queries:
+        shown = "; ".join(query["plan"] if query["ok"] else query["problems"])
+        assert f"    {query['id']:<3} {labels[query['id']]}  {shown}\n" in out
+
+
 def test_repair_says_what_it_created_in_json(db_path, capsys):
     """--json names each recreated index and the statement that made it."""
     _create(db_path)
@@ -323,6 +343,22 @@ def test_every_failure_ends_with_its_next_step(db_path, capsys, damage, check, s
     assert all(c["next_step"] is None for c in checks.values() if c["ok"])
 
 
+@pytest.mark.parametrize("damage, says", [
+    pytest.param("PRAGMA user_version = 3", f"version 3 of {len(FILE_NAMES)}; user_version 3 disagrees with the ledger",
+                 id="user-version"),
+    pytest.param(EDITED_LEDGER, f"schema file {FILE_NAMES[1]} changed after it was applied (ledger sha256 abc…",
+                 id="edited-file"),
+    pytest.param(NEWER_LEDGER, "database schema version 99 is newer than this abathur_db knows", id="newer"),
+])
+def test_a_schema_that_disagrees_with_the_files_says_how(db_path, capsys, damage, says):
+    """The schema check's FAIL line says what disagrees: user_version, the changed file, or the newer version."""
+    _create(db_path)
+    _execute(db_path, damage)
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "schema").startswith(f"schema             FAIL    {says}")
+
+
 def test_a_pragma_this_sqlite_does_not_keep_is_reported(db_path, capsys, monkeypatch):
     """A per-connection setting that does not read back as expected says to report it."""
     _create(db_path)
@@ -343,6 +379,19 @@ def test_a_plan_that_fails_with_every_index_present_points_to_the_docs(db_path, 
     assert _check_line(out, "query_plans").endswith(
         "next: a plan changed without a missing index (an index of yours, or ANALYZE statistics?): see the plans "
         "below and docs/verify.md")
+
+
+def test_a_plan_that_fails_beside_a_missing_index_is_sent_to_repair(db_path, capsys, monkeypatch):
+    """When any failing query lacks an index, the step is --repair, even if another one fails with its index present."""
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
+    check_catalog = verify.check_catalog
+    monkeypatch.setattr(verify, "check_catalog", lambda conn: [
+        PlanCheck("T1", False, ["SCAN tasks"], ["full scan of tasks (SCAN tasks)"]), *check_catalog(conn)])
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    line = _check_line(out, "query_plans")
+    assert "; failing: T1, M1; next: run with --repair" in line
 
 
 def test_a_database_of_another_application_is_named_as_such(db_path, capsys):
@@ -369,26 +418,43 @@ def test_a_dangling_reference_names_the_row_the_column_the_value_and_the_missing
     assert "    agents id 'orphan-0': task_id = 'no-such-task', but tasks has no row with id 'no-such-task'" in out
 
 
-def test_a_dangling_reference_in_a_user_table_without_rowid_is_still_listed(db_path, capsys):
-    """A WITHOUT ROWID table's orphan (SQLite names no row) is listed by table, column and parent."""
+@pytest.mark.parametrize("table, line", [
+    pytest.param("CREATE TABLE notes (k TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks (id)) WITHOUT ROWID;"
+                 " INSERT INTO notes VALUES ('n1', 'gone')",
+                 "notes (a row without rowid): task_id -> no such tasks row", id="without-rowid"),
+    pytest.param("CREATE TABLE notes (task TEXT REFERENCES tasks); INSERT INTO notes VALUES ('gone')",
+                 "notes rowid 1: task = 'gone', but tasks has no row with id 'gone'", id="parent-key-left-implicit"),
+])
+def test_a_dangling_reference_in_a_user_table_is_still_listed(db_path, capsys, table, line):
+    """A user table's orphan is listed: without rowid, by table, column and parent; an implicit parent key, by name."""
     _create(db_path)
-    _execute(db_path, "CREATE TABLE notes (k TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks (id)) WITHOUT ROWID;"
-                      " INSERT INTO notes VALUES ('n1', 'gone')")
+    _execute(db_path, table)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
-    assert "    notes (a row without rowid): task_id -> no such tasks row" in out
+    assert f"\n    {line}\n" in out
 
 
-def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys):
+def _more_lines(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines() if line.lstrip().startswith("... and ")]
+
+
+# How many are planted, and the line counting those the text leaves out (none up to the cap of 20).
+AROUND_THE_CAP = [(20, []), (21, ["... and 1 more (--json lists every one)"]),
+                  (25, ["... and 5 more (--json lists every one)"])]
+
+
+@pytest.mark.parametrize("planted, more", AROUND_THE_CAP)
+def test_many_violations_are_cut_short_in_text_but_not_in_json(db_path, capsys, planted, more):
     """The text lists the first 20 violations and counts the rest; --json lists every one."""
     _create(db_path)
-    _plant_orphans(db_path, 25)
+    _plant_orphans(db_path, planted)
     code, out, _ = _run(capsys, db_path)
     assert code == 1
+    assert f"foreign_key_check  FAIL    {planted} violation(s); next: " in out
     assert out.count("but tasks has no row with id 'no-such-task'") == 20
-    assert "... and 5 more (--json lists every one)" in out
+    assert _more_lines(out) == more
     code, out, _ = _run(capsys, db_path, "--json")
-    assert len(json.loads(out)["checks"]["foreign_key_check"]["violations"]) == 25
+    assert len(json.loads(out)["checks"]["foreign_key_check"]["violations"]) == planted
 
 
 def test_legacy_value_breaking_a_check_fails_integrity_check(tmp_path, capsys):
@@ -430,19 +496,40 @@ def test_kept_legacy_values_are_listed_by_row_column_and_value(tmp_path, capsys)
     assert {r["rule"] for r in rows} >= {"CHECK input_data", "CHECK status", "CHECK state"}
 
 
-def test_many_rule_breakers_are_cut_short_in_text_but_not_in_json(db_path, capsys):
+@pytest.mark.parametrize("planted, more", AROUND_THE_CAP)
+def test_many_rule_breakers_are_cut_short_in_text_but_not_in_json(db_path, capsys, planted, more):
     """The text lists the first 20 rule breakers and counts the rest; --json lists every one."""
     _create(db_path)
     conn = _raw(db_path)
     conn.execute("PRAGMA ignore_check_constraints = ON")
-    conn.executemany("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', ?)", [(-i,) for i in range(1, 26)])
+    conn.executemany("INSERT INTO metrics (metric_name, metric_value) VALUES ('m', ?)",
+                     [(-i,) for i in range(1, planted + 1)])
     conn.close()
     code, out, _ = _run(capsys, db_path)
     assert code == 1
     assert out.count("breaks CHECK metric_value") == 20
-    assert "    ... and 5 more (--json lists every one)" in out
+    assert _more_lines(out) == more
     code, out, _ = _run(capsys, db_path, "--json")
-    assert len(json.loads(out)["checks"]["integrity_check"]["rule_violations"]) == 25
+    assert len(json.loads(out)["checks"]["integrity_check"]["rule_violations"]) == planted
+
+
+@pytest.mark.parametrize("rows, more", [(21, []), (30, ["... and 9 more (--json lists every one)"])])
+def test_many_integrity_problems_are_cut_short_in_text_but_not_in_json(db_path, capsys, rows, more):
+    """Problems integrity_check reports beyond the first 20 are counted in the text, and all listed in --json."""
+    _create(db_path)
+    # Rows 2.. of the user's table go missing from its index (row 1's key matches either definition).
+    _execute(db_path, "CREATE TABLE notes (a, b); CREATE INDEX notes_a ON notes (a);"
+                      + "".join(f"INSERT INTO notes VALUES ({i}, {-i});" for i in range(rows))
+                      + "PRAGMA writable_schema = ON;"
+                      " UPDATE sqlite_master SET sql = 'CREATE INDEX notes_a ON notes (b)' WHERE name = 'notes_a';")
+    code, out, _ = _run(capsys, db_path, "--json")
+    problems = json.loads(out)["checks"]["integrity_check"]["problems"]
+    assert len(problems) == rows - 1
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "integrity_check").startswith(f"integrity_check    FAIL    {rows - 1} problem(s); next: ")
+    assert out.count("missing from index notes_a") == 20
+    assert _more_lines(out) == more
 
 
 def test_long_and_binary_values_are_shortened_in_json(db_path, capsys):
@@ -549,6 +636,71 @@ def test_errors_that_stop_verify_say_what_to_do_next(db_path, capsys, monkeypatc
 
 
 # --- the report as data -----------------------------------------------------------------------
+
+
+def test_a_dropped_table_is_counted_and_named(db_path, capsys):
+    """A table of the schema that is gone fails `tables` with "9 of 10 present; missing <it>", in text and JSON."""
+    _create(db_path)
+    _execute(db_path, "DROP TABLE metrics; CREATE TABLE notes (body TEXT)")
+    code, out, _ = _run(capsys, db_path)
+    assert code == 1
+    assert _check_line(out, "tables").startswith(
+        "tables             FAIL    9 of 10 present; missing metrics; also found notes; next: ")
+    code, out, _ = _run(capsys, db_path, "--json")
+    tables = json.loads(out)["checks"]["tables"]
+    assert tables["ok"] is False and tables["missing"] == ["metrics"] and tables["extra"] == ["notes"]
+    assert tables["found"] == sorted({*verify.EXPECTED_TABLES, "notes"} - {"metrics"})
+
+
+def test_json_ledger_rows_are_the_ledgers_own(db_path, capsys):
+    """--json lists each ledger row with its version, name, sha256 and applied_at as stored, and `file`."""
+    _create(db_path)
+    conn = _raw(db_path)
+    stored = conn.execute("SELECT version, name, sha256, applied_at FROM schema_migrations ORDER BY version").fetchall()
+    conn.close()
+    code, out, _ = _run(capsys, db_path, "--json")
+    assert json.loads(out)["checks"]["schema"]["ledger"] == [
+        {"version": version, "name": name, "sha256": sha256, "applied_at": applied_at, "file": "match"}
+        for version, name, sha256, applied_at in stored]
+    assert [name for _, name, _, _ in stored] == FILE_NAMES
+
+
+def test_wal_bytes_is_the_size_of_the_wal_file(db_path, capsys):
+    """wal_bytes, and the wal_file line, give the size of the -wal file another connection keeps."""
+    with abathur_db.open(db_path) as pool:
+        abathur_db.tasks.create(pool.connection(), "kept in the WAL while the pool is open")
+        code, out, _ = _run(capsys, db_path, "--json")
+        size = os.path.getsize(f"{db_path}-wal")
+        assert code == 0 and size > 0
+        assert json.loads(out)["wal_bytes"] == size
+        code, out, _ = _run(capsys, db_path)
+        assert f"\nwal_file           -       {size} bytes\n" in out
+
+
+def test_wal_bytes_is_0_without_a_wal_file(db_path):
+    """A database with no -wal file beside it (journal_mode DELETE here) reports wal_bytes 0."""
+    _create(db_path)
+    _execute(db_path, "PRAGMA journal_mode = DELETE")
+    report = verify.gather(str(db_path))
+    assert not os.path.exists(f"{db_path}-wal") and report["wal_bytes"] == 0
+
+
+def test_gather_writes_nothing_by_default(tmp_path, db_path):
+    """gather(path) without flags creates, upgrades and repairs nothing, as the command line without options."""
+    with pytest.raises(DatabaseFileError, match="no such file"):
+        verify.gather(str(db_path))
+    assert not db_path.exists()
+    legacy = tmp_path / "legacy.db"
+    build_legacy(legacy)
+    before = _fingerprint(legacy)
+    report = verify.gather(str(legacy))
+    assert report["checks"]["schema"]["ok"] is False and report["upgraded"] is None
+    assert _fingerprint(legacy) == before
+    _create(db_path)
+    _execute(db_path, "DROP INDEX idx_metrics_timestamp")
+    report = verify.gather(str(db_path))
+    assert report["repaired"] is None and report["checks"]["core_indexes"]["missing"] == ["idx_metrics_timestamp"]
+    assert report["writes_allowed"] == []
 
 
 def test_ledger_rows_are_shown_against_the_files(db_path, capsys):
