@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
 from .pool import _Connection, _in_transaction, close_connection
 
-__all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write"]
+__all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
 
 _SAVEPOINT = "SAVEPOINT abathur_db"
 _RELEASE = "RELEASE abathur_db"
@@ -226,6 +226,30 @@ def _write(conn: sqlite3.Connection, state: Any, table: str, sql: str, params: P
         # after an I/O error, and the block then refuses to carry on (see _lost).
         _rollback(conn, state)
         raise
+
+
+def write_many(conn: sqlite3.Connection, table: str, sql: str, params: list[dict[str, Any]]) -> None:
+    """Run one write statement without RETURNING once per parameter set, all in one transaction, in order.
+
+    Each run must change exactly one row, triggers included: a failure is then raised
+    as the package's error for `table` quoting the parameters of the run that failed,
+    and, outside a transaction block, leaves nothing behind. Inside the caller's block
+    the runs before the failing one stay until that block rolls back.
+    """
+    state = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)
+    if state.blocks and conn.in_transaction:
+        return _write_many(conn, table, sql, params)
+    with transaction(conn):
+        return _write_many(conn, table, sql, params)
+
+
+def _write_many(conn: sqlite3.Connection, table: str, sql: str, params: list[dict[str, Any]]) -> None:
+    before = conn.total_changes
+    try:
+        conn.executemany(sql, params)
+    except sqlite3.Error as exc:
+        done = conn.total_changes - before  # one row per run: the failing run's index
+        raise translate(exc, table, params[done] if done < len(params) else None, conn) from exc
 
 
 def _rollback(conn: sqlite3.Connection, state: Any) -> None:

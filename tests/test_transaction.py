@@ -16,7 +16,7 @@ import abathur_db
 from abathur_db import metrics, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, ConfigurationError, UniqueError, ValidationError
-from abathur_db.transaction import write
+from abathur_db.transaction import write, write_many
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 
@@ -107,6 +107,20 @@ def test_write_failure_rolls_back_and_names_table_field_and_value(conn):
     assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
     assert _count(conn) == 0
     assert not conn.in_transaction
+
+
+def test_write_many_runs_every_set_in_one_transaction_and_names_the_one_refused(conn, traced):
+    """write_many() sends its statement once per parameter set in one transaction; a refusal quotes its own set."""
+    sql = "INSERT INTO metrics (metric_name, metric_value) VALUES (:metric_name, :metric_value)"
+    write_many(conn, "metrics", sql, [{"metric_name": "a", "metric_value": 1}, {"metric_name": "b", "metric_value": 2}])
+    assert traced[0] == "BEGIN IMMEDIATE" and traced[-1] == "COMMIT" and len(traced) == 4
+    assert _count(conn) == 2
+    with pytest.raises(ValidationError, match=r"metrics\.metric_value = -3") as info:
+        write_many(conn, "metrics", sql, [{"metric_name": "c", "metric_value": 3},
+                                          {"metric_name": "d", "metric_value": -3},
+                                          {"metric_name": "e", "metric_value": -5}])
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert _count(conn) == 2 and not conn.in_transaction  # the whole call undone
 
 
 def test_write_inside_caller_transaction_joins_it(conn):
