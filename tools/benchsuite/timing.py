@@ -166,7 +166,7 @@ def timeit_pair(package: Callable[[], Any], raw: Callable[[], Any], *, repeat: i
 
 
 # Counts of things that must never happen are added up over runs, never averaged away.
-_SUMMED = {"duplicates", "lock_errors", "other_errors", "errors"}
+_SUMMED = {"duplicates", "lock_errors", "other_errors", "errors", "idle_workers"}
 
 
 def combine_runs(runs: list) -> Any:

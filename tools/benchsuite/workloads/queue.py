@@ -129,7 +129,8 @@ def _claim_1(bench: Bench, n: int, root: str) -> dict:
                         sides=CLAIM_SIDES)
     for side in sides.values():
         ids = side.pop("returned")
-        side.update(workers=1, completed=len(ids) - ids.count(None), duplicates=len(ids) - len(set(ids)),
+        side.update(workers=1, **_per_worker([len(ids) - ids.count(None)]), completed=len(ids) - ids.count(None),
+                    duplicates=len(ids) - len(set(ids)),
                     lost=n - len(set(ids) - {None}), lock_errors=0, other_errors=0, error_examples=[])
     return sides
 
@@ -152,7 +153,11 @@ def _bulk(bench: Bench, n: int, root: str) -> dict:
 
 
 def _work(queue, conn: sqlite3.Connection) -> dict:
-    """Claim and complete until the queue is empty; return the ids, per-task times, errors and end time."""
+    """Claim and complete until the queue is empty; return the ids, every call's time, errors and end time.
+
+    Every call is timed, the final one that finds the queue empty and those that fail
+    included: a worker kept waiting for the lock until the queue ran dry shows its wait.
+    """
     ids, times, locked, errors = [], [], 0, []
     work_one = queue.work_one
     while locked + len(errors) < MAX_ERRORS:
@@ -160,14 +165,15 @@ def _work(queue, conn: sqlite3.Connection) -> dict:
         try:
             task_id = work_one(conn)
         except (AbathurDBError, sqlite3.Error) as exc:
+            times.append(CLOCK() - t0)
             if isinstance(exc, BusyError) or "locked" in str(exc):
                 locked += 1
             else:
                 errors.append(repr(exc))
             continue
+        times.append(CLOCK() - t0)
         if task_id is None:
             break
-        times.append(CLOCK() - t0)
         ids.append(task_id)
     return {"ids": ids, "times": times, "locked": locked, "errors": errors, "ended": CLOCK()}
 
@@ -256,11 +262,18 @@ def _summary(results: list[dict], n: int, started: int) -> dict:
     errors = [e for r in results for e in r["errors"]]
     wall = max(r["ended"] for r in results) - started
     return {
-        "workers": len(results), "completed": len(ids), "duplicates": len(ids) - len(set(ids)),
+        "workers": len(results), **_per_worker([len(r["ids"]) for r in results]),
+        "completed": len(ids), "duplicates": len(ids) - len(set(ids)),
         "lost": n - len(set(ids)), "lock_errors": sum(r["locked"] for r in results), "other_errors": len(errors),
         "error_examples": errors[:3], "ops_per_s": round(len(ids) / (wall / 1e9), 1) if wall > 0 else None,
         "latency": latency([t for r in results for t in r["times"]]),
     }
+
+
+def _per_worker(counts: list[int]) -> dict:
+    """Return the fewest, median and most items one worker did, and how many workers did none (starved)."""
+    return {"per_worker_min": min(counts), "per_worker_median": statistics.median_low(counts),
+            "per_worker_max": max(counts), "idle_workers": counts.count(0)}
 
 
 _WORKLOAD_FUNCTIONS = {
