@@ -74,12 +74,15 @@ class _WriteLock(dict):
     HANDOFF_SECONDS the lock is handed to it, ahead of the thread that gave it back.
     """
 
-    __slots__ = ("_guard", "_queue")
+    __slots__ = ("_guard", "_queue", "busy_until")
 
     def __init__(self) -> None:
         super().__init__()
         self._guard = threading.Lock()
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
+        # Until this time.monotonic(), another process is taken to be writing the file:
+        # transaction() then waits for SQLite's write lock in short steps.
+        self.busy_until = 0.0
 
     @property
     def holder(self) -> sqlite3.Connection | None:
@@ -139,6 +142,8 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 class _Connection(sqlite3.Connection):
     """A connection opened by the package, with what transaction() and the SQL layer need to know.
 
+    `busy_ms`, when not None, is the busy_timeout a BEGIN in short steps lowered and
+    has yet to give back (transaction() does, at the latest at the next block).
     `owner` is the ident of the thread allowed to use it, or None once it is closing,
     closed, or a copy inherited by a forked child: the SQL layer compares it with the
     calling thread on every call. Pool.close() never closes it under a statement: the
@@ -147,7 +152,7 @@ class _Connection(sqlite3.Connection):
     of the outermost block.
     """
 
-    __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks",
+    __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks", "busy_ms",
                  "epoch", "began", "closing", "__weakref__")
 
 
@@ -226,6 +231,7 @@ def connect(path: str | bytes | os.PathLike, *, readonly: bool = False,
     conn.write_lock = None if readonly else _write_lock(path)
     conn.guard = threading.RLock()
     conn.blocks = conn.epoch = 0
+    conn.busy_ms = None
     conn.began = conn.closing = False
     _CONNECTIONS.add(conn)
     try:

@@ -18,7 +18,7 @@ from threading import get_ident
 from typing import Any, Callable, Iterator
 
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
-from .pool import _Connection, _in_transaction, close_connection
+from .pool import _SQLITE_BUSY, _Connection, _in_transaction, close_connection
 
 __all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
 
@@ -28,6 +28,13 @@ _ROLLBACK_TO = "ROLLBACK TO abathur_db"
 
 Params = dict[str, Any] | tuple
 
+# A BEGIN IMMEDIATE that took this long waited in SQLite's busy handler for another
+# process (this process's writers queue on the in-process lock instead): for
+# BUSY_SECONDS after the last such wait, BEGIN waits in steps of BUSY_STEP_MS.
+BUSY_SEEN_SECONDS = 0.0005
+BUSY_SECONDS = 1.0
+BUSY_STEP_MS = 1
+
 
 class _Plain:
     """What the package keeps about a plain sqlite3 connection it did not open.
@@ -36,13 +43,13 @@ class _Plain:
     thread check, no guard against Pool.close(), no in-process write lock.
     """
 
-    __slots__ = ("blocks", "began", "epoch", "guard", "write_lock", "closing", "owner")
+    __slots__ = ("blocks", "began", "epoch", "guard", "write_lock", "closing", "owner", "busy_ms")
 
     def __init__(self) -> None:
         self.blocks = self.epoch = 0
         self.began = self.closing = False
         self.guard = contextlib.nullcontext()
-        self.write_lock = self.owner = None
+        self.write_lock = self.owner = self.busy_ms = None
 
 
 _PLAIN: dict[int, _Plain] = {}  # by id(): plain connections inside a transaction() block
@@ -290,6 +297,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         self._state = state
         if state.began and not state.blocks:
             self._abort()  # a block interrupted twice over left its transaction behind
+        if state.busy_ms is not None:
+            _restore_busy_timeout(conn, state)  # likewise, a lowered busy_timeout
         depth = state.blocks
         # blocks > 0 tells Pool.close() to leave the connection open until the
         # outermost block ends; it is raised under the guard, which close() checks under.
@@ -321,7 +330,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 state.blocks = 1
             state.epoch += 1
             state.began = True
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn, state, lock)
         except BaseException as exc:
             self._abort()
             if isinstance(exc, sqlite3.Error):
@@ -350,6 +359,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         finally:
             state.began = False
             state.blocks = 0
+            if state.busy_ms is not None:
+                _restore_busy_timeout(conn, state)
             lock = state.write_lock
             if lock is not None and lock.get(0) is conn:
                 lock.pop(0)
@@ -433,6 +444,48 @@ def _leave_inherited(conn: sqlite3.Connection, exc_type) -> bool:
             f" {os.getpid()} cannot commit it (the parent does)"
         )
     return False
+
+
+def _begin(conn: sqlite3.Connection, state: Any, lock) -> None:
+    """Send BEGIN IMMEDIATE; while another process keeps the write lock busy, wait for it in short steps.
+
+    SQLite's busy handler sleeps in steps growing to 100 ms, so a process whose BEGIN
+    keeps finding the lock taken sleeps through hundreds of the other processes'
+    commits (3 processes × 4 threads completing and claiming: waits of up to 350 ms,
+    64 ms in steps). Once a BEGIN has waited, those of the next BUSY_SECONDS retry
+    every BUSY_STEP_MS instead, the connection's busy_timeout lowered meanwhile.
+    """
+    if lock is None:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    started = time.monotonic()
+    if started >= lock.busy_until:
+        conn.execute("BEGIN IMMEDIATE")
+        if time.monotonic() - started > BUSY_SEEN_SECONDS:
+            lock.busy_until = time.monotonic() + BUSY_SECONDS
+        return
+    waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    deadline = started + waited_ms / 1000
+    state.busy_ms = waited_ms  # recorded first: whatever interrupts what follows, it is given back
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}").fetchall()
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                lock.busy_until = time.monotonic() + BUSY_SECONDS
+    finally:
+        _restore_busy_timeout(conn, state)
+
+
+def _restore_busy_timeout(conn: sqlite3.Connection, state: Any) -> None:
+    """Give `conn` back the busy_timeout _begin lowered (nothing to give on a closed connection)."""
+    with contextlib.suppress(sqlite3.ProgrammingError):
+        conn.execute(f"PRAGMA busy_timeout = {int(state.busy_ms)}").fetchall()
+    state.busy_ms = None
 
 
 def _wait_for(conn: sqlite3.Connection, lock) -> None:
