@@ -637,6 +637,7 @@ def retry(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
 
     :raises TransitionError: when the task is not failed or its retries are used up.
     """
+    _values.require_text(task_id, TABLE, "id")
     return _transition(conn, "retry", _RETRY, {"id": task_id})
 
 
@@ -682,7 +683,7 @@ def _cancel_dependents(conn: sqlite3.Connection, task_id: str, how: str, now: st
 
 def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tuple[str, ...]],
                 params: dict[str, Any]) -> dict[str, Any]:
-    _values.require_text(params["id"], TABLE, "id")
+    """Make the status change in a transaction of its own (or the caller's); `params` hold a checked id."""
     params["now"] = _values.now()
     with transaction(conn):
         return _change(conn, operation, change, params, decode_row)
