@@ -751,6 +751,8 @@ def test_the_write_lock_is_handed_to_a_thread_that_waited_past_the_hand_off_time
     """A freed lock goes to the longest waiter once it has waited HANDOFF_SECONDS, before anyone asks for it again."""
     lock = pool_module._WriteLock()
     holder, early, late = object(), object(), object()
+    lock.wake()  # nobody waits: the free lock stays free
+    assert lock.holder is None
     lock.setdefault(0, holder)
     with concurrent.futures.ThreadPoolExecutor(2) as executor:
         first = executor.submit(lock.wait, early, 30)

@@ -306,6 +306,15 @@ def test_a_begin_in_steps_gives_up_at_the_busy_timeout(pool, db_path):
     assert conn.write_lock.holder is None
 
 
+def test_a_busy_timeout_left_lowered_is_given_back_by_the_next_block(conn):
+    """A busy_timeout a BEGIN in steps lowered and could not restore (interrupted twice) is back once a block starts."""
+    conn.execute("PRAGMA busy_timeout = 1")
+    conn.busy_ms = 5000  # as _begin records it before lowering the value
+    with transaction(conn):
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.busy_ms is None
+
+
 def test_a_thread_writing_in_a_tight_loop_does_not_starve_another(pool, db_path):
     """A thread committing write after write lets another thread's writes in well within its busy_timeout."""
     from abathur_db import audit
