@@ -101,7 +101,7 @@ class _WriteLock(dict):
         with self._guard:
             self._queue.append(me)
         try:
-            # The lock is taken here, or was handed over by wake(): either way it holds `conn` now.
+            # setdefault takes the lock if it is free, and finds it ours if wake() handed it over.
             while self.setdefault(0, conn) is not conn:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -133,8 +133,9 @@ class _WriteLock(dict):
 
 _WRITE_LOCKS: dict[str, _WriteLock] = {}
 # Past this wait, the in-process write lock is handed to the longest waiter when it frees.
-# 10 threads completing and claiming tasks: 2 ms gave a per-task p99 of 8 ms at the
-# throughput of no hand-off at all (10 ms: p99 17 ms; every time: p99 7 ms, -15 %).
+# 10 threads completing and claiming tasks: 2 ms, a per-task p99 of 7-10 ms at the
+# throughput of 10 ms, whose p99 was 16-17 ms; a hand-off at every release, p99 7 ms
+# but 15 % fewer tasks.
 HANDOFF_SECONDS = 0.002
 _WRITE_LOCKS_GUARD = threading.Lock()
 
@@ -142,14 +143,14 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 class _Connection(sqlite3.Connection):
     """A connection opened by the package, with what transaction() and the SQL layer need to know.
 
-    `busy_ms`, when not None, is the busy_timeout a BEGIN in short steps lowered and
-    has yet to give back (transaction() does, at the latest at the next block).
     `owner` is the ident of the thread allowed to use it, or None once it is closing,
     closed, or a copy inherited by a forked child: the SQL layer compares it with the
     calling thread on every call. Pool.close() never closes it under a statement: the
     package holds `guard` around each statement it sends outside a transaction block,
     and `blocks` (the depth of open transaction() blocks) defers the close to the end
-    of the outermost block.
+    of the outermost block. `busy_ms`, when not None, is the busy_timeout a BEGIN in
+    short steps lowered and has yet to give back (transaction() does, at the latest
+    as the next block starts).
     """
 
     __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks", "busy_ms",

@@ -451,9 +451,10 @@ def _begin(conn: sqlite3.Connection, state: Any, lock) -> None:
 
     SQLite's busy handler sleeps in steps growing to 100 ms, so a process whose BEGIN
     keeps finding the lock taken sleeps through hundreds of the other processes'
-    commits (3 processes × 4 threads completing and claiming: waits of up to 350 ms,
-    64 ms in steps). Once a BEGIN has waited, those of the next BUSY_SECONDS retry
-    every BUSY_STEP_MS instead, the connection's busy_timeout lowered meanwhile.
+    commits (3 processes × 4 threads completing and claiming: calls waiting 100-540
+    ms at worst; 40-100 ms in steps). Once a BEGIN has waited, those of the next
+    BUSY_SECONDS retry every BUSY_STEP_MS instead, the connection's busy_timeout
+    lowered meanwhile.
     """
     if lock is None:
         conn.execute("BEGIN IMMEDIATE")
