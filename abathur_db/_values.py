@@ -35,11 +35,17 @@ _SCALARS = frozenset((str, int, float, bool, type(None)))
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
+_second: tuple[int, str] = (-1, "")  # the last second now() formatted, and its text
+
+
 def now() -> str:
     """Return the current UTC time as a timestamp string."""
-    ns = time.time_ns()
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+    global _second
+    seconds, rest = divmod(time.time_ns(), 1_000_000_000)
+    last = _second  # one read: another thread may replace it, never half of it
+    if last[0] != seconds:
+        last = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{last[1]}.{rest // 1_000_000:03d}Z"
 
 
 def format_datetime(moment: _dt.datetime) -> str:

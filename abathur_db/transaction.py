@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Any, Callable, Iterator, Literal, TypeGuard, TypeVar, cast, overload
 
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
-from .pool import _Connection, _in_transaction, _WriteLock, close_connection
+from .pool import _SQLITE_BUSY, _Connection, _in_transaction, _WriteLock, close_connection
 
-__all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write"]
+__all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
 
 _SAVEPOINT = "SAVEPOINT abathur_db"
 _RELEASE = "RELEASE abathur_db"
@@ -31,6 +31,13 @@ Params = dict[str, Any] | tuple[Any, ...]
 Row = tuple[Any, ...]  # a row as sqlite3 returns it
 _T = TypeVar("_T")
 
+# A BEGIN IMMEDIATE that took this long waited in SQLite's busy handler for another
+# process (this process's writers queue on the in-process lock instead): for
+# BUSY_SECONDS after the last such wait, BEGIN waits in steps of BUSY_STEP_MS.
+BUSY_SEEN_SECONDS = 0.0005
+BUSY_SECONDS = 1.0
+BUSY_STEP_MS = 1
+
 
 class _Plain:
     """What the package keeps about a plain sqlite3 connection it did not open.
@@ -39,13 +46,13 @@ class _Plain:
     thread check, no guard against Pool.close(), no in-process write lock.
     """
 
-    __slots__ = ("blocks", "began", "epoch", "guard", "write_lock", "closing", "owner")
+    __slots__ = ("blocks", "began", "epoch", "guard", "write_lock", "closing", "owner", "busy_ms")
 
     def __init__(self) -> None:
         self.blocks = self.epoch = 0
         self.began = self.closing = False
         self.guard = contextlib.nullcontext()
-        self.write_lock = self.owner = None
+        self.write_lock = self.owner = self.busy_ms = None
 
 
 _PLAIN: dict[int, _Plain] = {}  # by id(): plain connections inside a transaction() block
@@ -252,6 +259,30 @@ def _write(conn: sqlite3.Connection, state: _State, table: str, sql: str, params
         raise
 
 
+def write_many(conn: sqlite3.Connection, table: str, sql: str, params: list[dict[str, Any]]) -> None:
+    """Run one write statement without RETURNING once per parameter set, all in one transaction, in order.
+
+    Each run must change exactly one row, triggers included: a failure is then raised
+    as the package's error for `table` quoting the parameters of the run that failed,
+    and, outside a transaction block, leaves nothing behind. Inside the caller's block
+    the runs before the failing one stay until that block rolls back.
+    """
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
+    if state.blocks and conn.in_transaction:
+        return _write_many(conn, table, sql, params)
+    with transaction(conn):
+        return _write_many(conn, table, sql, params)
+
+
+def _write_many(conn: sqlite3.Connection, table: str, sql: str, params: list[dict[str, Any]]) -> None:
+    before = conn.total_changes
+    try:
+        conn.executemany(sql, params)
+    except sqlite3.Error as exc:
+        done = conn.total_changes - before  # one row per run: the failing run's index
+        raise translate(exc, table, params[done] if done < len(params) else None, conn) from exc
+
+
 def _rollback(conn: sqlite3.Connection, state: _State) -> None:
     with state.guard, translated():
         if _in_transaction(conn):  # not after SQLite rolled back by itself, or closing
@@ -291,6 +322,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         self._state = state
         if state.began and not state.blocks:
             self._abort()  # a block interrupted twice over left its transaction behind
+        if state.busy_ms is not None:
+            _restore_busy_timeout(conn, state)  # likewise, a lowered busy_timeout
         depth = state.blocks
         # blocks > 0 tells Pool.close() to leave the connection open until the
         # outermost block ends; it is raised under the guard, which close() checks under.
@@ -322,7 +355,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 state.blocks = 1
             state.epoch += 1
             state.began = True
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn, state, lock)
         except BaseException as exc:
             self._abort()
             if isinstance(exc, sqlite3.Error):
@@ -350,6 +383,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         finally:
             state.began = False
             state.blocks = 0
+            if state.busy_ms is not None:
+                _restore_busy_timeout(conn, state)
             lock = state.write_lock
             if lock is not None and lock.get(0) is conn:
                 lock.pop(0)
@@ -434,6 +469,50 @@ def _leave_inherited(conn: _Connection, exc_type: type[BaseException] | None) ->
             f" {os.getpid()} cannot commit it (the parent does)"
         )
     return False
+
+
+def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> None:
+    """Send BEGIN IMMEDIATE; while another process keeps the write lock busy, wait for it in short steps.
+
+    SQLite's busy handler sleeps in steps growing to 100 ms, so a process whose BEGIN
+    keeps finding the lock taken sleeps through hundreds of the other processes'
+    commits (3 processes × 4 threads completing and claiming: calls waiting 100-540
+    ms at worst; 40-100 ms in steps). Once a BEGIN has waited, those of the next
+    BUSY_SECONDS retry every BUSY_STEP_MS instead, the connection's busy_timeout
+    lowered meanwhile.
+    """
+    if lock is None:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    started = time.monotonic()
+    if started >= lock.busy_until:
+        conn.execute("BEGIN IMMEDIATE")
+        if time.monotonic() - started > BUSY_SEEN_SECONDS:
+            lock.busy_until = time.monotonic() + BUSY_SECONDS
+        return
+    waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    deadline = started + waited_ms / 1000
+    state.busy_ms = waited_ms  # recorded first: whatever interrupts what follows, it is given back
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}").fetchall()
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                lock.busy_until = time.monotonic() + BUSY_SECONDS
+    finally:
+        _restore_busy_timeout(conn, state)
+
+
+def _restore_busy_timeout(conn: sqlite3.Connection, state: _State) -> None:
+    """Give `conn` back the busy_timeout _begin lowered, if any (nothing to give on a closed connection)."""
+    if state.busy_ms is not None:
+        with contextlib.suppress(sqlite3.ProgrammingError):
+            conn.execute(f"PRAGMA busy_timeout = {int(state.busy_ms)}").fetchall()
+        state.busy_ms = None
 
 
 def _wait_for(conn: _Connection, lock: _WriteLock) -> None:

@@ -147,13 +147,33 @@ def test_queue_workloads_have_three_sides(run, workload):
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", ["claim_1", "threads", "processes"])
 def test_claim_workloads_also_run_the_fused_worker(run, workload):
-    """The claim workloads also run the complete_and_claim worker: every task done once, the bar judged on it."""
+    """The claim workloads also run complete_and_claim and its raw SQL: every task done once, each worker counted."""
     for figures in run[0]["queue"].values():
-        fused = figures[workload]["package_fused"]
-        assert fused["ops_per_s"] > 0 and fused["ratio_to_minimal"] > 0
-        assert (fused["duplicates"], fused["lost"], fused["other_errors"]) == (0, 0, 0), fused.get("error_examples")
+        for side in ("raw_schema_fused", "package_fused"):
+            fused = figures[workload][side]
+            assert fused["ops_per_s"] > 0 and fused["ratio_to_minimal"] > 0, side
+            assert (fused["duplicates"], fused["lost"], fused["other_errors"]) == (0, 0, 0), fused.get("error_examples")
+        assert figures[workload]["package_fused_vs_raw_schema_fused"] > 0
+        for side in queue.CLAIM_SIDES:
+            measured = figures[workload][side]
+            assert 0 <= measured["per_worker_min"] <= measured["per_worker_median"] <= measured["per_worker_max"], side
+            assert measured["workers"] == {"claim_1": 1, "threads": queue.THREADS,
+                                           "processes": queue.PROCESSES * queue.PROCESS_THREADS}[workload]
     (bar,) = [bar for bar in run[0]["bars"] if bar["id"] == f"queue_{workload}"]
     assert "with complete_and_claim" in bar["value"] and "with claim_next + complete" in bar["value"]
+    assert "floor (raw SQL on the schema, complete + claim in one transaction)" in bar["detail"]
+
+
+@pytest.mark.slow
+def test_wal_pages_per_item_are_counted_on_every_side(run):
+    """Each side's WAL pages per put and per claim + complete are counted; the package's schema writes more."""
+    for figures in run[0]["queue"].values():
+        frames = figures["wal_frames"]
+        assert set(frames) == set(queue.CLAIM_SIDES)
+        assert all(count > 0 for counts in frames.values() for count in counts.values()), frames
+        assert frames["raw_schema"]["put"] > frames["minimal"]["put"]
+        assert frames["raw_schema_fused"]["work"] < frames["raw_schema"]["work"]  # one commit a task, not two
+    assert "WAL pages written per put and per claim + complete" in run[1]
 
 
 @pytest.mark.slow
@@ -257,6 +277,9 @@ def test_timeit_bench_compares_every_catalog_query():
         assert any(line.split()[:1] == [name] and line.rstrip().endswith("x") for line in out.splitlines()), name
     assert f"query plans: {len(catalog.CATALOG)} of {len(catalog.CATALOG)} catalog queries use their index" in out
     assert "foreign-key violations: 0" in out
+    # The requeue is timed on calls that each find stale tasks, never on a search that finds none.
+    assert any(line.split()[:1] == ["T7"] and f": {STALE_PER_REQUEUE} stale tasks taken back a call" in line
+               for line in out.splitlines()), out
 
 
 @pytest.mark.parametrize("kind", ["json", "xml"])
@@ -286,6 +309,49 @@ def test_raw_decoding_skips_the_parser_for_empty_json(monkeypatch):
     """The raw side decodes "[]" and "{}" without json.loads, as the package does, so it does no extra work."""
     monkeypatch.setattr(raw.json, "loads", lambda text: pytest.fail(f"parsed {text!r}"))
     assert raw.decode(("[]", "{}", None), ("a", "b", "c"), ("a", "b", "c")) == {"a": [], "b": {}, "c": None}
+
+
+def _sides(package: float, floor: float, minimal: float = 10_000, p99_ms: float = 1, idle: int = 0) -> dict:
+    """Return one claim workload's figures: the given items/s of the package and its floor, the rest fixed."""
+    def side(ops, workers_idle=0):
+        return {"ops_per_s": ops, "ratio_to_minimal": round(ops / minimal, 3), "latency": {"p99_us": p99_ms * 1000},
+                "duplicates": 0, "lost": 0, "lock_errors": 0, "other_errors": 0, "idle_workers": workers_idle,
+                "per_worker_min": 0 if workers_idle else 1, "per_worker_max": 9}
+    return queue._with_ratios({"minimal": side(minimal), "raw_schema": side(floor), "package": side(package),
+                               "raw_schema_fused": side(floor), "package_fused": side(package, idle)})
+
+
+@pytest.mark.parametrize("package, floor, p99_ms, idle, status", [
+    (6_000, 7_000, 1, 0, "met"),  # 0.6x: the bar itself
+    (2_900, 3_000, 1, 0, "out of reach on this schema; within 10 % of the floor"),
+    (2_500, 3_000, 1, 0, "MISSED; out of reach on this schema"),  # 0.83x of the floor
+    (5_500, 7_000, 1, 0, "MISSED"),  # the floor reaches the bar, the package does not
+    (2_900, 3_000, 1, 1, "MISSED; out of reach on this schema"),  # a worker that did nothing
+])
+def test_queue_bars_judge_the_package_against_the_bar_then_the_floor(package, floor, p99_ms, idle, status):
+    """A queue bar is met, or out of reach when the floor misses it too (then held to 90 % of it), or missed."""
+    workloads = {key: _sides(package, floor, p99_ms=p99_ms, idle=idle) for key, *_ in queue.WORKLOADS}
+    bars = {bar["id"]: bar for bar in queue.bars({"queue": {"5000": workloads}})}
+    judged = bars["queue_threads"] if idle else bars["queue_claim_1"]  # idle workers only count where a p99 does
+    assert judged["status"] == status
+    assert judged["met"] is (status == "met") and judged["floor_met"] is status.startswith(("met", "out of reach"))
+    assert f"package {package / floor:.2f}x of it" in judged["detail"]
+
+
+def test_every_call_of_a_queue_worker_is_timed(tmp_path):
+    """A worker's final, empty claim is timed with the others, and each worker's count is reported."""
+    class Queue:
+        def __init__(self):
+            self.left = 3
+
+        def work_one(self, conn):
+            self.left -= 1
+            return None if self.left < 0 else f"task {self.left}"
+
+    done = queue._work(Queue(), None)
+    assert done["ids"] == ["task 2", "task 1", "task 0"] and len(done["times"]) == 4
+    summary = queue._summary([done, {**done, "ids": []}], 3, done["ended"] - 1)
+    assert (summary["per_worker_min"], summary["per_worker_max"], summary["idle_workers"]) == (0, 3, 1)
 
 
 def _statements(conn, call) -> list[str]:

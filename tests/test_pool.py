@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -710,30 +711,71 @@ def test_pool_close_during_a_block_closes_the_connection_once_the_block_ends_wit
         assert [m["metric_name"] for m in metrics.query(reopened.connection())] == ["kept", "kept too"]
 
 
-def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_poll():
-    """Giving the in-process write lock back wakes a thread waiting for it (a notify, not its polling timeout)."""
-    lock = pool_module._WriteLock()
+def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_poll(monkeypatch):
+    """Giving the in-process write lock back wakes the thread waiting for it (its gate opens, not its polling cap)."""
     woken: list[bool] = []
     waiting = threading.Event()
 
-    class Recording(threading.Condition):
-        def wait(self, timeout=None):
-            waiting.set()
-            notified = super().wait(30)  # not the lock's short polling cap: only a notify ends this in time
-            woken.append(notified)
-            return notified
+    class Gate:
+        def __init__(self):
+            self._lock = threading.Lock()
+            self.locked, self.release = self._lock.locked, self._lock.release
 
-    lock._freed = Recording(threading.Lock())
+        def acquire(self, blocking=True, timeout=-1):
+            if timeout == -1:  # closing the gate as the waiter starts
+                return self._lock.acquire()
+            waiting.set()
+            opened = self._lock.acquire(timeout=30)  # not the lock's short polling cap: only wake() opens it in time
+            woken.append(opened)
+            return opened
+
+    class Waiter(pool_module._Waiter):
+        def __init__(self, conn):
+            self.conn, self.since, self.gate = conn, time.monotonic(), Gate()
+            self.gate.acquire()
+
+    monkeypatch.setattr(pool_module, "_Waiter", Waiter)
+    lock = pool_module._WriteLock()
     holder, waiter = object(), object()
     assert lock.setdefault(0, holder) is holder
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         taken = executor.submit(lock.wait, waiter, 30)
-        assert waiting.wait(timeout=30)
-        with lock._freed:  # the waiter is inside wait(), which released this lock
-            lock.pop(0)
+        assert waiting.wait(timeout=30) and lock.waiting == 1
+        lock.pop(0)
         lock.wake()
         assert taken.result(timeout=30) is True
-    assert woken[-1] is True and lock.holder is waiter
+    assert woken[-1] is True and lock.holder is waiter and lock.waiting == 0
+
+
+def test_the_write_lock_is_handed_to_a_thread_that_waited_past_the_hand_off_time(monkeypatch):
+    """A freed lock goes to the longest waiter once it has waited HANDOFF_SECONDS, before anyone asks for it again."""
+    lock = pool_module._WriteLock()
+    holder, early, late = object(), object(), object()
+    lock.wake()  # nobody waits: the free lock stays free
+    assert lock.holder is None
+    lock.setdefault(0, holder)
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        first = executor.submit(lock.wait, early, 30)
+        for _ in range(30_000):  # queue `early` ahead of `late`
+            if lock.waiting == 1:
+                break
+            time.sleep(0.001)
+        second = executor.submit(lock.wait, late, 30)
+        for _ in range(30_000):
+            if lock.waiting == 2:
+                break
+            time.sleep(0.001)
+        time.sleep(pool_module.HANDOFF_SECONDS * 2)
+        lock.pop(0)
+        lock.wake()
+        # Handed over in wake() itself: the holder that gave it back cannot take it again.
+        assert lock.holder is early and lock.setdefault(0, holder) is early
+        assert first.result(timeout=30) is True
+        lock.pop(0)
+        monkeypatch.setattr(pool_module, "HANDOFF_SECONDS", 3600)  # now no waiter has waited long enough
+        lock.wake()
+        assert second.result(timeout=30) is True  # woken, it takes the free lock itself
+    assert lock.holder is late and lock.waiting == 0
 
 
 # ---------------------------------------------------------------------------------------

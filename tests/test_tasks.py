@@ -101,6 +101,20 @@ def test_create_stores_every_option(conn):
     assert task["submitted_at"] == "2024-01-01T00:00:00.000Z"
 
 
+def test_create_without_dependencies_returns_the_row_as_stored(conn):
+    """create() of a task without dependencies returns exactly what get() then reads, for every option."""
+    session = sessions.create(conn, "app", "user")
+    parent = tasks.create(conn, "parent")
+    for options in ({}, {"task_id": "t-2", "agent_type": "coder", "priority": 0, "max_retries": 7,
+                         "input_data": {"files": ["a.py"], "n": 1.5, "deep": [[{}]]}, "session_id": session["id"],
+                         "parent_task_id": parent["id"], "max_execution_timeout_seconds": 1, "created_by": "lead",
+                         "submitted_at": "2024-06-01T12:00:00+02:00"},
+                    {"input_data": [], "dependencies": []}, {"input_data": "text", "dependencies": ()}):
+        task = tasks.create(conn, "child", **options)
+        assert task == tasks.get(conn, task["id"]), options
+    assert task["input_data"] == "text"
+
+
 def test_create_returns_the_unmet_dependency_count(conn):
     """The row create() returns counts the dependencies that are not yet completed."""
     done = in_status(conn, "completed")
@@ -242,6 +256,18 @@ def test_create_many_stores_nothing_when_one_task_is_refused(conn):
         tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b", "dependencies": ["ghost"]}])
     with pytest.raises(ValidationError, match="tasks.priority"):
         tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b", "priority": "high"}])
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("bad, error, shown", [
+    ({"prompt": "c", "task_id": "m1"}, UniqueError, "duplicate tasks.id = 'm1'"),
+    ({"prompt": "c", "session_id": "nowhere"}, ForeignKeyError, "tasks.session_id = 'nowhere'"),
+    ({"prompt": "c", "parent_task_id": "nobody"}, ForeignKeyError, "tasks.parent_task_id = 'nobody'"),
+])
+def test_create_many_names_the_task_the_database_refused(conn, bad, error, shown):
+    """A task a constraint refuses in the middle of a batch is named by its own values; the batch stores nothing."""
+    with pytest.raises(error, match=re.escape(shown)):
+        tasks.create_many(conn, [{"prompt": "a", "task_id": "m1"}, {"prompt": "b"}, bad, {"prompt": "d"}])
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
 
 

@@ -9,14 +9,15 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 
 import pytest
 
 import abathur_db
 from abathur_db import metrics, tasks, transaction
 from abathur_db import pool as pool_module
-from abathur_db.errors import AbathurDBError, ConfigurationError, UniqueError, ValidationError
-from abathur_db.transaction import write
+from abathur_db.errors import AbathurDBError, BusyError, ConfigurationError, UniqueError, ValidationError
+from abathur_db.transaction import write, write_many
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 
@@ -107,6 +108,20 @@ def test_write_failure_rolls_back_and_names_table_field_and_value(conn):
     assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
     assert _count(conn) == 0
     assert not conn.in_transaction
+
+
+def test_write_many_runs_every_set_in_one_transaction_and_names_the_one_refused(conn, traced):
+    """write_many() sends its statement once per parameter set in one transaction; a refusal quotes its own set."""
+    sql = "INSERT INTO metrics (metric_name, metric_value) VALUES (:metric_name, :metric_value)"
+    write_many(conn, "metrics", sql, [{"metric_name": "a", "metric_value": 1}, {"metric_name": "b", "metric_value": 2}])
+    assert traced[0] == "BEGIN IMMEDIATE" and traced[-1] == "COMMIT" and len(traced) == 4
+    assert _count(conn) == 2
+    with pytest.raises(ValidationError, match=r"metrics\.metric_value = -3") as info:
+        write_many(conn, "metrics", sql, [{"metric_name": "c", "metric_value": 3},
+                                          {"metric_name": "d", "metric_value": -3},
+                                          {"metric_name": "e", "metric_value": -5}])
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert _count(conn) == 2 and not conn.in_transaction  # the whole call undone
 
 
 def test_write_inside_caller_transaction_joins_it(conn):
@@ -238,6 +253,68 @@ def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path)
         waiter.close()
 
 
+def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool, db_path, traced):
+    """After a BEGIN has waited for a writer outside this process, BEGINs retry every step, busy_timeout restored."""
+    conn = pool.connection()
+    # Not the package's connection, so no in-process lock: SQLite's busy handler is what waits for it.
+    outsider = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    held = threading.Event()
+
+    def hold_for(seconds):
+        outsider.execute("BEGIN IMMEDIATE")
+        held.set()
+        threading.Event().wait(seconds)
+        outsider.execute("COMMIT")
+
+    try:
+        for round_ in ("first", "stepped"):
+            held.clear()
+            holder = threading.Thread(target=hold_for, args=(0.2,))
+            holder.start()
+            assert held.wait(30)
+            traced.clear()
+            metrics.record(conn, round_, 1)
+            holder.join(30)
+            begins = traced.count("BEGIN IMMEDIATE")
+            if round_ == "first":  # waited in SQLite's busy handler, one BEGIN: the process is now known busy
+                assert begins == 1 and not any("busy_timeout" in sql for sql in traced)
+                assert conn.write_lock.busy_until > time.monotonic()
+        # In steps: the busy_timeout read and lowered, BEGIN tried again and again, the busy_timeout restored.
+        assert traced[:2] == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {TRANSACTION_MODULE.BUSY_STEP_MS}"]
+        assert begins > 1 and traced[begins + 2] == "PRAGMA busy_timeout = 5000", traced
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert [m["metric_name"] for m in metrics.query(conn)] == ["first", "stepped"]
+    finally:
+        outsider.close()
+
+
+def test_a_begin_in_steps_gives_up_at_the_busy_timeout(pool, db_path):
+    """A BEGIN in steps raises BusyError once the connection's own busy_timeout has passed, and restores it."""
+    conn = pool.connection()
+    conn.execute("PRAGMA busy_timeout = 100")
+    conn.write_lock.busy_until = float("inf")
+    outsider = sqlite3.connect(db_path, isolation_level=None)
+    outsider.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BusyError, match="locked"):
+            metrics.record(conn, "never", 1)
+    finally:
+        outsider.execute("ROLLBACK")
+        outsider.close()
+        conn.write_lock.busy_until = 0.0
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 100 and not conn.in_transaction
+    assert conn.write_lock.holder is None
+
+
+def test_a_busy_timeout_left_lowered_is_given_back_by_the_next_block(conn):
+    """A busy_timeout a BEGIN in steps lowered and could not restore (interrupted twice) is back once a block starts."""
+    conn.execute("PRAGMA busy_timeout = 1")
+    conn.busy_ms = 5000  # as _begin records it before lowering the value
+    with transaction(conn):
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.busy_ms is None
+
+
 def test_a_thread_writing_in_a_tight_loop_does_not_starve_another(pool, db_path):
     """A thread committing write after write lets another thread's writes in well within its busy_timeout."""
     from abathur_db import audit
@@ -311,6 +388,11 @@ def _claim(conn):
     tasks.claim_next(conn)
 
 
+def _stepped_block(conn):
+    conn.write_lock.busy_until = float("inf")  # as if another process were writing: BEGIN in steps
+    _metric_block(conn)
+
+
 def _claimed_or_written(conn) -> int:
     return conn.execute("SELECT count(*) FROM metrics").fetchone()[0] + conn.execute(
         "SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()[0]
@@ -334,10 +416,14 @@ def _others_can_write(pool, db_path) -> bool:
 
 # Python reports an exception raised in a __del__ as "ignored" (a warning under pytest) and drops it.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("scenario", [_metric_block, _nested_blocks, _claim, lambda conn: metrics.record(conn, "m", 1)],
-                         ids=["block", "nested-blocks", "claim_next", "own-transaction"])
+@pytest.mark.parametrize("scenario", [_metric_block, _nested_blocks, _claim, lambda conn: metrics.record(conn, "m", 1),
+                                      _stepped_block],
+                         ids=["block", "nested-blocks", "claim_next", "own-transaction", "begin-in-steps"])
 def test_an_exception_at_any_point_leaves_all_or_nothing(pool, db_path, scenario):
-    """An exception wherever a signal can strike leaves the write whole or absent, and no transaction or lock held."""
+    """An exception wherever a signal can strike leaves the write whole or absent, no transaction or lock held.
+
+    A busy_timeout lowered for a BEGIN in steps is back by the next block at the latest.
+    """
     conn = pool.connection()
     for n in itertools.count(1):
         conn.execute("DELETE FROM metrics")
@@ -357,6 +443,8 @@ def test_an_exception_at_any_point_leaves_all_or_nothing(pool, db_path, scenario
         assert _claimed_or_written(conn) in (0, 1), interrupt.where
         assert _others_can_write(pool, db_path), interrupt.where
         metrics.record(conn, "afterwards", 1)  # the interrupted connection works on
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000, interrupt.where
+    conn.write_lock.busy_until = 0.0
     assert n > 20 and _claimed_or_written(conn) == 1
 
 

@@ -225,7 +225,9 @@ def _write_ops(data: Dataset) -> list[Op]:
                 {"goal": "bench", "files": [f"src/mod_{r.randrange(500)}.py"]}, r.choice(data.recent_session_ids))
 
     def raw_task(conn, p):
-        return decode(raw_write(conn, TASK_INSERT_RETURNING, raw_task_params(p))[0], tc, tj)
+        params = raw_task_params(p)
+        raw_write(conn, tasks.INSERT_SQL, params)
+        return decode(inserted_row(params), tc, tj)
 
     def audit_sample(r):
         agent_id, task_id, _ = r.choice(data.recent_agents)
@@ -286,7 +288,15 @@ def claim_params(**params) -> dict:
     return {"now": _values.now(), "lease": os.urandom(16).hex(), **params}
 
 
-TASK_INSERT_RETURNING = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
+def inserted_row(params: dict) -> tuple:
+    """Return the row a plain tasks.INSERT_SQL with `params` stored: the parameters and the columns' defaults.
+
+    tasks.create builds the task it returns the same way instead of reading it back.
+    """
+    defaults = {"status": "pending", "result_data": None, "error_message": None, "retry_count": 0,
+                "started_at": None, "completed_at": None, "last_updated_at": params["now"], "unmet_dependencies": 0,
+                "lease": None}
+    return tuple(params[c] if c in params else defaults[c] for c in tasks.COLUMNS)
 
 
 def raw_task_params(p: tuple, now: str | None = None) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 import abathur_db
 from abathur_db import _values, tasks
 
-from .ops import claim_params
+from .ops import claim_params, inserted_row
 from .raw import Tuning, decode, dumps, raw_connect, raw_write
 
 RESULT = {"ok": True}  # what every worker stores on completion
@@ -49,7 +49,7 @@ RETURNING id, data, priority
 MINIMAL_COMPLETE = "UPDATE queue SET status = 2, result = ? WHERE id = ? AND status = 1"
 
 # The package's own statements, so this side differs from the package only in the Python around them.
-SCHEMA_PUT = tasks.INSERT_SQL + " RETURNING " + ", ".join(tasks.COLUMNS)
+SCHEMA_PUT = tasks.INSERT_SQL
 SCHEMA_CLAIM = tasks.CLAIM_SQL
 SCHEMA_COMPLETE = tasks.COMPLETE_SQL
 
@@ -140,7 +140,9 @@ class SchemaQueue(_RawQueue):
 
     def put(self, conn: sqlite3.Connection, item: tuple[str, int]) -> dict:
         """Insert one task in its own transaction and return it, as tasks.create does."""
-        return _decode_task(raw_write(conn, SCHEMA_PUT, _task_params(item, _values.now()))[0])
+        params = _task_params(item, _values.now())
+        raw_write(conn, SCHEMA_PUT, params)
+        return _decode_task(inserted_row(params))
 
     def bulk(self, conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
         """Insert every task with one executemany in one transaction, one timestamp for all, as create_many."""
@@ -158,6 +160,37 @@ class SchemaQueue(_RawQueue):
         task = _decode_task(rows[0])
         params = {"id": task["id"], "lease": task["lease"], "result_data": dumps(RESULT), "now": _values.now()}
         _decode_task(raw_write(conn, SCHEMA_COMPLETE, params)[0])
+        return task["id"]
+
+
+class FusedSchemaQueue(SchemaQueue):
+    """Raw sqlite3 on the package's schema, completing each task and claiming the next in one transaction."""
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        super().__init__(path, tuning)
+        self._held: dict[int, dict] = {}  # by connection: the task the previous call claimed
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Complete the task claimed by the previous call (claiming one first if none) and claim the next."""
+        task = self._held.pop(id(conn), None)
+        if task is None:
+            rows = raw_write(conn, SCHEMA_CLAIM, claim_params())
+            if not rows:
+                return None
+            task = _decode_task(rows[0])
+        params = {"id": task["id"], "lease": task["lease"], "result_data": dumps(RESULT), "now": _values.now()}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not conn.execute(tasks.COMPLETE_ID_SQL, params).fetchall():
+                raise AssertionError(f"task {task['id']} was not running under its lease")
+            rows = conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
+            following = _decode_task(rows[0]) if rows else None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if following is not None:
+            self._held[id(conn)] = following
         return task["id"]
 
 
@@ -213,6 +246,7 @@ class FusedPackageQueue(PackageQueue):
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
-WORKER_VARIANTS = {"package_fused": FusedPackageQueue}  # claim workloads only
+WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "package_fused": FusedPackageQueue}  # claim workloads only
 TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
+          "raw_schema_fused": "raw SQL, package schema, complete + claim in one transaction",
           "package_fused": "abathur_db, complete_and_claim"}

@@ -76,8 +76,8 @@ def _dataset(figures: dict, md: Markdown) -> None:
 def _verdicts(figures: dict, md: Markdown) -> None:
     md.heading("SPEC §6 bars")
     md.table(["bar", "target", "measured", "status", "detail"],
-             [[b["what"], b["target"], b["value"], "**met**" if b["met"] else "**MISSED**", b["detail"]]
-              for b in figures["bars"]])
+             [[b["what"], b["target"], b["value"], f"**{b.get('status') or ('met' if b['met'] else 'MISSED')}**",
+               b["detail"]] for b in figures["bars"]])
     reasons = missed_reasons(figures)
     if reasons:
         md.paragraph("Why the missed bars are missed, from this run's own figures:")

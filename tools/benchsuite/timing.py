@@ -142,17 +142,54 @@ def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: lis
     return package_ns, raw_ns
 
 
+class _PreparedTimer:
+    """timeit.Timer's timeit() and autorange() for a call that needs an untimed preparation before each run."""
+
+    def __init__(self, call: Callable[[], Any], setup: Callable[[], Any], prepare: Callable[[], Any]) -> None:
+        self.call, self.setup, self.prepare = call, setup, prepare
+
+    def timeit(self, number: int) -> float:
+        """Return the seconds `number` calls took, each after prepare(), garbage collection off as timeit does."""
+        self.setup()
+        collecting = gc.isenabled()
+        gc.disable()
+        total = 0
+        try:
+            for _ in range(number):
+                self.prepare()
+                t0 = CLOCK()
+                self.call()
+                total += CLOCK() - t0
+        finally:
+            if collecting:
+                gc.enable()
+        return total / 1e9
+
+    def autorange(self) -> tuple[int, float]:
+        """Return the first number in 1, 2, 5, 10, 20, 50, … whose calls take 0.2 s or more, and their time."""
+        for number in (k * 10 ** e for e in range(10) for k in (1, 2, 5)):
+            took = self.timeit(number)
+            if took >= 0.2:
+                break
+        return number, took
+
+
 def timeit_pair(package: Callable[[], Any], raw: Callable[[], Any], *, repeat: int = 5, number: int | None = None,
-                max_number: int | None = None, setup: Callable[[], Any] = lambda: None) -> dict[str, Any]:
+                max_number: int | None = None, setup: Callable[[], Any] = lambda: None,
+                prepare: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Time package() and raw() with timeit, `number` calls per round, rounds alternating; µs per call.
 
     `number` defaults to a quarter of what ``Timer.autorange`` picks for the package
     side (it fills 0.2 s), so rounds last 50 ms or more and five a side stay short;
     it never exceeds `max_number`. `setup` runs, untimed, before every round (e.g. to
-    refill a queue of `max_number` items). The ratio compares the best rounds, as
-    timeit advises: slower rounds measure the machine's noise, not the code.
+    refill a queue of `max_number` items); `prepare`, untimed, before every call (e.g.
+    to make the tasks a requeue takes back stale). The ratio compares the best rounds,
+    as timeit advises: slower rounds measure the machine's noise, not the code.
     """
-    timers = timeit.Timer(package, setup), timeit.Timer(raw, setup)
+    if prepare is None:
+        timers = timeit.Timer(package, setup), timeit.Timer(raw, setup)
+    else:
+        timers = _PreparedTimer(package, setup, prepare), _PreparedTimer(raw, setup, prepare)
     if number is None:
         number = max(1, timers[0].autorange()[0] // 4)
     number = min(number, max_number or number)
@@ -166,7 +203,7 @@ def timeit_pair(package: Callable[[], Any], raw: Callable[[], Any], *, repeat: i
 
 
 # Counts of things that must never happen are added up over runs, never averaged away.
-_SUMMED = {"duplicates", "lock_errors", "other_errors", "errors"}
+_SUMMED = {"duplicates", "lock_errors", "other_errors", "errors", "idle_workers"}
 
 
 def combine_runs(runs: list) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .markdown import per_s
-from .workloads import BARS
+from .workloads import BARS, REASONS
 
 
 def evaluate(figures: dict) -> list[dict]:
@@ -136,4 +136,4 @@ def missed_reasons(figures: dict) -> list[str]:
             f"{package_write:.0f} ms through the package, whose writers queue on an in-process lock, and "
             f"{raw_write:.0f} ms raw, whose writers sleep in SQLite's busy handler; reads, which never queue, "
             f"{mx['package']['read']['p99_us'] / 1000:.0f} ms.")
-    return reasons
+    return reasons + [reason for explain in REASONS for reason in explain(figures)]

@@ -3,7 +3,7 @@
 To add a workload: write a module here with ``measure(bench) -> dict`` (its figures, ready for
 JSON) and ``report(figures, md)`` (its report section, rendered from the figures alone), then
 add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar: ``bars(figures)
--> list[dict]``).
+-> list[dict]``, and to REASONS if it explains its missed bars: ``reasons(figures) -> list[str]``).
 """
 
 from __future__ import annotations
@@ -28,5 +28,7 @@ MEASURED = (
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
             claims.report, mixed.report, queue.report, typed_claim.report, pickup.report, prune.report)
 
-# Bars judged by the workloads' own modules, after those of verdicts.evaluate.
+# Bars judged by the workloads' own modules, after those of verdicts.evaluate, and their explanations
+# of a missed bar (verdicts.missed_reasons).
 BARS = (queue.bars, typed_claim.bars)
+REASONS = (queue.reasons,)
