@@ -695,16 +695,26 @@ def template(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def world(template, tmp_path):
-    """Return a connection to a fresh copy of the world."""
-    path = tmp_path / "case.db"
+@pytest.fixture(scope="module")
+def copy_of_the_world(template):
+    """Return a connection to a copy of the world, kept for every case, and the connection to restore it from."""
+    path = template.with_name("case.db")
     shutil.copyfile(template, path)
     conn = abathur_db.connect(path)  # the copy's schema is current: no need for open()'s check
-    try:
-        yield conn
-    finally:
-        conn.close()
+    source = sqlite3.connect(template)
+    yield conn, source
+    source.close()
+    conn.close()
+
+
+@pytest.fixture
+def world(copy_of_the_world):
+    """Return a connection to the world as build_world() made it: a case that wrote is undone after it."""
+    conn, source = copy_of_the_world
+    changes = conn.total_changes
+    yield conn
+    if conn.total_changes != changes:
+        source.backup(conn)  # every page of the world, over whatever the case wrote
 
 
 def snapshot(conn: sqlite3.Connection) -> dict[str, list]:

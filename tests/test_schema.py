@@ -52,8 +52,9 @@ def schema_copy(tmp_path):
     return Path(shutil.copytree(SCHEMA_DIR, tmp_path / "schema"))
 
 
-def test_new_database_gets_every_file_once_in_order(pool, db_path):
+def test_new_database_gets_every_file_once_in_order(db_path):
     """Every schema file is applied once, in order; the ledger holds each file's sha256."""
+    pool = abathur_db.open(db_path)
     assert pool.applied == [f.name for f in FILES]
     expected = [(f.version, f.name, hashlib.sha256((SCHEMA_DIR / f.name).read_bytes()).hexdigest())
                 for f in FILES]
