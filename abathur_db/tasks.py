@@ -225,13 +225,7 @@ def create(
     :raises ForeignKeyError: when a dependency, the session or the parent does not exist.
     :raises ValidationError: when a dependency was cancelled or failed with no retries left.
     """
-    params = _insert_params(
-        _values.now(), prompt, task_id=task_id, agent_type=agent_type, priority=priority,
-        input_data=input_data, session_id=session_id, parent_task_id=parent_task_id,
-        dependencies=dependencies, max_retries=max_retries,
-        max_execution_timeout_seconds=max_execution_timeout_seconds, created_by=created_by,
-        submitted_at=submitted_at,
-    )
+    params = _insert_params(_values.now(), locals())
     if params["dependencies"] == "[]":
         write(conn, TABLE, INSERT_SQL, params)
         return _inserted(params)
@@ -258,7 +252,7 @@ def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -
                 f"{TABLE}: create_many() item {number} must be a dict with prompt and create()'s keyword"
                 f" arguments, got {short_repr(fields)}"
             )
-        prepared.append(_insert_params(now, **fields))
+        prepared.append(_insert_params(now, {**_CREATE_DEFAULTS, **fields}))
     with transaction(conn):
         plain: builtins.list[dict[str, Any]] = []  # tasks without dependencies, inserted together
         for params in prepared:
@@ -274,59 +268,41 @@ def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -
     return [params["id"] for params in prepared]
 
 
-def _insert_params(
-    now: str,
-    prompt: str,
-    *,
-    task_id: str | None = None,
-    agent_type: str = "general",
-    priority: int = 5,
-    input_data: Any = None,
-    session_id: str | None = None,
-    parent_task_id: str | None = None,
-    dependencies: builtins.list[str] | tuple[str, ...] = (),
-    max_retries: int = 3,
-    max_execution_timeout_seconds: int = 3600,
-    created_by: str | None = None,
-    submitted_at: Any = None,
-) -> dict[str, Any]:
-    """Check create()'s arguments and return the INSERT's parameters."""
-    _values.require_text(prompt, TABLE, "prompt")
-    _values.require_text(agent_type, TABLE, "agent_type")
-    _values.require_int(priority, TABLE, "priority", 0, 10)
-    _values.require_int(max_retries, TABLE, "max_retries", 0)
-    _values.require_int(max_execution_timeout_seconds, TABLE, "max_execution_timeout_seconds", 1)
+def _insert_params(now: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Check create()'s arguments, `given` by name, and return the INSERT's parameters.
+
+    Keys are column names: errors.translate finds the missing parent of a foreign key by them.
+    """
+    params = {field: given[field] for field in _STORED_AS_GIVEN}
+    _values.require_text(params["prompt"], TABLE, "prompt")
+    _values.require_text(params["agent_type"], TABLE, "agent_type")
+    _values.require_int(params["priority"], TABLE, "priority", 0, 10)
+    _values.require_int(params["max_retries"], TABLE, "max_retries", 0)
+    _values.require_int(params["max_execution_timeout_seconds"], TABLE, "max_execution_timeout_seconds", 1)
     # The optional ones are mostly left out: a test of None each is the cheapest way past them.
-    if session_id is not None:
-        _values.require_text(session_id, TABLE, "session_id")
-    if parent_task_id is not None:
-        _values.require_text(parent_task_id, TABLE, "parent_task_id")
-    if created_by is not None:
-        _values.require_text(created_by, TABLE, "created_by")
+    for field in ("session_id", "parent_task_id", "created_by"):
+        if params[field] is not None:
+            _values.require_text(params[field], TABLE, field)
+    task_id, input_data, dependencies = given["task_id"], given["input_data"], given["dependencies"]
     if task_id is None:
         task_id = _values.new_id()
     else:
         _values.require_text(task_id, TABLE, "id")
-    # Keys are column names: errors.translate finds the missing parent of a foreign key by them.
-    return {
-        "id": task_id,
-        "prompt": prompt,
-        "agent_type": agent_type,
-        "priority": priority,
-        "input_data": "{}" if input_data is None else _values.to_json(input_data, TABLE, "input_data"),
-        "max_retries": max_retries,
-        "max_execution_timeout_seconds": max_execution_timeout_seconds,
-        "submitted_at": now if submitted_at is None else _values.timestamp(submitted_at, TABLE, "submitted_at"),
-        "now": now,
-        "created_by": created_by,
-        "parent_task_id": parent_task_id,
-        "dependencies": "[]" if not dependencies and isinstance(dependencies, (builtins.list, tuple))
-        else _dependencies_json(dependencies, task_id),
-        "session_id": session_id,
-    }
+    params["id"], params["now"] = task_id, now
+    params["input_data"] = "{}" if input_data is None else _values.to_json(input_data, TABLE, "input_data")
+    params["submitted_at"] = (now if given["submitted_at"] is None
+                              else _values.timestamp(given["submitted_at"], TABLE, "submitted_at"))
+    params["dependencies"] = ("[]" if not dependencies and isinstance(dependencies, (builtins.list, tuple))
+                              else _dependencies_json(dependencies, task_id))
+    return params
 
 
-_CREATE_FIELDS = frozenset(inspect.signature(_insert_params).parameters) - {"now"}
+_STORED_AS_GIVEN = ("prompt", "agent_type", "priority", "max_retries", "max_execution_timeout_seconds",
+                    "session_id", "parent_task_id", "created_by")
+# create_many()'s items: create()'s arguments by name, the omitted ones at create()'s defaults.
+_CREATE_FIELDS = frozenset(inspect.signature(create).parameters) - {"conn"}
+_CREATE_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(create).parameters.items()
+                    if parameter.default is not parameter.empty}
 
 
 def _inserted(params: dict[str, Any]) -> TaskRow:
