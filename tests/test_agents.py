@@ -6,7 +6,6 @@ import datetime as dt
 import itertools
 import json
 import re
-import sqlite3
 
 import pytest
 
@@ -373,18 +372,3 @@ def test_session_delete_unlinks_agents_and_deletes_nothing(conn, task):
     assert agents.get(conn, linked["id"]) == {**linked, "session_id": None}
     assert agents.get(conn, other["id"]) == other
     assert agents.get(conn, unlinked["id"]) == unlinked
-
-
-@pytest.mark.parametrize("column, value", [
-    pytest.param("state", "sleeping", id="unknown-state"),
-    pytest.param("resource_usage", "{not json", id="invalid-json"),
-    pytest.param("spawned_at", "2024-01-01 00:00:00", id="timestamp-format"),
-])
-def test_database_rejects_invalid_raw_rows(conn, task, column, value):
-    """The schema itself refuses an unknown state or invalid JSON written by raw SQL."""
-    row = {"id": "raw", "name": "w", "specialization": "s", "task_id": task, "model": "m", column: value}
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
-            f"INSERT INTO agents ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
-        )
-    assert count(conn) == 0

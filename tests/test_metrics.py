@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sqlite3
 
 import pytest
 
@@ -164,19 +163,3 @@ def test_record_runs_in_its_own_immediate_transaction(conn):
     finally:
         conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO metrics") and sent[-1] == "COMMIT"
-
-
-@pytest.mark.parametrize("column, value", [
-    pytest.param("metric_value", -1, id="negative"),
-    pytest.param("metric_value", "abc", id="text-value"),
-    pytest.param("labels", "{not json", id="invalid-json"),
-    pytest.param("labels", "[1, 2]", id="labels-array"),
-    pytest.param("timestamp", "2024-01-01T00:00:00", id="timestamp-format"),
-])
-def test_database_rejects_invalid_raw_rows(conn, column, value):
-    """The schema itself refuses negative or non-numeric values and invalid labels written by raw SQL."""
-    row = {"metric_name": "x", "metric_value": 1, column: value}
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute(f"INSERT INTO metrics ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                     list(row.values()))
-    assert count(conn) == 0
