@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from abathur_db import agents, sessions, transaction
+from abathur_db import agents, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, TransitionError, UniqueError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -161,26 +161,6 @@ def test_error_message_quotes_a_huge_value_briefly(conn, task):
         agents.spawn(conn, "x" * 1_000_000, "w", "s", "m")
     assert "agents.task_id" in str(caught.value) and len(str(caught.value)) < 500
     assert count(conn) == 0
-
-
-def test_spawn_joins_the_callers_transaction(conn, task):
-    """A spawn inside the caller's transaction is rolled back with it."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            agents.spawn(conn, task, "w", "s", "m")
-            raise RuntimeError("caller fails")
-    assert count(conn) == 0
-
-
-def test_spawn_runs_in_its_own_immediate_transaction(conn, task):
-    """A spawn outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        agents.spawn(conn, task, "w", "s", "m")
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO agents") and sent[-1] == "COMMIT"
 
 
 @pytest.mark.parametrize("agent_id, error", [

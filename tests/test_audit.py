@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from abathur_db import agents, audit, transaction
+from abathur_db import agents, audit
 from abathur_db.errors import ForeignKeyError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -130,26 +130,6 @@ def test_record_rejects_bad_input(conn, task, agent, override, error, field, sho
         audit.record(conn, kwargs.pop("action_type"), **kwargs)
     assert f"audit.{field}" in str(caught.value) and shown in str(caught.value)
     assert count(conn) == before
-
-
-def test_record_joins_the_callers_transaction(conn):
-    """A record inside the caller's transaction is rolled back with it."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            audit.record(conn, "x")
-            raise RuntimeError("caller fails")
-    assert count(conn) == 0
-
-
-def test_record_runs_in_its_own_immediate_transaction(conn):
-    """A record outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        audit.record(conn, "x")
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO audit") and sent[-1] == "COMMIT"
 
 
 def test_list_by_task_is_newest_first(conn, make_task):

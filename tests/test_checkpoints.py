@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from abathur_db import checkpoints, sessions, transaction
+from abathur_db import checkpoints, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, UniqueError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -123,27 +123,6 @@ def test_save_rejects_bad_input(conn, task, override, error, field, shown):
     assert f"checkpoints.{field}" in str(caught.value) and shown in str(caught.value)
     assert count(conn) == before
     assert checkpoints.load(conn, task, 1)["state"] == {"kept": True}
-
-
-def test_save_joins_the_callers_transaction(conn, task):
-    """A save inside the caller's transaction is rolled back with it."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            checkpoints.save(conn, task, 0, {})
-            raise RuntimeError("caller fails")
-    assert count(conn) == 0
-
-
-def test_save_runs_in_its_own_immediate_transaction(conn, task):
-    """A save outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        checkpoints.save(conn, task, 0, {})
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT"
-    assert sent[1].startswith("INSERT INTO checkpoints")
 
 
 def test_list_by_task_in_iteration_order(conn, make_task):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from abathur_db import metrics, transaction
+from abathur_db import metrics
 from abathur_db.errors import ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -143,23 +143,3 @@ def test_query_rejects_bad_arguments(conn, kwargs, shown):
     with pytest.raises(ValidationError) as caught:
         metrics.query(conn, **kwargs)
     assert shown in str(caught.value)
-
-
-def test_record_joins_the_callers_transaction(conn):
-    """A record inside the caller's transaction is rolled back with it."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            metrics.record(conn, "x", 1)
-            raise RuntimeError("caller fails")
-    assert count(conn) == 0
-
-
-def test_record_runs_in_its_own_immediate_transaction(conn):
-    """A record outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        metrics.record(conn, "x", 1)
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO metrics") and sent[-1] == "COMMIT"

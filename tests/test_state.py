@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from abathur_db import state, transaction
+from abathur_db import state
 from abathur_db.errors import ForeignKeyError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -153,28 +153,6 @@ def test_get_and_delete_reject_wrong_types(conn, task, function, task_id, key, f
         function(conn, task_id, key)
     assert f"state.{field}" in str(caught.value)
     assert count(conn) == 1
-
-
-def test_set_joins_the_callers_transaction(conn, task):
-    """A set inside the caller's transaction is rolled back with it, old value restored."""
-    state.set(conn, task, "k", "before")
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            state.set(conn, task, "k", "during")
-            state.set(conn, task, "new", 1)
-            raise RuntimeError("caller fails")
-    assert state.get(conn, task, "k") == "before" and count(conn) == 1
-
-
-def test_set_runs_in_its_own_immediate_transaction(conn, task):
-    """A set outside a transaction sends BEGIN IMMEDIATE, the upsert, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        state.set(conn, task, "k", 1)
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO state") and sent[-1] == "COMMIT"
 
 
 def test_database_rejects_a_duplicate_raw_key(conn, task):

@@ -271,15 +271,6 @@ def test_create_many_names_the_task_the_database_refused(conn, bad, error, shown
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
 
 
-def test_create_many_joins_the_callers_transaction(conn):
-    """Inside a caller's transaction, create_many's tasks are undone with the caller's rollback."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b"}])
-            raise RuntimeError
-    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
-
-
 def test_an_unknown_dependency_leaves_no_task(conn):
     """A task with an unknown dependency is not stored at all, not even without its links."""
     before = counts(conn)
@@ -1216,22 +1207,6 @@ def test_stale_refuses_a_row_whose_deadline_never_comes(conn):
 # --- transactions ---------------------------------------------------------------------------
 
 
-def test_create_and_claim_join_a_rolled_back_transaction(conn):
-    """Writes inside a caller's transaction that is rolled back leave nothing."""
-    kept = tasks.create(conn, "kept")
-    before = counts(conn)
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            dep = tasks.create(conn, "inside")
-            tasks.create(conn, "inside too", dependencies=[dep["id"], kept["id"]])
-            claimed = tasks.claim_next(conn)
-            assert claimed["id"] == kept["id"]
-            tasks.complete(conn, kept["id"], claimed["lease"])
-            raise RuntimeError("caller gives up")
-    assert counts(conn) == before
-    assert tasks.get(conn, kept["id"]) == kept
-
-
 def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
     """A refused call inside a caller's transaction undoes only itself (a savepoint), not the caller's work."""
     with transaction(conn):
@@ -1246,19 +1221,6 @@ def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
     assert counts(conn) == (2, 1)
     assert tasks.get(conn, first["id"])["status"] == "pending"
     assert tasks.get(conn, second["id"])["unmet_dependencies"] == 1
-
-
-def test_create_with_dependencies_is_one_transaction(conn):
-    """create() with dependencies checks and inserts under one BEGIN IMMEDIATE … COMMIT."""
-    dep = tasks.create(conn, "dep")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        tasks.create(conn, "p", dependencies=[dep["id"]])
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
-    assert sum(s in ("BEGIN IMMEDIATE", "COMMIT") for s in sent) == 2, sent
 
 
 # --- rows that break today's rules (kept by an upgrade) --------------------------------------
