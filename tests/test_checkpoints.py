@@ -13,16 +13,10 @@ from abathur_db import checkpoints, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, UniqueError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# Awkward values (text, falsy, 1 MB) are stored verbatim in test_bad_input's table.
 STATES = [
     pytest.param({"step": 3, "messages": ["a", "b"], "done": False, "score": 0.5}, id="object"),
-    pytest.param([1, "two", None], id="array"),
     pytest.param(None, id="null"),
-    pytest.param(0, id="zero"),
-    pytest.param("it's \"quoted\"", id="quotes"),
-    pytest.param("x'); DROP TABLE checkpoints; --", id="sql"),
-    pytest.param({"\u00e9t\u00e0t": "\u72b6\u614b \U0001f504"}, id="unicode"),
-    pytest.param({"nul": "a\x00b"}, id="nul"),
-    pytest.param({"big": "s" * 1_000_000}, id="1MB"),
 ]
 
 

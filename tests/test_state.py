@@ -11,27 +11,10 @@ from abathur_db import state
 from abathur_db.errors import ForeignKeyError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# Awkward values (text, falsy, 1 MB) are stored verbatim in test_bad_input's table.
 VALUES = [
     pytest.param({"a": [1, 2.5, None, True]}, id="object"),
-    pytest.param([], id="empty-array"),
     pytest.param(None, id="null"),
-    pytest.param(False, id="false"),
-    pytest.param(0, id="zero"),
-    pytest.param(-3.25, id="float"),
-    pytest.param("", id="empty-string"),
-    pytest.param("it's \"quoted\"", id="quotes"),
-    pytest.param("x'); DROP TABLE state; --", id="sql"),
-    pytest.param("\u00e9tat \u72b6\u614b \U0001f511", id="unicode"),
-    pytest.param("a\x00b", id="nul"),
-    pytest.param("v" * 1_000_000, id="1MB"),
-]
-KEYS = [
-    pytest.param("plain", id="plain"),
-    pytest.param("it's \"quoted\"", id="quotes"),
-    pytest.param("key'; DELETE FROM state; --", id="sql"),
-    pytest.param("cl\u00e9 \U0001f511", id="unicode"),
-    pytest.param("k\x00ey", id="nul"),
-    pytest.param("k" * 1_000_000, id="1MB"),
 ]
 
 
@@ -53,13 +36,12 @@ def test_set_then_get_returns_the_value_verbatim(conn, task, value):
     assert state.get(conn, task, "k", default="absent") == value
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_keys_are_stored_verbatim(conn, task, key):
-    """Keys with quotes, SQL, unicode, NUL or 1 MB of text address exactly their own value."""
-    state.set(conn, task, key, 1)
-    state.set(conn, task, key + "!", 2)
-    assert state.get(conn, task, key) == 1
-    assert conn.execute("SELECT key FROM state WHERE value = '1'").fetchone()[0] == key
+def test_a_key_finds_only_its_own_value(conn, task):
+    """Keys that differ by a suffix or by case, or hold LIKE or GLOB wildcards, each address their own value."""
+    keys = ["k", "k!", "k%", "k_", "k*", "K"]
+    for number, key in enumerate(keys):
+        state.set(conn, task, key, number)
+    assert [state.get(conn, task, key) for key in keys] == list(range(len(keys)))
 
 
 def test_set_again_replaces_the_value_and_keeps_created_at(conn, task):
