@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh database per test, and every pool closed afterwards."""
+"""Shared fixtures: a fresh database per test, and every pool closed afterwards.
+
+on_data_version is a plain function, not a fixture: a worker process started with
+"spawn" needs it too, and imports it from here.
+"""
 
 from __future__ import annotations
 
@@ -64,3 +68,20 @@ def make_task(conn):
         return task_id
 
     return insert
+
+
+def on_data_version(waiting, nth: int = 2):
+    """Return a trace callback that sets `waiting` at the `nth` PRAGMA data_version claim_next reads.
+
+    The first is read before the claim it tries at once; the second, after that claim
+    found nothing, as the wait begins; each later one after a poll interval of waiting.
+    """
+    seen = []
+
+    def trace(sql: str) -> None:
+        if sql == "PRAGMA data_version":
+            seen.append(sql)
+            if len(seen) == nth:
+                waiting.set()
+
+    return trace

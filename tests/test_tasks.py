@@ -18,7 +18,6 @@ import pytest
 import abathur_db
 from abathur_db import sessions, tasks, transaction
 from abathur_db.transaction import _SIGNALS
-from test_queue_concurrency import _on_data_version
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
@@ -31,6 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
+from conftest import on_data_version
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
@@ -1043,7 +1043,7 @@ def _waiting(connect, nth: int = 2, **options) -> tuple[concurrent.futures.Futur
 
     def claim():
         conn = connect()
-        conn.set_trace_callback(_on_data_version(waiting, nth))  # the thread and its connection end with the test
+        conn.set_trace_callback(on_data_version(waiting, nth))  # the thread and its connection end with the test
         return tasks.claim_next(conn, **options)
 
     executor = concurrent.futures.ThreadPoolExecutor(1)
