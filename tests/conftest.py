@@ -1,12 +1,15 @@
 """Shared fixtures: a fresh database per test, and every pool closed afterwards.
 
-on_data_version is a plain function, not a fixture: a worker process started with
-"spawn" needs it too, and imports it from here.
+on_data_version and tracing are plain functions, imported from here: a worker process
+started with "spawn" needs the first, and the second wraps only part of a test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
+from collections.abc import Iterator
 
 import pytest
 
@@ -85,3 +88,14 @@ def on_data_version(waiting, nth: int = 2):
                 waiting.set()
 
     return trace
+
+
+@contextlib.contextmanager
+def tracing(conn: sqlite3.Connection) -> Iterator[list[str]]:
+    """Collect the statements `conn` sends inside the block, as SQLite's trace shows them."""
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        yield sent
+    finally:
+        conn.set_trace_callback(None)

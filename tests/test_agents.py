@@ -11,6 +11,7 @@ import pytest
 
 from abathur_db import agents, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, TransitionError, UniqueError, ValidationError
+from conftest import tracing
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Written out here, independently of the module, so that a change there shows up.
@@ -252,12 +253,8 @@ def test_set_state_rejects_bad_input(conn, agent, agent_id, state, error, shown)
 ])
 def test_state_change_reads_the_current_state_inside_its_write_transaction(conn, agent, change):
     """The current state is read under the write lock, so no other writer can change it before the update."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         change(conn, agent["id"])
-    finally:
-        conn.set_trace_callback(None)
     assert [s.split()[0] for s in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
     assert sent[1].startswith("SELECT state FROM agents")
 

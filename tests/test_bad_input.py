@@ -39,6 +39,7 @@ from abathur_db.errors import (
     ValidationError,
     short_repr,
 )
+from conftest import tracing
 
 MODULES = (sessions, tasks, agents, audit, checkpoints, state, metrics)
 INT64_MAX = 2**63 - 1
@@ -832,17 +833,6 @@ def test_bad_input_is_stored_verbatim_or_refused_with_the_package_error(world, s
     assert spec.reread(world, result)[outcome.field] == outcome.value
 
 
-def _traced(conn: sqlite3.Connection, call: Callable[[], Any]) -> list[str]:
-    """Run `call()`; return the statements `conn` sent meanwhile."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        call()
-    finally:
-        conn.set_trace_callback(None)
-    return sent
-
-
 def _verb(statement: str) -> str:
     return statement.split(None, 1)[0].upper()
 
@@ -850,7 +840,8 @@ def _verb(statement: str) -> str:
 @pytest.mark.parametrize("spec, kwargs", WRITE_CALLS)
 def test_a_write_alone_runs_in_its_own_immediate_transaction(world, spec, kwargs):
     """Called outside a block, a write sends one BEGIN IMMEDIATE … COMMIT, last; only reads go outside it."""
-    sent = _traced(world, lambda: spec.function(world, **kwargs))
+    with tracing(world) as sent:
+        spec.function(world, **kwargs)
     # One: the prunes commit batch by batch and task by task, and the world holds one batch and one task's worth.
     assert sent.count("BEGIN IMMEDIATE") == 1 and sent[-1] == "COMMIT", sent
     inside = False
@@ -871,13 +862,9 @@ class _CallerGivesUp(Exception):
 def test_a_write_inside_a_block_joins_it(world, spec, kwargs, ending):
     """Inside the caller's block a write sends no BEGIN, COMMIT or ROLLBACK: it is kept or undone with the block."""
     before = snapshot(world)
-
-    def block():
-        with contextlib.suppress(_CallerGivesUp), transaction(world):
-            spec.function(world, **kwargs)
-            if ending == "ROLLBACK":
-                raise _CallerGivesUp
-
-    sent = _traced(world, block)
+    with tracing(world) as sent, contextlib.suppress(_CallerGivesUp), transaction(world):
+        spec.function(world, **kwargs)
+        if ending == "ROLLBACK":
+            raise _CallerGivesUp
     assert [s for s in sent if _verb(s) in ("BEGIN", "COMMIT", "END", "ROLLBACK")] == ["BEGIN IMMEDIATE", ending]
     assert (snapshot(world) == before) == (ending == "ROLLBACK")

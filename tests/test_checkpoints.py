@@ -11,6 +11,7 @@ import pytest
 
 from abathur_db import checkpoints, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, UniqueError, ValidationError
+from conftest import tracing
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Awkward values (text, falsy, 1 MB) are stored verbatim in test_bad_input's table.
@@ -240,13 +241,9 @@ def test_prune_all_commits_one_task_at_a_time_and_logs_once(conn, make_task, cap
     for task_id in (make_task("t1"), make_task("t2")):
         for iteration in range(3):
             checkpoints.save(conn, task_id, iteration, {})
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         with caplog.at_level(logging.INFO, logger="abathur_db"):
             assert checkpoints.prune_all(conn, 1) == 4
-    finally:
-        conn.set_trace_callback(None)
     assert [line for line in sent if line in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"] * 2
     assert [record.getMessage() for record in caplog.records] == [
         "checkpoints: pruned 4 checkpoint(s) of 2 task(s), keeping the last 1 of each"]

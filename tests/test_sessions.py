@@ -8,6 +8,7 @@ import pytest
 
 from abathur_db import sessions
 from abathur_db.errors import NotFoundError, TransitionError, UniqueError, ValidationError
+from conftest import tracing
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -141,11 +142,7 @@ def test_a_status_this_version_does_not_know_refuses_changes(conn):
 def test_set_status_reads_the_current_status_inside_its_write_transaction(conn):
     """The current status is read under the write lock, so no other writer can change it before the update."""
     session = sessions.create(conn, "app", "user")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         sessions.set_status(conn, session["id"], "active")
-    finally:
-        conn.set_trace_callback(None)
     assert [s.split()[0] for s in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
     assert sent[1].startswith("SELECT status FROM sessions")

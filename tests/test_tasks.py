@@ -30,7 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
-from conftest import on_data_version
+from conftest import on_data_version, tracing
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
@@ -211,14 +211,12 @@ def test_create_rejects_bad_input_and_writes_nothing(conn, kwargs, error, fragme
 
 def test_create_many_stores_every_task_in_one_transaction(conn):
     """create_many inserts all its tasks with one BEGIN IMMEDIATE … COMMIT and returns their ids in order."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    ids = tasks.create_many(conn, [
-        {"prompt": "first", "task_id": "m1", "priority": 9},
-        {"prompt": "second", "dependencies": ["m1"], "input_data": {"k": 1}},
-        {"prompt": "third", "submitted_at": at(5)},
-    ])
-    conn.set_trace_callback(None)
+    with tracing(conn) as sent:
+        ids = tasks.create_many(conn, [
+            {"prompt": "first", "task_id": "m1", "priority": 9},
+            {"prompt": "second", "dependencies": ["m1"], "input_data": {"k": 1}},
+            {"prompt": "third", "submitted_at": at(5)},
+        ])
     assert ids[0] == "m1" and len(set(ids)) == 3
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT"
     assert sent.count("BEGIN IMMEDIATE") == sent.count("COMMIT") == 1
@@ -370,12 +368,8 @@ def test_list_rejects_bad_filters(conn, kwargs, fragments):
 def test_claim_is_one_update_under_begin_immediate(conn):
     """claim_next sends BEGIN IMMEDIATE, one UPDATE through the claim index, and COMMIT."""
     tasks.create(conn, "p")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         assert tasks.claim_next(conn) is not None
-    finally:
-        conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
     # SQLite traces a RETURNING statement once per step; it is still the one statement.
     assert len(set(sent[1:-1])) == 1 and sent[1].startswith("UPDATE tasks SET status = 'running'"), sent
@@ -697,13 +691,9 @@ def test_every_status_change_stamps_last_updated_at(conn, operation):
 def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
     """The status a refusal reports is read under the same write lock as the refused UPDATE."""
     task = in_status(conn, "pending")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         with pytest.raises(TransitionError):
             tasks.complete(conn, task["id"], OTHER_LEASE)
-    finally:
-        conn.set_trace_callback(None)
     lookup = next(i for i, s in enumerate(sent) if s.startswith("SELECT") and "FROM tasks WHERE id" in s)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "ROLLBACK" and 0 < lookup < len(sent) - 1, sent
 
@@ -864,12 +854,8 @@ def test_complete_and_claim_is_one_transaction_that_hands_over_the_next_task(con
     tasks.create(conn, "other", priority=0)
     running = tasks.claim_next(conn)
     assert running["id"] == dep["id"]
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         following = tasks.complete_and_claim(conn, dep["id"], running["lease"], {"ok": 1})
-    finally:
-        conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT" and sent.count("COMMIT") == 1, sent
     assert following["id"] == dependent["id"] and following["status"] == "running" and following["lease"]
     done = tasks.get(conn, dep["id"])
@@ -1111,13 +1097,9 @@ def test_a_forked_child_forgets_the_waits_of_its_parent(pool):
 
 def test_a_wait_ends_with_none_and_does_not_poll_busily(conn):
     """claim_next(wait=…) on an empty queue returns None after the wait, reading data_version once a poll interval."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
     started = time.monotonic()
-    try:
+    with tracing(conn) as sent:
         assert tasks.claim_next(conn, wait=0.3) is None
-    finally:
-        conn.set_trace_callback(None)
     assert time.monotonic() - started >= 0.3
     assert sum(s.startswith("UPDATE") for s in sent) == 1  # the one claim before waiting; nothing to peek at since
     assert sent.count("PRAGMA data_version") <= 0.3 / tasks.WAIT_POLL_SECONDS + 3
