@@ -11,7 +11,7 @@ import pytest
 
 from abathur_db import agents, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, TransitionError, UniqueError, ValidationError
-from conftest import tracing
+from conftest import tracing, unchecked
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Written out here, independently of the module, so that a change there shows up.
@@ -265,11 +265,8 @@ def test_state_change_reads_the_current_state_inside_its_write_transaction(conn,
 ])
 def test_a_state_this_version_does_not_know_refuses_changes(conn, agent, change):
     """An out-of-enum state (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute("UPDATE agents SET state = 'hibernating' WHERE id = ?", (agent["id"],))
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
     assert agents.get(conn, agent["id"])["state"] == "hibernating"
     with pytest.raises(TransitionError, match="from 'hibernating' \\(a state this version does not know"):
         change(conn, agent["id"])

@@ -31,7 +31,7 @@ from abathur_db import (
 from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
 from abathur_db.pool import connect
-from conftest import tracing
+from conftest import tracing, unchecked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
@@ -59,11 +59,8 @@ def mode_of(path) -> int:
 
 def break_a_check(conn) -> None:
     """Store a row that violates a CHECK constraint, as a buggy writer could."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('bad', -1)")
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
 
 
 def test_backup_copies_every_row_and_passes_integrity_check(filled, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from abathur_db import sessions
 from abathur_db.errors import NotFoundError, TransitionError, UniqueError, ValidationError
-from conftest import tracing
+from conftest import tracing, unchecked
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -128,11 +128,8 @@ def test_delete_unlinks_tasks_agents_and_checkpoints(conn, make_task):
 def test_a_status_this_version_does_not_know_refuses_changes(conn):
     """An out-of-enum status (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
     session = sessions.create(conn, "app", "user")
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute("UPDATE sessions SET status = 'sleeping' WHERE id = ?", (session["id"],))
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
     assert sessions.get(conn, session["id"])["status"] == "sleeping"
     with pytest.raises(TransitionError, match="from 'sleeping' \\(a status this version does not know"):
         sessions.set_status(conn, session["id"], "active")

@@ -30,7 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
-from conftest import on_data_version, tracing
+from conftest import on_data_version, tracing, unchecked
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
@@ -1206,11 +1206,8 @@ def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
 
 def _legacy(conn, sql: str) -> None:
     """Store a row as an upgrade keeps one: its CHECK constraints not enforced."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute(sql)
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
 
 
 @pytest.mark.parametrize("input_data", ["not json", "[" * 990 + "]" * 990], ids=["not-json", "nested-990-deep"])
