@@ -443,7 +443,9 @@ def _insert(conn, table: str, row: dict) -> None:
 def test_the_valid_rows_are_accepted(conn, make_task, table):
     """Each table stores its valid row by raw SQL: the refusals below are the bad value's doing."""
     make_task("t1")
+    before = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     _insert(conn, table, VALID_ROWS[table])
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == before + 1
 
 
 @pytest.mark.parametrize(("table", "column", "value"), REFUSED_VALUES,
