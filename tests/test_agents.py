@@ -6,21 +6,14 @@ import datetime as dt
 import itertools
 import json
 import re
-import sqlite3
 
 import pytest
 
-from abathur_db import agents, sessions, transaction
+from abathur_db import agents, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, TransitionError, UniqueError, ValidationError
+from conftest import tracing, unchecked
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-WEIRD_TEXT = [
-    pytest.param("it's \"quoted\" `x`", id="quotes"),
-    pytest.param("x'); DROP TABLE agents; --", id="sql"),
-    pytest.param("ag\u00e9nt \u540d\u524d \U0001f916 \u03a9", id="unicode"),
-    pytest.param("nul\x00byte", id="nul"),
-    pytest.param("m" * 1_000_000, id="1MB"),
-]
 # Written out here, independently of the module, so that a change there shows up.
 LEGAL = {
     ("spawning", "idle"), ("spawning", "busy"), ("spawning", "terminating"), ("spawning", "terminated"),
@@ -107,24 +100,6 @@ def test_state_changes_without_usage_leave_sql_null(conn, task):
     assert _stored_usage(conn, agent["id"]) == (None, "null")
 
 
-@pytest.mark.parametrize("field", ["name", "specialization", "model", "agent_id"])
-@pytest.mark.parametrize("value", WEIRD_TEXT)
-def test_spawn_stores_text_verbatim(conn, task, field, value):
-    """Quotes, SQL, unicode, NUL and 1 MB strings come back exactly as given."""
-    fields = {"name": "w", "specialization": "s", "model": "m"}
-    options = {}
-    if field == "agent_id":
-        options["agent_id"] = value
-    else:
-        fields[field] = value
-    row = agents.spawn(conn, task, fields["name"], fields["specialization"], fields["model"],
-                       resource_usage={"note": value}, **options)
-    stored = agents.get(conn, row["id"])
-    assert stored == row
-    assert stored["id" if field == "agent_id" else field] == value
-    assert stored["resource_usage"] == {"note": value}
-
-
 BAD_SPAWNS = [
     pytest.param({"task_id": "missing"}, ForeignKeyError, "task_id", "'missing'", id="unknown-task"),
     pytest.param({"session_id": "missing"}, ForeignKeyError, "session_id", "'missing'", id="unknown-session"),
@@ -162,26 +137,6 @@ def test_error_message_quotes_a_huge_value_briefly(conn, task):
         agents.spawn(conn, "x" * 1_000_000, "w", "s", "m")
     assert "agents.task_id" in str(caught.value) and len(str(caught.value)) < 500
     assert count(conn) == 0
-
-
-def test_spawn_joins_the_callers_transaction(conn, task):
-    """A spawn inside the caller's transaction is rolled back with it."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            agents.spawn(conn, task, "w", "s", "m")
-            raise RuntimeError("caller fails")
-    assert count(conn) == 0
-
-
-def test_spawn_runs_in_its_own_immediate_transaction(conn, task):
-    """A spawn outside a transaction sends BEGIN IMMEDIATE, the INSERT, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        agents.spawn(conn, task, "w", "s", "m")
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO agents") and sent[-1] == "COMMIT"
 
 
 @pytest.mark.parametrize("agent_id, error", [
@@ -298,12 +253,8 @@ def test_set_state_rejects_bad_input(conn, agent, agent_id, state, error, shown)
 ])
 def test_state_change_reads_the_current_state_inside_its_write_transaction(conn, agent, change):
     """The current state is read under the write lock, so no other writer can change it before the update."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         change(conn, agent["id"])
-    finally:
-        conn.set_trace_callback(None)
     assert [s.split()[0] for s in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
     assert sent[1].startswith("SELECT state FROM agents")
 
@@ -314,11 +265,8 @@ def test_state_change_reads_the_current_state_inside_its_write_transaction(conn,
 ])
 def test_a_state_this_version_does_not_know_refuses_changes(conn, agent, change):
     """An out-of-enum state (an upgrade keeps it) is read as stored; a change from it raises TransitionError."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute("UPDATE agents SET state = 'hibernating' WHERE id = ?", (agent["id"],))
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
     assert agents.get(conn, agent["id"])["state"] == "hibernating"
     with pytest.raises(TransitionError, match="from 'hibernating' \\(a state this version does not know"):
         change(conn, agent["id"])
@@ -373,18 +321,3 @@ def test_session_delete_unlinks_agents_and_deletes_nothing(conn, task):
     assert agents.get(conn, linked["id"]) == {**linked, "session_id": None}
     assert agents.get(conn, other["id"]) == other
     assert agents.get(conn, unlinked["id"]) == unlinked
-
-
-@pytest.mark.parametrize("column, value", [
-    pytest.param("state", "sleeping", id="unknown-state"),
-    pytest.param("resource_usage", "{not json", id="invalid-json"),
-    pytest.param("spawned_at", "2024-01-01 00:00:00", id="timestamp-format"),
-])
-def test_database_rejects_invalid_raw_rows(conn, task, column, value):
-    """The schema itself refuses an unknown state or invalid JSON written by raw SQL."""
-    row = {"id": "raw", "name": "w", "specialization": "s", "task_id": task, "model": "m", column: value}
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
-            f"INSERT INTO agents ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
-        )
-    assert count(conn) == 0

@@ -7,10 +7,15 @@ must happen to it. A refusal must be the package's specific error (never a raw
 ``sqlite3`` error, TypeError, OverflowError or UnicodeEncodeError), must leave every row
 of every table as it was, and its message must name the table, the field and the offending
 value, and stay short even for a 1 MB value.
+
+The same table drives the transaction tests: each function that writes does so in a
+BEGIN IMMEDIATE … COMMIT of its own when called alone, and inside the caller's
+transaction() block when called in one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -23,7 +28,7 @@ from typing import Any, Callable
 import pytest
 
 import abathur_db
-from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks
+from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db.errors import (
     AbathurDBError,
     ForeignKeyError,
@@ -34,6 +39,7 @@ from abathur_db.errors import (
     ValidationError,
     short_repr,
 )
+from conftest import tracing
 
 MODULES = (sessions, tasks, agents, audit, checkpoints, state, metrics)
 INT64_MAX = 2**63 - 1
@@ -114,12 +120,15 @@ JSON_VALUES = {
     "empty-array": [],
     "zero": 0,
     "negative": -1,
+    "negative-float": -3.25,
     "big-int": 2**70,
     "big-float": 1e308,
     "false": False,
     "text-not-parsed": "{oops",
+    "empty-text": "",
+    "odd-text": TEXT["quotes"] + TEXT["sql"] + TEXT["unicode"] + TEXT["nul"],
     "quotes-keys": {"it's \"q\"": "'; DROP TABLE tasks; --"},
-    "nul-unicode": {"nul": "a\x00b", "u": "日本語 🚀"},
+    "nul-unicode": {"nul": "a\x00b", "u": "日本語 🚀", "ключ \x00 🔑": "keys too"},
     "1MB": {"blob": MEGABYTE},
     "deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
 }
@@ -496,6 +505,20 @@ def _find(rows: list[dict], row: dict) -> dict:
     return next(r for r in rows if r["id"] == row["id"])
 
 
+def _metric_by_name(conn: sqlite3.Connection, row: dict) -> dict:
+    """Return the measurement as a query for its own name finds it, among only measurements of that name."""
+    found = metrics.query(conn, name=row["metric_name"])
+    assert {r["metric_name"] for r in found} == {row["metric_name"]}
+    return _find(found, row)
+
+
+def _state_by_key(conn: sqlite3.Connection, row: dict) -> dict:
+    """Return the state row as stored, its key only if state.get finds the row's value under it."""
+    (key,) = conn.execute("SELECT key FROM state WHERE id = ?", (row["id"],)).fetchone()
+    value = state.get(conn, row["task_id"], row["key"], NOTHING)
+    return {**row, "key": key if value == row["value"] else NOTHING, "value": value}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """How to call one function well, the kind of each parameter, and how to read its row again."""
@@ -633,9 +656,9 @@ SPECS = [
     }),
     Spec(checkpoints.prune_all, {"keep_last": 0}, {"keep_last": Int(0)}),
     # state
-    Spec(state.set, {"task_id": TASK, "key": "k2", "value": 1}, {
+    Spec(state.set, {"task_id": TASK, "key": "k2", "value": 2}, {  # 2: not the value the world's key holds
         "task_id": Ref(ForeignKeyError), "key": Text("key"), "value": Json("value"),
-    }, reread=lambda conn, row: {**row, "value": state.get(conn, row["task_id"], row["key"])}),
+    }, reread=_state_by_key),
     Spec(state.get, {"task_id": TASK, "key": "k", "default": "absent"}, {
         "task_id": Ref(Returns("absent")), "key": Ref(Returns("absent")),
         "default": Anything(),
@@ -647,7 +670,7 @@ SPECS = [
     Spec(metrics.record, {"name": "m", "value": 1.0}, {
         "name": Text("metric_name"), "value": Number("metric_value"), "labels": Json("labels", dict),
         "timestamp": Time("timestamp"),
-    }, reread=lambda conn, row: _find(metrics.query(conn), row)),
+    }, reread=_metric_by_name),
     Spec(metrics.query, {}, {
         "name": Ref(EMPTY, optional=True, field="metric_name"), "since": Time(), "until": Time(), "limit": Int(1),
         "after": After({"timestamp": T0, "id": 1}),
@@ -663,6 +686,37 @@ def _cases():
         for param, kind in spec.params.items():
             for case, value, outcome in kind.cases():
                 yield pytest.param(spec, param, value, outcome, id=f"{spec.name}-{param}-{case}")
+
+
+# Each function that writes, with what its baseline call needs to change a row.
+FUTURE = "2100-01-01T00:00:00Z"  # every row of the world is older; the running task is stale by then
+WRITES: dict[str, dict[str, Any]] = {
+    "sessions.create": {}, "sessions.set_status": {}, "sessions.delete": {},
+    "tasks.create": {}, "tasks.create_many": {}, "tasks.claim_next": {}, "tasks.heartbeat": {},
+    "tasks.complete": {}, "tasks.complete_and_claim": {}, "tasks.fail": {}, "tasks.release": {},
+    "tasks.cancel": {}, "tasks.retry": {}, "tasks.requeue_stale": {"now": FUTURE}, "tasks.force_release": {},
+    "agents.spawn": {}, "agents.set_state": {}, "agents.terminate": {},
+    "audit.record": {}, "audit.prune": {"before": FUTURE},
+    "checkpoints.save": {}, "checkpoints.prune": {}, "checkpoints.prune_all": {},
+    "state.set": {}, "state.delete": {},
+    "metrics.record": {}, "metrics.prune": {"before": FUTURE},
+}
+
+
+def _write_calls():
+    for spec in SPECS:
+        if spec.name in WRITES:
+            yield pytest.param(spec, {**spec.baseline, **WRITES[spec.name]}, id=spec.name)
+    create, upsert = (next(spec for spec in SPECS if spec.function is f) for f in (tasks.create, state.set))
+    # With dependencies, create() reads them and inserts into two tables: still one transaction.
+    yield pytest.param(create, {**create.baseline, "dependencies": [TASK]}, id="tasks.create-dependencies")
+    # On a key the task holds already, set() updates the row instead: a rollback brings the old value back.
+    yield pytest.param(upsert, {**upsert.baseline, "key": "k"}, id="state.set-existing-key")
+
+
+WRITE_CALLS = list(_write_calls())
+# These commit batch by batch, so they refuse to run inside a block (see test_retention).
+BATCHED = {"audit.prune", "metrics.prune"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -726,8 +780,10 @@ def snapshot(conn: sqlite3.Connection) -> dict[str, list]:
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
 def test_the_baseline_call_succeeds(world, spec):
-    """The well-formed call each row of the table varies succeeds on the world."""
-    spec.function(world, **spec.baseline)
+    """The well-formed call each row of the table varies succeeds; it changes rows exactly when WRITES lists it."""
+    changes = world.total_changes
+    spec.function(world, **{**spec.baseline, **WRITES.get(spec.name, {})})
+    assert (world.total_changes > changes) == (spec.name in WRITES)
 
 
 def assert_names(message: str, table: str, field: str, value: Any) -> None:
@@ -775,3 +831,40 @@ def test_bad_input_is_stored_verbatim_or_refused_with_the_package_error(world, s
         return
     assert result[outcome.field] == outcome.value
     assert spec.reread(world, result)[outcome.field] == outcome.value
+
+
+def _verb(statement: str) -> str:
+    return statement.split(None, 1)[0].upper()
+
+
+@pytest.mark.parametrize("spec, kwargs", WRITE_CALLS)
+def test_a_write_alone_runs_in_its_own_immediate_transaction(world, spec, kwargs):
+    """Called outside a block, a write sends one BEGIN IMMEDIATE … COMMIT, last; only reads go outside it."""
+    with tracing(world) as sent:
+        spec.function(world, **kwargs)
+    # One: the prunes commit batch by batch and task by task, and the world holds one batch and one task's worth.
+    assert sent.count("BEGIN IMMEDIATE") == 1 and sent[-1] == "COMMIT", sent
+    inside = False
+    for statement in sent:
+        if _verb(statement) in ("BEGIN", "COMMIT", "END", "ROLLBACK"):
+            assert statement == ("COMMIT" if inside else "BEGIN IMMEDIATE"), sent
+            inside = not inside
+        else:
+            assert inside or _verb(statement) in ("SELECT", "PRAGMA"), statement
+
+
+class _CallerGivesUp(Exception):
+    """Raised inside a block to roll it back."""
+
+
+@pytest.mark.parametrize("ending", ["COMMIT", "ROLLBACK"])
+@pytest.mark.parametrize("spec, kwargs", [call for call in WRITE_CALLS if call.id not in BATCHED])
+def test_a_write_inside_a_block_joins_it(world, spec, kwargs, ending):
+    """Inside the caller's block a write sends no BEGIN, COMMIT or ROLLBACK: it is kept or undone with the block."""
+    before = snapshot(world)
+    with tracing(world) as sent, contextlib.suppress(_CallerGivesUp), transaction(world):
+        spec.function(world, **kwargs)
+        if ending == "ROLLBACK":
+            raise _CallerGivesUp
+    assert [s for s in sent if _verb(s) in ("BEGIN", "COMMIT", "END", "ROLLBACK")] == ["BEGIN IMMEDIATE", ending]
+    assert (snapshot(world) == before) == (ending == "ROLLBACK")

@@ -16,6 +16,7 @@ from abathur_db import catalog, tasks
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.ops import STALE_PER_REQUEUE
 from tools.benchsuite.workloads import queue
+from conftest import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -356,12 +357,8 @@ def test_every_call_of_a_queue_worker_is_timed(tmp_path):
 
 def _statements(conn, call) -> list[str]:
     """Return the statements `call()` sends on `conn`, every literal (the trace expands bound values) masked."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         call()
-    finally:
-        conn.set_trace_callback(None)
     return [re.sub(r"'(?:[^']|'')*'|\b\d+\b", "?", " ".join(s.split())) for s in sent if not s.startswith("PRAGMA")]
 
 

@@ -31,6 +31,7 @@ from abathur_db import (
 from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
 from abathur_db.pool import connect
+from conftest import tracing, unchecked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
@@ -58,11 +59,8 @@ def mode_of(path) -> int:
 
 def break_a_check(conn) -> None:
     """Store a row that violates a CHECK constraint, as a buggy writer could."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('bad', -1)")
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
 
 
 def test_backup_copies_every_row_and_passes_integrity_check(filled, tmp_path):
@@ -510,13 +508,9 @@ def test_checkpoint_refuses_an_unknown_mode(conn, mode):
     from abathur_db.errors import ValidationError
     from abathur_db.maintenance import checkpoint
 
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         with pytest.raises(ValidationError, match="PASSIVE, FULL, RESTART, TRUNCATE") as caught:
             checkpoint(conn, mode)
-    finally:
-        conn.set_trace_callback(None)
     assert repr(mode) in str(caught.value)
     assert sent == []
 
@@ -559,12 +553,8 @@ def test_checkpoint_reports_a_reader_that_holds_the_wal(pool, db_path):
 def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back(conn, busy_timeout, waited):
     """checkpoint() waits CHECKPOINT_WAIT_MS (100 ms, as documented) or less, around its PRAGMA only."""
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         abathur_db.checkpoint(conn, "passive")
-    finally:
-        conn.set_trace_callback(None)
     assert maintenance.CHECKPOINT_WAIT_MS == 100
     assert sent == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {waited}", "PRAGMA wal_checkpoint(PASSIVE)",
                     f"PRAGMA busy_timeout = {busy_timeout}"]

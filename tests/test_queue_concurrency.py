@@ -18,6 +18,7 @@ import pytest
 
 import abathur_db
 from abathur_db import tasks, transaction
+from conftest import on_data_version
 
 TASKS = 2_000
 THREADS = 10
@@ -194,28 +195,11 @@ def test_release_racing_requeue_stale_ends_each_run_once(pool, db_path):
     assert {i: row for i, row in rows.items() if i in requeued} == {i: ("pending", 1, None) for i in requeued}
 
 
-def _on_data_version(waiting, nth: int = 2):
-    """Return a trace callback that sets `waiting` at the `nth` PRAGMA data_version claim_next reads.
-
-    The first is read before the claim it tries at once; the second, after that claim
-    found nothing, as the wait begins; each later one after a poll interval of waiting.
-    """
-    seen = []
-
-    def trace(sql: str) -> None:
-        if sql == "PRAGMA data_version":
-            seen.append(sql)
-            if len(seen) == nth:
-                waiting.set()
-
-    return trace
-
-
 def _wait_for_work(path: str, waiting, results) -> None:
     """In a worker process: claim with a long wait, saying when it waits; send back what it claimed."""
     with abathur_db.open(path) as pool:
         conn = pool.connection()
-        conn.set_trace_callback(_on_data_version(waiting))
+        conn.set_trace_callback(on_data_version(waiting))
         task = tasks.claim_next(conn, wait=60)
         conn.set_trace_callback(None)
         results.put(task and task["id"])

@@ -27,6 +27,7 @@ import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db.errors import AbathurDBError, BusyError, StorageFullError
 from abathur_db.pool import PRAGMAS
+from conftest import tracing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 TIMEOUT = 60  # seconds; reached only when something hangs
@@ -214,9 +215,7 @@ def test_full_disk_in_a_callers_transaction_rolls_back_all_of_it(conn, failing, 
     first = tasks.create(conn, "committed before")
     before = {table: _count(conn, table) for table in ("tasks", "audit", "checkpoints", "metrics")}
     _limit_pages(conn, extra=2)
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         with pytest.raises(StorageFullError):
             with transaction(conn):
                 parent = tasks.create(conn, "parent", parent_task_id=first["id"])
@@ -225,8 +224,6 @@ def test_full_disk_in_a_callers_transaction_rolls_back_all_of_it(conn, failing, 
                     failing(conn, parent["id"])
                 except sqlite3.OperationalError as exc:  # the caller's own statement: raw sqlite3
                     raise StorageFullError(str(exc)) from exc
-    finally:
-        conn.set_trace_callback(None)
     assert [sql for sql in sent if sql.startswith(("ROLLBACK", "RELEASE"))] == rollbacks
     assert not conn.in_transaction
     assert {table: _count(conn, table) for table in before} == before

@@ -12,6 +12,7 @@ import pytest
 import abathur_db
 from abathur_db import _values, audit, metrics, transaction
 from abathur_db.errors import ConfigurationError, ForeignKeyError, ValidationError
+from conftest import tracing
 
 MODULES = [pytest.param(audit, id="audit"), pytest.param(metrics, id="metrics")]
 INSERT = {
@@ -80,12 +81,8 @@ def test_an_age_beyond_the_calendar_deletes_nothing(conn, module):
 def test_each_batch_is_its_own_write_transaction(conn, module):
     """Seven old rows with batch_size=3 go in three BEGIN IMMEDIATE … COMMIT blocks."""
     ids = _seed(conn, module, [_day(n) for n in (7, 1, 6, 2, 5, 3, 4)])
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         assert module.prune(conn, before=CUTOFF, batch_size=3) == 7
-    finally:
-        conn.set_trace_callback(None)
     assert [s.split()[0] for s in sent] == ["BEGIN", "DELETE", "COMMIT"] * 3
     assert sent.count("BEGIN IMMEDIATE") == 3
     assert _ids(conn, module) == [] and len(ids) == 7

@@ -12,6 +12,7 @@ import pytest
 
 import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, rows, sessions, state, tasks, validation
+from conftest import unchecked
 
 TABLES = [
     (sessions, rows.SessionRow),
@@ -103,9 +104,8 @@ def test_rows_returned_by_every_table_have_the_keys_and_value_types_of_their_typ
 
 def test_rule_violations_are_rows_of_the_rule_violation_typeddict(conn, make_task):
     """rule_violations() reports each broken rule with exactly RuleViolation's keys and value types."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    make_task("bad", priority=11)
-    conn.execute("PRAGMA ignore_check_constraints = OFF")
+    with unchecked(conn):
+        make_task("bad", priority=11)
     found = validation.rule_violations(conn)
     assert [row["column"] for row in found] == ["priority"]
     assert _mismatches(found[0], rows.RuleViolation) == []

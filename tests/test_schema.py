@@ -397,23 +397,66 @@ def test_a_foreign_first_file_of_the_same_name_is_recognised(tmp_path, monkeypat
     assert schema.schema_dir() == package / "sql"
 
 
-@pytest.mark.parametrize(
-    ("column", "value"),
-    [
-        ("input_data", "{not json"),
-        ("dependencies", '{"an": "object"}'),
-        ("status", "done"),
-        ("priority", "high"),
-        ("priority", 5.5),
-        ("priority", 11),
-        ("submitted_at", "2024-01-01 00:00:00"),  # SQL's CURRENT_TIMESTAMP shape, not ours
-    ],
-)
-def test_database_itself_rejects_bad_values(conn, column, value):
-    """Raw SQL cannot store invalid JSON, an unknown status, a wrong-typed priority or a foreign time shape."""
-    with pytest.raises(sqlite3.IntegrityError, match=f"CHECK constraint failed: {column}"):
-        conn.execute(f"INSERT INTO tasks (id, prompt, {column}) VALUES ('t', 'p', ?)", (value,))
-    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+# A row each table accepts (the task "t1" exists), and values its CHECK constraints refuse.
+VALID_ROWS = {
+    "tasks": {"id": "t", "prompt": "p"},
+    "agents": {"id": "a", "name": "w", "specialization": "s", "task_id": "t1", "model": "m"},
+    "audit": {"action_type": "x"},
+    "checkpoints": {"task_id": "t1", "iteration": 0, "state": "{}"},
+    "state": {"task_id": "t1", "key": "k", "value": "1"},
+    "metrics": {"metric_name": "x", "metric_value": 1},
+}
+REFUSED_VALUES = [
+    ("tasks", "input_data", "{not json"),
+    ("tasks", "dependencies", '{"an": "object"}'),
+    ("tasks", "status", "done"),
+    ("tasks", "priority", "high"),
+    ("tasks", "priority", 5.5),
+    ("tasks", "priority", 11),
+    ("tasks", "submitted_at", "2024-01-01 00:00:00"),  # SQL's CURRENT_TIMESTAMP shape, not ours
+    ("agents", "state", "sleeping"),
+    ("agents", "resource_usage", "{not json"),
+    ("agents", "spawned_at", "2024-01-01 00:00:00"),
+    ("audit", "memory_operation_type", "erase"),
+    ("audit", "action_data", "{not json"),
+    ("audit", "timestamp", "2024-01-01T00:00:00+00:00"),
+    ("checkpoints", "state", "{not json"),
+    ("checkpoints", "state", ""),
+    ("checkpoints", "iteration", "one"),
+    ("checkpoints", "created_at", "2024-01-01"),
+    ("state", "value", "{not json"),
+    ("state", "value", "NaN"),
+    ("state", "updated_at", "2024-01-01T00:00:00Z"),
+    ("metrics", "metric_value", -1),
+    ("metrics", "metric_value", "abc"),
+    ("metrics", "labels", "{not json"),
+    ("metrics", "labels", "[1, 2]"),
+    ("metrics", "timestamp", "2024-01-01T00:00:00"),
+]
+
+
+def _insert(conn, table: str, row: dict) -> None:
+    conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+@pytest.mark.parametrize("table", VALID_ROWS)
+def test_the_valid_rows_are_accepted(conn, make_task, table):
+    """Each table stores its valid row by raw SQL: the refusals below are the bad value's doing."""
+    make_task("t1")
+    before = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    _insert(conn, table, VALID_ROWS[table])
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == before + 1
+
+
+@pytest.mark.parametrize(("table", "column", "value"), REFUSED_VALUES,
+                         ids=[f"{table}.{column}={value!r}" for table, column, value in REFUSED_VALUES])
+def test_database_itself_rejects_bad_values(conn, make_task, table, column, value):
+    """Raw SQL cannot store invalid JSON, a value outside its enumeration or range, a wrong type or a foreign time shape."""
+    make_task("t1")
+    before = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    with pytest.raises(sqlite3.IntegrityError, match=f"constraint failed: .*{column}"):
+        _insert(conn, table, {**VALID_ROWS[table], column: value})
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == before
 
 
 @pytest.mark.parametrize(

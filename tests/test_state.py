@@ -7,31 +7,14 @@ import sqlite3
 
 import pytest
 
-from abathur_db import state, transaction
+from abathur_db import state
 from abathur_db.errors import ForeignKeyError, ValidationError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# Awkward values (text, falsy, 1 MB) are stored verbatim in test_bad_input's table.
 VALUES = [
     pytest.param({"a": [1, 2.5, None, True]}, id="object"),
-    pytest.param([], id="empty-array"),
     pytest.param(None, id="null"),
-    pytest.param(False, id="false"),
-    pytest.param(0, id="zero"),
-    pytest.param(-3.25, id="float"),
-    pytest.param("", id="empty-string"),
-    pytest.param("it's \"quoted\"", id="quotes"),
-    pytest.param("x'); DROP TABLE state; --", id="sql"),
-    pytest.param("\u00e9tat \u72b6\u614b \U0001f511", id="unicode"),
-    pytest.param("a\x00b", id="nul"),
-    pytest.param("v" * 1_000_000, id="1MB"),
-]
-KEYS = [
-    pytest.param("plain", id="plain"),
-    pytest.param("it's \"quoted\"", id="quotes"),
-    pytest.param("key'; DELETE FROM state; --", id="sql"),
-    pytest.param("cl\u00e9 \U0001f511", id="unicode"),
-    pytest.param("k\x00ey", id="nul"),
-    pytest.param("k" * 1_000_000, id="1MB"),
 ]
 
 
@@ -53,13 +36,12 @@ def test_set_then_get_returns_the_value_verbatim(conn, task, value):
     assert state.get(conn, task, "k", default="absent") == value
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_keys_are_stored_verbatim(conn, task, key):
-    """Keys with quotes, SQL, unicode, NUL or 1 MB of text address exactly their own value."""
-    state.set(conn, task, key, 1)
-    state.set(conn, task, key + "!", 2)
-    assert state.get(conn, task, key) == 1
-    assert conn.execute("SELECT key FROM state WHERE value = '1'").fetchone()[0] == key
+def test_a_key_finds_only_its_own_value(conn, task):
+    """Keys that differ by a suffix or by case, or hold LIKE or GLOB wildcards, each address their own value."""
+    keys = ["k", "k!", "k%", "k_", "k*", "K"]
+    for number, key in enumerate(keys):
+        state.set(conn, task, key, number)
+    assert [state.get(conn, task, key) for key in keys] == list(range(len(keys)))
 
 
 def test_set_again_replaces_the_value_and_keeps_created_at(conn, task):
@@ -153,42 +135,6 @@ def test_get_and_delete_reject_wrong_types(conn, task, function, task_id, key, f
         function(conn, task_id, key)
     assert f"state.{field}" in str(caught.value)
     assert count(conn) == 1
-
-
-def test_set_joins_the_callers_transaction(conn, task):
-    """A set inside the caller's transaction is rolled back with it, old value restored."""
-    state.set(conn, task, "k", "before")
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            state.set(conn, task, "k", "during")
-            state.set(conn, task, "new", 1)
-            raise RuntimeError("caller fails")
-    assert state.get(conn, task, "k") == "before" and count(conn) == 1
-
-
-def test_set_runs_in_its_own_immediate_transaction(conn, task):
-    """A set outside a transaction sends BEGIN IMMEDIATE, the upsert, then COMMIT."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        state.set(conn, task, "k", 1)
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[1].startswith("INSERT INTO state") and sent[-1] == "COMMIT"
-
-
-@pytest.mark.parametrize("column, value", [
-    pytest.param("value", "{not json", id="invalid-json"),
-    pytest.param("value", "NaN", id="nan-literal"),
-    pytest.param("updated_at", "2024-01-01T00:00:00Z", id="timestamp-format"),
-])
-def test_database_rejects_invalid_raw_rows(conn, task, column, value):
-    """The schema itself refuses invalid JSON or a malformed timestamp written by raw SQL."""
-    row = {"task_id": task, "key": "k", "value": "1", column: value}
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute(f"INSERT INTO state ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                     list(row.values()))
-    assert count(conn) == 0
 
 
 def test_database_rejects_a_duplicate_raw_key(conn, task):

@@ -18,7 +18,6 @@ import pytest
 import abathur_db
 from abathur_db import sessions, tasks, transaction
 from abathur_db.transaction import _SIGNALS
-from test_queue_concurrency import _on_data_version
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
@@ -31,6 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
+from conftest import on_data_version, tracing, unchecked
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
@@ -142,16 +142,12 @@ def test_create_accepts_an_offset_timestamp_string(conn):
     "nul\x00inside",
     "x" * 100_000,
 ])
-def test_text_is_stored_and_returned_verbatim(conn, text):
-    """Quotes, SQL keywords, unicode and NUL in text and JSON values come back unchanged."""
-    task = tasks.create(conn, text, agent_type=text, created_by=text, input_data={text: [text]})
-    stored = tasks.get(conn, task["id"])
-    assert stored["prompt"] == stored["agent_type"] == stored["created_by"] == text
-    assert stored["input_data"] == {text: [text]}
-    claimed = tasks.claim_next(conn, agent_type=text)
-    assert claimed["id"] == task["id"]
-    assert tasks.complete(conn, task["id"], claimed["lease"], text)["result_data"] == text
-    assert tasks.get(conn, task["id"])["result_data"] == text
+def test_claim_next_matches_an_agent_type_verbatim(conn, text):
+    """An agent type with quotes, SQL keywords, unicode or NUL claims its own tasks, and a near miss none."""
+    task = tasks.create(conn, "p", agent_type=text)
+    assert tasks.claim_next(conn, agent_type=text + "?") is None
+    assert tasks.claim_next(conn, agent_type=text[:-1]) is None
+    assert tasks.claim_next(conn, agent_type=text)["id"] == task["id"]
 
 
 BAD_CREATE = [
@@ -215,14 +211,12 @@ def test_create_rejects_bad_input_and_writes_nothing(conn, kwargs, error, fragme
 
 def test_create_many_stores_every_task_in_one_transaction(conn):
     """create_many inserts all its tasks with one BEGIN IMMEDIATE … COMMIT and returns their ids in order."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    ids = tasks.create_many(conn, [
-        {"prompt": "first", "task_id": "m1", "priority": 9},
-        {"prompt": "second", "dependencies": ["m1"], "input_data": {"k": 1}},
-        {"prompt": "third", "submitted_at": at(5)},
-    ])
-    conn.set_trace_callback(None)
+    with tracing(conn) as sent:
+        ids = tasks.create_many(conn, [
+            {"prompt": "first", "task_id": "m1", "priority": 9},
+            {"prompt": "second", "dependencies": ["m1"], "input_data": {"k": 1}},
+            {"prompt": "third", "submitted_at": at(5)},
+        ])
     assert ids[0] == "m1" and len(set(ids)) == 3
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT"
     assert sent.count("BEGIN IMMEDIATE") == sent.count("COMMIT") == 1
@@ -268,15 +262,6 @@ def test_create_many_names_the_task_the_database_refused(conn, bad, error, shown
     """A task a constraint refuses in the middle of a batch is named by its own values; the batch stores nothing."""
     with pytest.raises(error, match=re.escape(shown)):
         tasks.create_many(conn, [{"prompt": "a", "task_id": "m1"}, {"prompt": "b"}, bad, {"prompt": "d"}])
-    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
-
-
-def test_create_many_joins_the_callers_transaction(conn):
-    """Inside a caller's transaction, create_many's tasks are undone with the caller's rollback."""
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            tasks.create_many(conn, [{"prompt": "a"}, {"prompt": "b"}])
-            raise RuntimeError
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
 
 
@@ -383,12 +368,8 @@ def test_list_rejects_bad_filters(conn, kwargs, fragments):
 def test_claim_is_one_update_under_begin_immediate(conn):
     """claim_next sends BEGIN IMMEDIATE, one UPDATE through the claim index, and COMMIT."""
     tasks.create(conn, "p")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         assert tasks.claim_next(conn) is not None
-    finally:
-        conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
     # SQLite traces a RETURNING statement once per step; it is still the one statement.
     assert len(set(sent[1:-1])) == 1 and sent[1].startswith("UPDATE tasks SET status = 'running'"), sent
@@ -710,13 +691,9 @@ def test_every_status_change_stamps_last_updated_at(conn, operation):
 def test_a_refusal_reads_the_status_inside_the_same_transaction(conn):
     """The status a refusal reports is read under the same write lock as the refused UPDATE."""
     task = in_status(conn, "pending")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         with pytest.raises(TransitionError):
             tasks.complete(conn, task["id"], OTHER_LEASE)
-    finally:
-        conn.set_trace_callback(None)
     lookup = next(i for i, s in enumerate(sent) if s.startswith("SELECT") and "FROM tasks WHERE id" in s)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "ROLLBACK" and 0 < lookup < len(sent) - 1, sent
 
@@ -877,12 +854,8 @@ def test_complete_and_claim_is_one_transaction_that_hands_over_the_next_task(con
     tasks.create(conn, "other", priority=0)
     running = tasks.claim_next(conn)
     assert running["id"] == dep["id"]
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
+    with tracing(conn) as sent:
         following = tasks.complete_and_claim(conn, dep["id"], running["lease"], {"ok": 1})
-    finally:
-        conn.set_trace_callback(None)
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT" and sent.count("COMMIT") == 1, sent
     assert following["id"] == dependent["id"] and following["status"] == "running" and following["lease"]
     done = tasks.get(conn, dep["id"])
@@ -1056,7 +1029,7 @@ def _waiting(connect, nth: int = 2, **options) -> tuple[concurrent.futures.Futur
 
     def claim():
         conn = connect()
-        conn.set_trace_callback(_on_data_version(waiting, nth))  # the thread and its connection end with the test
+        conn.set_trace_callback(on_data_version(waiting, nth))  # the thread and its connection end with the test
         return tasks.claim_next(conn, **options)
 
     executor = concurrent.futures.ThreadPoolExecutor(1)
@@ -1124,13 +1097,9 @@ def test_a_forked_child_forgets_the_waits_of_its_parent(pool):
 
 def test_a_wait_ends_with_none_and_does_not_poll_busily(conn):
     """claim_next(wait=…) on an empty queue returns None after the wait, reading data_version once a poll interval."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
     started = time.monotonic()
-    try:
+    with tracing(conn) as sent:
         assert tasks.claim_next(conn, wait=0.3) is None
-    finally:
-        conn.set_trace_callback(None)
     assert time.monotonic() - started >= 0.3
     assert sum(s.startswith("UPDATE") for s in sent) == 1  # the one claim before waiting; nothing to peek at since
     assert sent.count("PRAGMA data_version") <= 0.3 / tasks.WAIT_POLL_SECONDS + 3
@@ -1216,22 +1185,6 @@ def test_stale_refuses_a_row_whose_deadline_never_comes(conn):
 # --- transactions ---------------------------------------------------------------------------
 
 
-def test_create_and_claim_join_a_rolled_back_transaction(conn):
-    """Writes inside a caller's transaction that is rolled back leave nothing."""
-    kept = tasks.create(conn, "kept")
-    before = counts(conn)
-    with pytest.raises(RuntimeError):
-        with transaction(conn):
-            dep = tasks.create(conn, "inside")
-            tasks.create(conn, "inside too", dependencies=[dep["id"], kept["id"]])
-            claimed = tasks.claim_next(conn)
-            assert claimed["id"] == kept["id"]
-            tasks.complete(conn, kept["id"], claimed["lease"])
-            raise RuntimeError("caller gives up")
-    assert counts(conn) == before
-    assert tasks.get(conn, kept["id"]) == kept
-
-
 def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
     """A refused call inside a caller's transaction undoes only itself (a savepoint), not the caller's work."""
     with transaction(conn):
@@ -1248,29 +1201,13 @@ def test_a_failing_call_keeps_the_callers_earlier_writes(conn):
     assert tasks.get(conn, second["id"])["unmet_dependencies"] == 1
 
 
-def test_create_with_dependencies_is_one_transaction(conn):
-    """create() with dependencies checks and inserts under one BEGIN IMMEDIATE … COMMIT."""
-    dep = tasks.create(conn, "dep")
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        tasks.create(conn, "p", dependencies=[dep["id"]])
-    finally:
-        conn.set_trace_callback(None)
-    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
-    assert sum(s in ("BEGIN IMMEDIATE", "COMMIT") for s in sent) == 2, sent
-
-
 # --- rows that break today's rules (kept by an upgrade) --------------------------------------
 
 
 def _legacy(conn, sql: str) -> None:
     """Store a row as an upgrade keeps one: its CHECK constraints not enforced."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute(sql)
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
 
 
 @pytest.mark.parametrize("input_data", ["not json", "[" * 990 + "]" * 990], ids=["not-json", "nested-990-deep"])

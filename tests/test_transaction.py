@@ -18,6 +18,7 @@ from abathur_db import metrics, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, BusyError, ConfigurationError, UniqueError, ValidationError
 from abathur_db.transaction import write, write_many
+from conftest import tracing
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 
@@ -25,10 +26,8 @@ INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 @pytest.fixture
 def traced(conn):
     """Return the list of statements `conn` sends from now on."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    yield sent
-    conn.set_trace_callback(None)
+    with tracing(conn) as sent:
+        yield sent
 
 
 def _count(conn) -> int:

@@ -18,6 +18,7 @@ import pytest
 
 from abathur_db import _values, agents, audit, checkpoints, metrics, sessions, state, tasks
 from abathur_db.errors import StoredValueError, TransitionError, ValidationError, short_repr
+from conftest import unchecked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_values.__file__)))
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -293,11 +294,8 @@ LEGACY_ROWS = {
 def test_reading_a_stored_value_that_breaks_the_rules_raises_stored_value_error(conn, insert, read, message):
     """Text that is not JSON in a JSON column raises StoredValueError naming table, row, column and value."""
     conn.execute("INSERT INTO tasks (id, prompt) VALUES ('ok', 'p')")
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
+    with unchecked(conn):
         conn.execute(insert)
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")
     with pytest.raises(StoredValueError) as caught:
         read(conn)
     assert str(caught.value).startswith(message), str(caught.value)
