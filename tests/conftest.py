@@ -1,15 +1,8 @@
-"""Shared fixtures: a fresh database per test, and every pool closed afterwards.
-
-on_data_version, tracing and unchecked are plain functions, imported from here: a worker
-process started with "spawn" needs the first, and the others wrap only part of a test.
-"""
+"""Shared fixtures: a fresh database per test, and every pool closed afterwards (plain helpers: helpers.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import sqlite3
-from collections.abc import Iterator
 
 import pytest
 
@@ -71,41 +64,3 @@ def make_task(conn):
         return task_id
 
     return insert
-
-
-def on_data_version(waiting, nth: int = 2):
-    """Return a trace callback that sets `waiting` at the `nth` PRAGMA data_version claim_next reads.
-
-    The first is read before the claim it tries at once; the second, after that claim
-    found nothing, as the wait begins; each later one after a poll interval of waiting.
-    """
-    seen = []
-
-    def trace(sql: str) -> None:
-        if sql == "PRAGMA data_version":
-            seen.append(sql)
-            if len(seen) == nth:
-                waiting.set()
-
-    return trace
-
-
-@contextlib.contextmanager
-def tracing(conn: sqlite3.Connection) -> Iterator[list[str]]:
-    """Collect the statements `conn` sends inside the block, as SQLite's trace shows them."""
-    sent: list[str] = []
-    conn.set_trace_callback(sent.append)
-    try:
-        yield sent
-    finally:
-        conn.set_trace_callback(None)
-
-
-@contextlib.contextmanager
-def unchecked(conn: sqlite3.Connection) -> Iterator[None]:
-    """Let the block store rows that break CHECK constraints, as an upgrade keeps them or a buggy writer leaves them."""
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    try:
-        yield
-    finally:
-        conn.execute("PRAGMA ignore_check_constraints = OFF")

@@ -11,7 +11,7 @@ import pytest
 
 from abathur_db import agents, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, TransitionError, UniqueError, ValidationError
-from conftest import tracing, unchecked
+from helpers import tracing, unchecked
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Written out here, independently of the module, so that a change there shows up.

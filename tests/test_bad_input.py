@@ -39,7 +39,7 @@ from abathur_db.errors import (
     ValidationError,
     short_repr,
 )
-from conftest import tracing
+from helpers import tracing
 
 MODULES = (sessions, tasks, agents, audit, checkpoints, state, metrics)
 INT64_MAX = 2**63 - 1

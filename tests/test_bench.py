@@ -16,7 +16,7 @@ from abathur_db import catalog, tasks
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.ops import STALE_PER_REQUEUE
 from tools.benchsuite.workloads import queue
-from conftest import tracing
+from helpers import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pytest
 
 from abathur_db import checkpoints, sessions
 from abathur_db.errors import ForeignKeyError, NotFoundError, UniqueError, ValidationError
-from conftest import tracing
+from helpers import tracing
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Awkward values (text, falsy, 1 MB) are stored verbatim in test_bad_input's table.

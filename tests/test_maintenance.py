@@ -31,7 +31,7 @@ from abathur_db import (
 from abathur_db.errors import ConfigurationError, DatabaseFileError, StorageFullError
 from abathur_db.maintenance import backup
 from abathur_db.pool import connect
-from conftest import tracing, unchecked
+from helpers import tracing, unchecked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 

@@ -18,7 +18,7 @@ import pytest
 
 import abathur_db
 from abathur_db import tasks, transaction
-from conftest import on_data_version
+from helpers import on_data_version
 
 TASKS = 2_000
 THREADS = 10

@@ -27,7 +27,7 @@ import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db.errors import AbathurDBError, BusyError, StorageFullError
 from abathur_db.pool import PRAGMAS
-from conftest import tracing
+from helpers import tracing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 TIMEOUT = 60  # seconds; reached only when something hangs

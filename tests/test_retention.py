@@ -12,7 +12,7 @@ import pytest
 import abathur_db
 from abathur_db import _values, audit, metrics, transaction
 from abathur_db.errors import ConfigurationError, ForeignKeyError, ValidationError
-from conftest import tracing
+from helpers import tracing
 
 MODULES = [pytest.param(audit, id="audit"), pytest.param(metrics, id="metrics")]
 INSERT = {

@@ -12,7 +12,7 @@ import pytest
 
 import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, rows, sessions, state, tasks, validation
-from conftest import unchecked
+from helpers import unchecked
 
 TABLES = [
     (sessions, rows.SessionRow),

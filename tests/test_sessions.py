@@ -8,7 +8,7 @@ import pytest
 
 from abathur_db import sessions
 from abathur_db.errors import NotFoundError, TransitionError, UniqueError, ValidationError
-from conftest import tracing, unchecked
+from helpers import tracing, unchecked
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

@@ -30,7 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
-from conftest import on_data_version, tracing, unchecked
+from helpers import on_data_version, tracing, unchecked
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then

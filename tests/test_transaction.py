@@ -18,7 +18,7 @@ from abathur_db import metrics, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, BusyError, ConfigurationError, UniqueError, ValidationError
 from abathur_db.transaction import write, write_many
-from conftest import tracing
+from helpers import tracing
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 

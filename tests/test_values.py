@@ -18,7 +18,7 @@ import pytest
 
 from abathur_db import _values, agents, audit, checkpoints, metrics, sessions, state, tasks
 from abathur_db.errors import StoredValueError, TransitionError, ValidationError, short_repr
-from conftest import unchecked
+from helpers import unchecked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_values.__file__)))
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
