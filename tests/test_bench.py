@@ -15,7 +15,7 @@ import abathur_db
 from abathur_db import catalog, tasks
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.ops import STALE_PER_REQUEUE
-from tools.benchsuite.workloads import queue
+from tools.benchsuite.workloads import queue, queue_report
 from helpers import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,7 +332,7 @@ def _sides(package: float, floor: float, minimal: float = 10_000, p99_ms: float 
 def test_queue_bars_judge_the_package_against_the_bar_then_the_floor(package, floor, p99_ms, idle, status):
     """A queue bar is met, or out of reach when the floor misses it too (then held to 90 % of it), or missed."""
     workloads = {key: _sides(package, floor, p99_ms=p99_ms, idle=idle) for key, *_ in queue.WORKLOADS}
-    bars = {bar["id"]: bar for bar in queue.bars({"queue": {"5000": workloads}})}
+    bars = {bar["id"]: bar for bar in queue_report.bars({"queue": {"5000": workloads}})}
     judged = bars["queue_threads"] if idle else bars["queue_claim_1"]  # idle workers only count where a p99 does
     assert judged["status"] == status
     assert judged["met"] is (status == "met") and judged["floor_met"] is status.startswith(("met", "out of reach"))
