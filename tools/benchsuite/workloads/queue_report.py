@@ -121,10 +121,17 @@ def reasons(figures: dict) -> list[str]:
             elif not j["ratio_met"]:
                 why.append(f"the package reaches {x(f[key][_judged(f[key])]['ratio_to_minimal'])}, the floor"
                            f" {x(j['floor_ratio'])}")
+            floor = f[key][FLOOR_SIDES[key]]
+            if p99_ms is not None and not j["ratio_met"]:
+                why.append(f"the floor's workers: {_workers(floor)}; the package's: {_workers(f[key][_judged(f[key])])}."
+                           " Raw sqlite3 leaves the write lock to whichever connection asks first, so one worker"
+                           " can keep it, and its warm cache, while the others wait; the package hands it to the"
+                           " longest waiter, so that every worker gets its share, at the cost of a thread switch"
+                           " per hand-off")
             if not j["checks_met"]:
                 side = f[key][_judged(f[key])]
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
-                           f" (floor: {f[key][FLOOR_SIDES[key]]['latency']['p99_us'] / 1000:.1f} ms), {_workers(side)},"
+                           f" (floor: {floor['latency']['p99_us'] / 1000:.1f} ms), {_workers(side)},"
                            f" {side['duplicates']} duplicates, {side['lock_errors']} lock errors")
             result.append(f"Queue, {title}, N={int(n):,}: " + "; ".join(why) + ".")
     if "queue_wrapper" in missed:
