@@ -15,7 +15,7 @@ import abathur_db
 from abathur_db import catalog, tasks
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.ops import STALE_PER_REQUEUE
-from tools.benchsuite.workloads import queue
+from tools.benchsuite.workloads import queue, queue_report
 from helpers import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,11 +332,35 @@ def _sides(package: float, floor: float, minimal: float = 10_000, p99_ms: float 
 def test_queue_bars_judge_the_package_against_the_bar_then_the_floor(package, floor, p99_ms, idle, status):
     """A queue bar is met, or out of reach when the floor misses it too (then held to 90 % of it), or missed."""
     workloads = {key: _sides(package, floor, p99_ms=p99_ms, idle=idle) for key, *_ in queue.WORKLOADS}
-    bars = {bar["id"]: bar for bar in queue.bars({"queue": {"5000": workloads}})}
+    bars = {bar["id"]: bar for bar in queue_report.bars({"queue": {"5000": workloads}})}
     judged = bars["queue_threads"] if idle else bars["queue_claim_1"]  # idle workers only count where a p99 does
     assert judged["status"] == status
     assert judged["met"] is (status == "met") and judged["floor_met"] is status.startswith(("met", "out of reach"))
     assert f"package {package / floor:.2f}x of it" in judged["detail"]
+
+
+def test_a_missed_concurrent_queue_bar_names_each_sides_workers():
+    """A missed threads or processes bar quotes how many tasks the floor's and the package's workers did."""
+    workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
+    workloads["threads"]["raw_schema_fused"].update(per_worker_min=0, idle_workers=4)
+    figures = {"queue": {"5000": workloads}}
+    figures["bars"] = queue_report.bars(figures)
+    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    assert "the floor's workers: 0–9 tasks a worker, 4 idle; the package's: 1–9 tasks a worker, 0 idle" in threads
+    assert not any("floor's workers" in r for r in queue_report.reasons(figures) if "1 thread," in r)
+
+
+@pytest.mark.parametrize("raw_p99_us, whose", [(4_000, "misses it too"), (600, "the tail is the package's")])
+def test_a_query_over_its_p99_bar_is_explained_against_raw(raw_p99_us, whose):
+    """A catalog query over 1 ms at p99 is explained by its median and both sides' p99, and whose tail it is."""
+    figures = {"bars": [{"id": "catalog_p99", "met": False}], "queue": {},
+               "catalog": {"T7": {"measured": True, "kind": "write", "package": {"median_us": 107, "p99_us": 4_634},
+                                  "raw": {"median_us": 98, "p99_us": raw_p99_us}},
+                           "T1": {"measured": True, "kind": "read", "package": {"median_us": 9, "p99_us": 20},
+                                  "raw": {"median_us": 9, "p99_us": 20}}}}
+    (reason,) = [r for r in verdicts.missed_reasons(figures) if r.startswith("T")]
+    assert reason.startswith("T7 (a write, committed at each call): median 107 µs, p99 4.6 ms")
+    assert f"and {raw_p99_us / 1000:.1f} ms raw" in reason and whose in reason
 
 
 def test_every_call_of_a_queue_worker_is_timed(tmp_path):

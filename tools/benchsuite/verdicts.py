@@ -120,6 +120,15 @@ def missed_reasons(figures: dict) -> list[str]:
             f"through the package. The package's fixed cost per write ({package - raw:.0f} µs here: argument "
             "checks, the in-process write lock, transaction bookkeeping) weighs most on the cheapest statements; "
             "the other writes: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if k != worst) + ".")
+    if "catalog_p99" in missed:
+        slow = {k: v for k, v in figures["catalog"].items() if v.get("measured") and v["package"]["p99_us"] >= 1000}
+        for k, v in slow.items():
+            package, raw = v["package"]["p99_us"] / 1000, v["raw"]["p99_us"] / 1000
+            what = "a write, committed at each call" if v["kind"] == "write" else "a read"
+            whose = ("raw sqlite3 running the same SQL misses it too: the tail is the statement's and its commit's"
+                     if raw >= 1 else "raw sqlite3 running the same SQL stays under it: the tail is the package's")
+            reasons.append(f"{k} ({what}): median {v['package']['median_us']:.0f} µs, p99 {package:.1f} ms through"
+                           f" the package and {raw:.1f} ms raw; {whose}.")
     if "index_cost" in missed:
         reasons.append("Index write cost: see the section on the indexes' write cost below.")
     if missed & {"mixed_p99", "seed_query_p99_10_connections"}:

@@ -1,14 +1,15 @@
 """The timed workloads, one module per family, listed in the order they run and the order they are reported.
 
 To add a workload: write a module here with ``measure(bench) -> dict`` (its figures, ready for
-JSON) and ``report(figures, md)`` (its report section, rendered from the figures alone), then
+JSON) and ``report(figures, md)`` (its report section, rendered from the figures alone; the queue
+family keeps its verdicts and report in a module of their own, queue_report), then
 add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar: ``bars(figures)
 -> list[dict]``, and to REASONS if it explains its missed bars: ``reasons(figures) -> list[str]``).
 """
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, pickup, prune, queue, typed_claim, write_cost
+from . import catalog, claims, inserts, mixed, pickup, prune, queue, queue_report, typed_claim, write_cost
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -26,9 +27,9 @@ MEASURED = (
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report, queue.report, typed_claim.report, pickup.report, prune.report)
+            claims.report, mixed.report, queue_report.report, typed_claim.report, pickup.report, prune.report)
 
 # Bars judged by the workloads' own modules, after those of verdicts.evaluate, and their explanations
 # of a missed bar (verdicts.missed_reasons).
-BARS = (queue.bars, typed_claim.bars)
-REASONS = (queue.reasons,)
+BARS = (queue_report.bars, typed_claim.bars)
+REASONS = (queue_report.reasons,)
