@@ -137,9 +137,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
 
 _WRITE_LOCKS: dict[str, _WriteLock] = {}
 # Past this wait, the in-process write lock is handed to the longest waiter when it frees.
-# 10 threads completing and claiming tasks: 2 ms, a per-task p99 of 7-10 ms at the
-# throughput of 10 ms, whose p99 was 16-17 ms; a hand-off at every release, p99 7 ms
-# but 15 % fewer tasks.
+# 10 threads completing and claiming tasks on 2 cores: 2 ms, a per-task p99 of 6-7 ms;
+# 5 ms, about 10 % more tasks a second at a p99 near 9 ms; 10 ms, a p99 over 13 ms;
+# 0.5 ms (a hand-off at nearly every release), a p99 of 7 ms but 35 % fewer tasks.
 HANDOFF_SECONDS = 0.002
 _WRITE_LOCKS_GUARD = threading.Lock()
 
