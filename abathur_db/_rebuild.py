@@ -129,6 +129,8 @@ def _effect(statement: str) -> Effect:
         return ("rename", w[2], w[5])
     if up[:2] == ["ALTER", "TABLE"] and up[3] == "DROP":
         return ("drop column", w[2], w[5] if up[4] == "COLUMN" else w[4])
+    if up[:2] == ["ALTER", "TABLE"] and up[3] == "ADD":
+        return ("add column", w[2], w[5] if up[4] == "COLUMN" else w[4])
     if up[0] == "CREATE":
         i = 1 + (up[1] in ("TEMP", "TEMPORARY", "UNIQUE", "VIRTUAL"))
         if_not_exists = up[i + 1:i + 4] == ["IF", "NOT", "EXISTS"]
@@ -159,10 +161,10 @@ def _rebuilt_tables(statements: list[str], effects: list[Effect]) -> list[_Table
 
 
 def _name_clashes(conn: sqlite3.Connection, effects: list[Effect]) -> list[str]:
-    """Name each existing object that has the name of one the files create.
+    """Name each existing object that has the name of one the files create, and each column one adds.
 
     An index or trigger stays until a file drops it by name: the user's are put
-    back under their own names once their table is rebuilt.
+    back under their own names once their table is rebuilt, as are their columns.
     """
     present = {name.lower(): kind for kind, name in conn.execute(
         "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'")}
@@ -183,7 +185,14 @@ def _name_clashes(conn: sqlite3.Connection, effects: list[Effect]) -> list[str]:
             present[effect[2].lower()] = effect[1]
         elif verb == "drop":
             present.pop(effect[2].lower(), None)
+        elif verb == "add column" and effect[2].lower() in _columns(conn, effect[1]):
+            problems.append(f"{effect[1]}.{effect[2]}: the upgrade adds a column of this name")
     return problems
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """Return the lower-case names of the live `table`'s columns (none when there is no such table)."""
+    return {row[1].lower() for row in conn.execute(f"PRAGMA table_xinfo({_quote(table)})")}
 
 
 def _inventory(conn: sqlite3.Connection, scratch: sqlite3.Connection, table: _Table, statements: list[str],

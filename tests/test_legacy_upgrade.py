@@ -343,6 +343,8 @@ _NOT_NULL_WITHOUT_DEFAULT = Variant(
                          ddl=(("prompt TEXT NOT NULL", "prompt TEXT"),)),
                  "tasks.prompt: 1 row(s) hold NULL, which the new schema refuses and has no default for (rows 't2')",
                  id="null-without-default"),
+    pytest.param(Variant("ALTER TABLE tasks ADD COLUMN lease TEXT; UPDATE tasks SET lease = 'mine';"),
+                 "tasks.lease: the upgrade adds a column of this name", id="column-named-like-an-added-one"),
     pytest.param(Variant("CREATE TABLE sessions (id TEXT);"), "table sessions exists already", id="table-name"),
     pytest.param(Variant("CREATE INDEX idx_tasks_session_id ON tasks (created_by);"),
                  "index idx_tasks_session_id exists already", id="index-name"),
@@ -444,15 +446,17 @@ def test_version_3_and_4_databases_upgrade_keeping_every_row(tmp_path, version):
 
 
 def test_a_users_column_named_like_the_new_one_stops_the_upgrade_unchanged(tmp_path):
-    """A column of the user's named lease on tasks makes the upgrade to 0005 fail with SchemaError, changing nothing."""
+    """A column of the user's named lease on tasks is named before the upgrade to 0005 changes or backs up anything."""
     path = tmp_path / "v4.db"
     raw = _open_at_version(path, 4)
     raw.execute("ALTER TABLE tasks ADD COLUMN lease INTEGER")
     raw.close()
     before = _contents(path)
-    with pytest.raises(SchemaError, match="0005_.*duplicate column name: lease"):
+    with pytest.raises(SchemaError, match="nothing was changed") as caught:
         abathur_db.open(path)
+    assert "tasks.lease: the upgrade adds a column of this name" in str(caught.value)
     assert _contents(path) == before
+    assert _backups(path) == []
 
 
 def test_memory_entries_rebuild_keeps_the_users_column_index_and_trigger(tmp_path):
