@@ -23,10 +23,11 @@ import abathur_db
 from abathur_db import _cli_text as text
 from abathur_db import _values, audit, checkpoints, metrics, schema, tasks, verify
 from abathur_db._retention import BATCH_SIZE
-from abathur_db.errors import AbathurDBError, DatabaseFileError, SchemaError, translate
+from abathur_db.errors import AbathurDBError, DatabaseFileError, SchemaError, translate, translated
 from abathur_db.maintenance import CHECKPOINT_MODES
 from abathur_db.pool import connect
 from abathur_db.rows import TaskRow
+from abathur_db.transaction import hold
 
 __all__ = ["main", "parse_duration", "parse_time"]
 
@@ -173,8 +174,19 @@ def _require_current(conn: sqlite3.Connection, path: str) -> None:
 # --- commands: each returns the JSON document (without "ok") that its renderer prints ------
 
 
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read inside one read transaction, so that every figure comes from the same moment of the file."""
+    with hold(conn), translated():
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+
 def _status(path: str, args: argparse.Namespace) -> dict[str, Any]:
-    with _opened(path) as conn:
+    with _opened(path) as conn, _snapshot(conn):
         version = schema.status(conn, schema.load_files()).user_version
         counts = tasks.counts(conn)
         oldest = tasks.oldest_pending(conn)

@@ -177,6 +177,22 @@ def test_status_of_an_empty_queue(tmp_path, capsys):
     assert "  oldest pending  none" in out and "  stale running   0\n" in out and "STALE" not in out
 
 
+def test_status_reads_every_figure_from_one_moment(tmp_path, capsys, monkeypatch):
+    """A task committed while status reads is in none of its figures: counts and oldest pending agree."""
+    path = tmp_path / "busy.db"
+    abathur_db.open(path).close()
+    oldest_pending = tasks.oldest_pending
+
+    def after_a_commit(conn):
+        with abathur_db.open(path) as writer:  # another connection commits between two of status's reads
+            tasks.create(writer.connection(), "arrived meanwhile")
+        return oldest_pending(conn)
+
+    monkeypatch.setattr(tasks, "oldest_pending", after_a_commit)
+    report = _json(capsys, "--db", path, "status")
+    assert report["counts"]["pending"] == 0 and report["oldest_pending"] is None
+
+
 def test_status_lists_some_stale_tasks_and_the_command_for_the_rest(tmp_path, capsys):
     """Past STALE_SHOWN stale tasks, status says "more than" and its hint command lists the rest."""
     path = tmp_path / "stale.db"
