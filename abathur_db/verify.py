@@ -251,7 +251,8 @@ def _schema(conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[st
         step = ("restore each changed file as it was applied (an applied file is never edited: add a new one)"
                 if status.changed else "use the abathur_db release that wrote this database, or a newer one")
     elif _foreign(tables, status):
-        summary = f"not an Abathur database: no schema ledger and no tasks table (it holds {', '.join(tables)})"
+        ledger_state = "an empty schema ledger" if "schema_migrations" in tables else "no schema ledger"
+        summary = f"not an Abathur database: {ledger_state} and no tasks table (it holds {', '.join(tables)})"
         step = "check the path"
     elif pending and not tables:
         summary = "an empty database: it holds no tables"

@@ -394,14 +394,19 @@ def test_a_plan_that_fails_beside_a_missing_index_is_sent_to_repair(db_path, cap
     assert "; failing: T1, M1; next: run with --repair" in line
 
 
-def test_a_database_of_another_application_is_named_as_such(db_path, capsys):
-    """Tables without a ledger or a tasks table: "not an Abathur database", even with --upgrade, and untouched."""
-    _execute(db_path, "CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+@pytest.mark.parametrize("script, tables, ledger", [
+    ("CREATE TABLE customers (id INTEGER PRIMARY KEY)", "customers", "no schema ledger"),
+    ((abathur_db.schema.schema_dir() / "0001_schema_ledger.sql").read_text(), "schema_migrations",
+     "an empty schema ledger"),
+])
+def test_a_database_of_another_application_is_named_as_such(db_path, capsys, script, tables, ledger):
+    """Tables without an applied file or a tasks table: "not an Abathur database", even with --upgrade, untouched."""
+    _execute(db_path, script)
     before = _fingerprint(db_path)
     code, out, _ = _run(capsys, db_path, "--upgrade", "--create")
     assert code == 1
-    assert _fail_lines(out) == ["schema             FAIL    not an Abathur database: no schema ledger and no tasks "
-                                "table (it holds customers); next: check the path"]
+    assert _fail_lines(out) == [f"schema             FAIL    not an Abathur database: {ledger} and no tasks "
+                                f"table (it holds {tables}); next: check the path"]
     assert _fingerprint(db_path) == before
 
 
