@@ -191,10 +191,11 @@ WITH RECURSIVE doomed (id, cause) AS (
 )
 UPDATE tasks
    SET status = 'cancelled', completed_at = :now, last_updated_at = :now, lease = NULL,
-       error_message = 'cancelled because dependency ' || quote(doomed.cause)
-           || CASE WHEN doomed.cause = :id THEN :how ELSE ' was cancelled' END
-  FROM doomed
- WHERE tasks.id = doomed.id AND tasks.status = 'pending'
+       error_message = 'cancelled because dependency ' || quote(blamed.cause)
+           || CASE WHEN blamed.cause = :id THEN :how ELSE ' was cancelled' END
+  FROM (SELECT id, CASE WHEN max(cause = :id) THEN :id ELSE min(cause) END AS cause  -- one cause a task
+          FROM doomed GROUP BY id) AS blamed
+ WHERE tasks.id = blamed.id AND tasks.status = 'pending'
 """.strip()
 _CANCELLED_HOW = " was cancelled"
 _FAILED_HOW = " failed with no retries left"

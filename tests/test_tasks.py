@@ -909,8 +909,7 @@ def test_cancelling_a_task_cancels_a_diamond_of_dependents_once(conn):
     tasks.cancel(conn, "a")
     statuses = _statuses(conn)
     assert {i for i, (s, _) in statuses.items() if s == "cancelled"} == {"a", "b", "c", "d", "e"}
-    assert statuses["d"][1] in ("cancelled because dependency 'b' was cancelled",
-                                "cancelled because dependency 'c' was cancelled")
+    assert statuses["d"][1] == "cancelled because dependency 'b' was cancelled"  # of two causes, the first by id
     assert statuses["e"] == ("cancelled", "cancelled because dependency 'd' was cancelled")
     assert conn.total_changes - changes == 5  # each task written once
     assert tasks.claim_next(conn)["id"] == "y"
@@ -989,11 +988,19 @@ def test_the_cascade_ends_a_lease_a_pending_dependent_still_names(conn):
     assert (tasks.get(conn, "waiting")["status"], tasks.get(conn, "waiting")["lease"]) == ("cancelled", None)
 
 
+def test_a_cascade_names_the_task_that_ended_when_a_dependent_waited_on_it_directly(conn):
+    """A dependent waiting on the ended task and on another doomed one is blamed on the ended task itself."""
+    for task_id, dependencies in (("r", []), ("a", ["r"]), ("d", ["a", "r"])):
+        tasks.create(conn, task_id, task_id=task_id, dependencies=dependencies)
+    tasks.cancel(conn, "r")
+    assert tasks.get(conn, "d")["error_message"] == "cancelled because dependency 'r' was cancelled"
+
+
 def test_the_cascade_reads_by_key(conn):
     """The cascade's plan searches tasks and task_dependencies by key; only its own working set is scanned."""
     plan = abathur_db.explain_query_plan(conn, tasks.CANCEL_DEPENDENTS_SQL, {"id": "t", "how": "", "now": FUTURE})
     scans = [line for line in plan if line.startswith("SCAN")]
-    assert scans == ["SCAN doomed", "SCAN doomed"] and plan[0] == "MATERIALIZE doomed", plan
+    assert scans == ["SCAN doomed", "SCAN doomed", "SCAN blamed"] and plan[0] == "MATERIALIZE blamed", plan
     assert "SEARCH d USING PRIMARY KEY (depends_on_task_id=?)" in plan
     assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
 
