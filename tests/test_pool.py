@@ -731,7 +731,8 @@ def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_pol
 
     class Waiter(pool_module._Waiter):
         def __init__(self, conn):
-            self.conn, self.since, self.gate = conn, time.monotonic(), Gate()
+            super().__init__(conn)
+            self.gate = Gate()
             self.gate.acquire()
 
     monkeypatch.setattr(pool_module, "_Waiter", Waiter)
@@ -776,6 +777,55 @@ def test_the_write_lock_is_handed_to_a_thread_that_waited_past_the_hand_off_time
         lock.wake()
         assert second.result(timeout=30) is True  # woken, it takes the free lock itself
     assert lock.holder is late and lock.waiting == 0
+
+
+def _queue(lock, *conns):
+    """Start a thread waiting for `lock` for each of `conns`, in that order; return their futures."""
+    executor = concurrent.futures.ThreadPoolExecutor(len(conns))
+    futures = []
+    for conn in conns:
+        futures.append(executor.submit(lock.wait, conn, 30))
+        for _ in range(30_000):
+            if lock.waiting == len(futures):
+                break
+            time.sleep(0.001)
+    executor.shutdown(wait=False)
+    return futures
+
+
+def test_the_write_lock_is_kept_for_the_hand_off_time_by_each_holder_and_a_dozing_waiter_is_left_asleep():
+    """The hand-off time counts from when the holder got the lock, and a waiter that found it taken again dozes.
+
+    However long the next waiter has waited, a thread just handed the lock keeps it
+    for HANDOFF_SECONDS; meanwhile releases neither hand the lock over nor wake that
+    waiter once it has woken to find the lock taken back.
+    """
+    lock = pool_module._WriteLock()
+    holder, early, late = object(), object(), object()
+    lock.setdefault(0, holder)
+    first, second = _queue(lock, early, late)
+    time.sleep(pool_module.HANDOFF_SECONDS * 2)
+    lock.pop(0)
+    lock.wake()
+    assert first.result(timeout=30) is True and lock.holder is early
+    (sleeper,) = list(lock._queue)
+    lock.handed = time.monotonic() + 3600  # as far as the lock can tell, `early` got it just now
+    lock.pop(0)
+    lock.setdefault(0, early)  # `early`, writing in a loop, takes it back before `late` runs
+    lock.wake()
+    for _ in range(30_000):  # woken, `late` finds the lock taken and dozes
+        if sleeper.dozing and sleeper.gate.locked():
+            break
+        time.sleep(0.001)
+    for _ in range(100):
+        lock.pop(0)
+        lock.wake()
+        assert lock.holder is None and sleeper.dozing and sleeper.gate.locked()  # neither handed nor woken
+        lock.setdefault(0, early)
+    lock.handed = 0.0  # `early` has had it long enough
+    lock.pop(0)
+    lock.wake()
+    assert lock.holder is late and second.result(timeout=30) is True
 
 
 # ---------------------------------------------------------------------------------------
