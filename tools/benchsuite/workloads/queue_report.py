@@ -126,8 +126,8 @@ def reasons(figures: dict) -> list[str]:
                 why.append(f"the floor's workers: {_workers(floor)}; the package's: {_workers(f[key][_judged(f[key])])}."
                            " Raw sqlite3 leaves the write lock to whichever connection asks first, so one worker"
                            " can keep it, and its warm cache, while the others wait; the package hands it to the"
-                           " longest waiter, so that every worker gets its share, at the cost of a thread switch"
-                           " per hand-off")
+                           " longest waiter once its holder has had it for pool.HANDOFF_SECONDS, so that every"
+                           " worker gets its share, at the cost of a thread switch and a cold cache per hand-off")
             if not j["checks_met"]:
                 side = f[key][_judged(f[key])]
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
