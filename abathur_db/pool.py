@@ -78,10 +78,11 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     A freed lock goes to whoever asks first, so a thread writing in a loop keeps it
     (and its connection's warm page cache) while the others sleep, each on a gate of
     its own. Giving the lock back wakes the longest waiter. Once the holder has had
-    the lock for HANDOFF_SECONDS while someone waited (counted from when it got the
-    lock or when the longest waiter came, whichever is later), the lock is handed to
-    the longest waiter instead. A waiter that woke and found the lock taken again
-    sleeps until its hand-off is due, rather than being woken by every release.
+    the lock for HANDOFF_SECONDS while someone waited (counted from the longest
+    waiter's arrival or the last time a waiter got the lock, whichever is later), the
+    lock is handed to the longest waiter instead. A waiter that woke and found the
+    lock taken again sleeps until its hand-off is due, rather than being woken by
+    every release.
     """
 
     __slots__ = ("_guard", "_queue", "busy_until", "handed")
