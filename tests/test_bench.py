@@ -315,7 +315,8 @@ def test_raw_decoding_skips_the_parser_for_empty_json(monkeypatch):
 def _sides(package: float, floor: float, minimal: float = 10_000, p99_ms: float = 1, idle: int = 0) -> dict:
     """Return one claim workload's figures: the given items/s of the package and its floor, the rest fixed."""
     def side(ops, workers_idle=0):
-        return {"ops_per_s": ops, "ratio_to_minimal": round(ops / minimal, 3), "latency": {"p99_us": p99_ms * 1000},
+        return {"ops_per_s": ops, "ratio_to_minimal": round(ops / minimal, 3),
+                "latency": {"p99_us": p99_ms * 1000, "max_us": p99_ms * 2000},
                 "duplicates": 0, "lost": 0, "lock_errors": 0, "other_errors": 0, "idle_workers": workers_idle,
                 "per_worker_min": 0 if workers_idle else 1, "per_worker_max": 9}
     return queue._with_ratios({"minimal": side(minimal), "raw_schema": side(floor), "package": side(package),
@@ -340,13 +341,15 @@ def test_queue_bars_judge_the_package_against_the_bar_then_the_floor(package, fl
 
 
 def test_a_missed_concurrent_queue_bar_names_each_sides_workers():
-    """A missed threads or processes bar quotes how many tasks the floor's and the package's workers did."""
+    """A missed threads or processes bar quotes how many tasks each side's workers did, and each side's slowest call."""
     workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
     workloads["threads"]["raw_schema_fused"].update(per_worker_min=0, idle_workers=4)
+    workloads["threads"]["raw_schema_fused"]["latency"]["max_us"] = 1_932_554
     figures = {"queue": {"5000": workloads}}
     figures["bars"] = queue_report.bars(figures)
     (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
-    assert "the floor's workers: 0–9 tasks a worker, 4 idle; the package's: 1–9 tasks a worker, 0 idle" in threads
+    assert ("the floor's workers: 0–9 tasks a worker, 4 idle, slowest call 1,933 ms; the package's: 1–9 tasks a"
+            " worker, 0 idle, slowest call 2 ms") in threads
     assert not any("floor's workers" in r for r in queue_report.reasons(figures) if "1 thread," in r)
 
 

@@ -97,6 +97,11 @@ def _workers(side: dict) -> str:
     return f"{side['per_worker_min']}–{side['per_worker_max']} tasks a worker, {side['idle_workers']} idle"
 
 
+def _ms(side: dict) -> str:
+    """Return the slowest call of a side in milliseconds."""
+    return f"{side['latency']['max_us'] / 1000:,.0f} ms"
+
+
 def reasons(figures: dict) -> list[str]:
     """Return one sentence per missed queue bar, explaining it with the run's own figures."""
     missed = {b["id"]: b for b in figures["bars"] if b["id"].startswith("queue_") and not b["met"]}
@@ -123,7 +128,9 @@ def reasons(figures: dict) -> list[str]:
                            f" {x(j['floor_ratio'])}")
             floor = f[key][FLOOR_SIDES[key]]
             if p99_ms is not None and not j["ratio_met"]:
-                why.append(f"the floor's workers: {_workers(floor)}; the package's: {_workers(f[key][_judged(f[key])])}."
+                judged = f[key][_judged(f[key])]
+                why.append(f"the floor's workers: {_workers(floor)}, slowest call {_ms(floor)}; the package's:"
+                           f" {_workers(judged)}, slowest call {_ms(judged)}."
                            " Raw sqlite3 leaves the write lock to whichever connection asks first, so one worker"
                            " can keep it, and its warm cache, while the others wait; the package hands it to the"
                            " longest waiter once its holder has had it for pool.HANDOFF_SECONDS, so that every"
@@ -178,13 +185,13 @@ def report(figures: dict, md: Markdown) -> None:
                 wrapper = {"package": "package_vs_raw_schema", "package_fused": "package_fused_vs_raw_schema_fused"}
                 detail.append([title if side == "minimal" else "", TITLES[side], f"{s['ops_per_s']:,.0f}",
                                x(s["ratio_to_minimal"]), x(w.get(wrapper.get(side, ""))),
-                               f"{us(lat['median_us'])} / {us(lat['p99_us'])}" if lat else "",
+                               f"{us(lat['median_us'])} / {us(lat['p99_us'])} / {us(lat['max_us'])}" if lat else "",
                                s.get("duplicates", ""), s.get("lock_errors", ""),
                                f"{s['per_worker_min']}–{s['per_worker_max']} ({s['idle_workers']} idle)"
                                if s.get("workers", 1) > 1 else ""])
         md.paragraph(f"Every side, N = {int(n):,} items of ~90 bytes, priorities i % 10:")
         md.table(["workload", "side", "items/s", "ratio to minimal", "package / raw SQL, same statements",
-                  "per task p50 / p99 µs", "duplicates", "lock errors", "tasks a worker (idle)"], detail)
+                  "per task p50 / p99 / max µs", "duplicates", "lock errors", "tasks a worker (idle)"], detail)
         frames = workloads.get("wal_frames")
         if frames:
             md.paragraph("WAL pages written per put and per claim + complete (checkpoints off, "
