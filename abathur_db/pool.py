@@ -156,11 +156,10 @@ class _WriteLock(dict[int, sqlite3.Connection]):
 
 _WRITE_LOCKS: dict[str, _WriteLock] = {}
 # How long a thread writing in a loop keeps the in-process write lock while others wait
-# (see _WriteLock). 10 threads completing and claiming 5,000 tasks on 2 cores, against
-# raw sqlite3 sending the same statements: 1 ms, 0.98x raw's tasks a second at a per-task
-# p99 of 13 ms (0.84x at 50,000 tasks); 0.7 ms, a p99 of 11 ms but 0.78x at 50,000.
-# Counted from each waiter's arrival instead, every waiter was soon overdue and the lock
-# changed hands at 57 % of releases: 0.65x.
+# (see _WriteLock). 10 threads completing and claiming tasks on 2 cores, side by side with
+# raw sqlite3 sending the same statements: 1 ms, 0.8-1.0x raw's tasks a second at a per-task
+# p99 of 13 ms; 0.7 ms, a p99 of 11 ms for fewer tasks. The p99 is about this times the
+# waiting threads; 10-20 ms buys throughput but puts the p99 on a cliff (see README).
 HANDOFF_SECONDS = 0.001
 _WRITE_LOCKS_GUARD = threading.Lock()
 
