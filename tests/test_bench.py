@@ -13,6 +13,7 @@ import pytest
 
 import abathur_db
 from abathur_db import catalog, tasks
+from abathur_db import pool as pool_module
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.ops import STALE_PER_REQUEUE
 from tools.benchsuite.workloads import queue, queue_report
@@ -148,13 +149,17 @@ def test_queue_workloads_have_three_sides(run, workload):
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", ["claim_1", "threads", "processes"])
 def test_claim_workloads_also_run_the_fused_worker(run, workload):
-    """The claim workloads also run complete_and_claim and its raw SQL: every task done once, each worker counted."""
+    """The claim workloads also run complete_and_claim, its raw SQL, and that raw SQL under the package's lock.
+
+    Every task is done once on each side, and each worker is counted.
+    """
     for figures in run[0]["queue"].values():
-        for side in ("raw_schema_fused", "package_fused"):
+        for side in ("raw_schema_fused", "raw_schema_locked", "package_fused"):
             fused = figures[workload][side]
             assert fused["ops_per_s"] > 0 and fused["ratio_to_minimal"] > 0, side
             assert (fused["duplicates"], fused["lost"], fused["other_errors"]) == (0, 0, 0), fused.get("error_examples")
         assert figures[workload]["package_fused_vs_raw_schema_fused"] > 0
+        assert figures[workload]["package_fused_vs_raw_schema_locked"] > 0
         for side in queue.CLAIM_SIDES:
             measured = figures[workload][side]
             assert 0 <= measured["per_worker_min"] <= measured["per_worker_median"] <= measured["per_worker_max"], side
@@ -163,6 +168,8 @@ def test_claim_workloads_also_run_the_fused_worker(run, workload):
     (bar,) = [bar for bar in run[0]["bars"] if bar["id"] == f"queue_{workload}"]
     assert "with complete_and_claim" in bar["value"] and "with claim_next + complete" in bar["value"]
     assert "floor (raw SQL on the schema, complete + claim in one transaction)" in bar["detail"]
+    if workload != "claim_1":
+        assert "raw SQL under the package's in-process lock" in bar["detail"]
 
 
 @pytest.mark.slow
@@ -338,6 +345,24 @@ def test_queue_bars_judge_the_package_against_the_bar_then_the_floor(package, fl
     assert judged["status"] == status
     assert judged["met"] is (status == "met") and judged["floor_met"] is status.startswith(("met", "out of reach"))
     assert f"package {package / floor:.2f}x of it" in judged["detail"]
+
+
+def test_a_raw_side_under_the_package_lock_takes_it_as_the_package_does(tmp_path):
+    """raw_schema_locked holds its file's in-process write lock at every BEGIN, and gives it back after each call."""
+    path = str(tmp_path / "locked.db")
+    queues.LockedFusedSchemaQueue.create(path)
+    side = queues.LockedFusedSchemaQueue(path)
+    conn = side.connection()
+    side.bulk(conn, queues.items(3))
+    lock = pool_module._write_lock(path)
+    held_at_begin = []
+    conn.set_trace_callback(lambda sql: held_at_begin.append(lock.holder is conn) if sql == "BEGIN IMMEDIATE" else None)
+    done = [side.work_one(conn) for _ in range(4)]
+    conn.set_trace_callback(None)
+    side.close()
+    assert done[3] is None and len(set(done[:3])) == 3  # each task once, then an empty queue
+    assert len(held_at_begin) == 5 and all(held_at_begin)  # a first claim, then three complete + claim, one empty
+    assert lock.holder is None and not lock.waiting
 
 
 def test_a_missed_concurrent_queue_bar_names_each_sides_workers():

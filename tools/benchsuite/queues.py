@@ -11,7 +11,9 @@ The worker's calls of each side sit in one ``work_one`` method: when the package
 changes, change ``PackageQueue.work_one`` and ``SchemaQueue.work_one``, nothing else.
 
 The claim workloads also run ``package_fused`` (WORKER_VARIANTS): the package's worker
-going from one task to the next with ``tasks.complete_and_claim``, one transaction a task.
+going from one task to the next with ``tasks.complete_and_claim``, one transaction a task,
+beside the same through raw SQL (``raw_schema_fused``, the floor) and raw SQL taking the
+package's in-process write lock around each call (``raw_schema_locked``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import threading
 from typing import Any
 
 import abathur_db
-from abathur_db import _values, tasks
+from abathur_db import _values, pool, tasks
+from abathur_db.errors import BusyError
 
 from .ops import claim_params, inserted_row
 from .raw import Tuning, decode, dumps, raw_connect, raw_write
@@ -194,6 +197,31 @@ class FusedSchemaQueue(SchemaQueue):
         return task["id"]
 
 
+class LockedFusedSchemaQueue(FusedSchemaQueue):
+    """FusedSchemaQueue taking, around each call, the in-process write lock the package's connections share.
+
+    Raw SQL handing the lock on as the package does (pool._WriteLock): what the package's
+    code costs under concurrency apart from how it shares the lock. Other processes are
+    still waited for in SQLite's busy handler, without the package's short retries.
+    """
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        super().__init__(path, tuning)
+        self._lock = pool._write_lock(path)
+
+    def work_one(self, conn: sqlite3.Connection) -> str | None:
+        """Take the lock, then complete and claim as FusedSchemaQueue does; give the lock back."""
+        lock = self._lock
+        if lock.setdefault(0, conn) is not conn and not lock.wait(conn, pool.BUSY_TIMEOUT_SECONDS):
+            raise BusyError("database is locked: the in-process write lock was held past busy_timeout")
+        try:
+            return super().work_one(conn)
+        finally:
+            lock.pop(0, None)
+            if lock.waiting:
+                lock.wake()
+
+
 class PackageQueue:
     """abathur_db: a pool on the file, its functions for every call."""
 
@@ -246,7 +274,9 @@ class FusedPackageQueue(PackageQueue):
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
-WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "package_fused": FusedPackageQueue}  # claim workloads only
+WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "raw_schema_locked": LockedFusedSchemaQueue,
+                   "package_fused": FusedPackageQueue}  # claim workloads only
 TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
           "raw_schema_fused": "raw SQL, package schema, complete + claim in one transaction",
+          "raw_schema_locked": "the same, under the package's in-process write lock",
           "package_fused": "abathur_db, complete_and_claim"}

@@ -68,6 +68,9 @@ def _with_ratios(sides: dict) -> dict:
     if "package_fused" in sides:
         sides["package_fused_vs_raw_schema_fused"] = ratio(sides["package_fused"]["ops_per_s"],
                                                            sides["raw_schema_fused"]["ops_per_s"])
+    if "raw_schema_locked" in sides:
+        sides["package_fused_vs_raw_schema_locked"] = ratio(sides["package_fused"]["ops_per_s"],
+                                                            sides["raw_schema_locked"]["ops_per_s"])
     return sides
 
 
