@@ -143,6 +143,11 @@ def reasons(figures: dict) -> list[str]:
                     why.append(f"raw SQL taking the package's in-process lock around each call reaches"
                                f" {x(locked['ratio_to_minimal'])} ({_workers(locked)}, slowest call {_ms(locked)}),"
                                f" and the package {x(f[key]['package_fused_vs_raw_schema_locked'])} of that")
+                if key == "processes":
+                    why.append("between processes the raw sides wait in SQLite's busy handler, whose sleeps grow"
+                               " to 100 ms, while a package BEGIN kept waiting retries every"
+                               " transaction.BUSY_STEP_MS: the lock changes process more often, each time to a"
+                               " cold cache, and no call waits as long")
             if not j["checks_met"]:
                 side = f[key][_judged(f[key])]
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
