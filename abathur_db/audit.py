@@ -33,6 +33,8 @@ LIST_SQL = {
     "memory_entry_id": _SELECT + " WHERE memory_entry_id = :memory_entry_id AND " + _PAGE,  # U4
 }
 
+# Kept with RETURNING although the row is known: it gives the statement a journal of its own,
+# without which a full disk midway makes SQLite roll back the caller's whole transaction.
 _INSERT = (
     "INSERT INTO audit (timestamp, agent_id, task_id, action_type, action_data, result,"
     " memory_operation_type, memory_namespace, memory_entry_id)"

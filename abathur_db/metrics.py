@@ -22,6 +22,8 @@ QUERY_SQL = {
     "name": _SELECT + " WHERE metric_name = :metric_name AND " + _PAGE,  # M2
 }
 
+# Kept with RETURNING although the row is known: it gives the statement a journal of its own,
+# without which a full disk midway makes SQLite roll back the caller's whole transaction.
 _INSERT = (
     "INSERT INTO metrics (timestamp, metric_name, metric_value, labels)"
     " VALUES (:timestamp, :metric_name, :metric_value, :labels)"
