@@ -206,6 +206,8 @@ def _own_sql_insert(conn, parent: str) -> None:
                  ["ROLLBACK TO abathur_db", "RELEASE abathur_db", "ROLLBACK"], id="task-with-dependencies"),
     pytest.param(lambda conn, parent: audit.record(conn, "big", task_id=parent, action_data={"blob": BIG}),
                  ["ROLLBACK"], id="audit-row"),
+    pytest.param(lambda conn, parent: metrics.record(conn, "big", 1, labels={"blob": BIG}),
+                 ["ROLLBACK"], id="metric-row"),
     # Without a statement journal SQLite can only roll back the whole transaction itself;
     # transaction() then sends no ROLLBACK (it would fail: no transaction is active).
     pytest.param(_own_sql_insert, [], id="callers-own-statement"),
