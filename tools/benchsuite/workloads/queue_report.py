@@ -147,7 +147,7 @@ def reasons(figures: dict) -> list[str]:
                     why.append("between processes the raw sides wait in SQLite's busy handler, whose sleeps grow"
                                " to 100 ms, while a package BEGIN kept waiting retries every"
                                " transaction.BUSY_STEP_MS: the lock changes process more often, each time to a"
-                               " cold cache, and no call waits as long")
+                               " cold cache")
             if not j["checks_met"]:
                 side = f[key][_judged(f[key])]
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
@@ -187,9 +187,9 @@ def report(figures: dict, md: Markdown) -> None:
                  "with its cheapest statements (no RETURNING where the row is known; complete + claim in one",
                  "transaction): no code on this schema does less. A ratio bar the floor itself misses is out of",
                  "reach on this schema, and the package is then held to within 10 % of the floor. Under",
-                 "concurrency the floor leaves the write lock to whichever connection asks first; the last column",
-                 "compares the package with the floor's statements taking the package's in-process write lock,",
-                 "which hands it on as the package does.")
+                 "concurrency the floor leaves the write lock to whichever connection asks first; the column",
+                 "\"abathur_db / raw SQL under its lock\" compares the package with the floor's statements taking",
+                 "the package's in-process write lock, which hands it on as the package does.")
     md.table(["workload", "bar", "abathur_db", "per task p50 / p99 µs", "duplicates", "lock errors",
               "tasks a worker (idle)", "floor", "abathur_db / floor", "abathur_db / raw SQL under its lock",
               "verdict"], rows)
