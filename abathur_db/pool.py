@@ -125,8 +125,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
                 # The cap bounds the wait should a wake-up be lost (a releasing thread
                 # interrupted between its pop and its wake()).
                 sleep = min(deadline - now, 0.25)
-                if me.dozing and self._due(me) > now:
-                    sleep = min(sleep, self._due(me) - now)
+                until_due = self._due(me) - now
+                if me.dozing and until_due > 0:
+                    sleep = min(sleep, until_due)
                 me.gate.acquire(timeout=sleep)
                 me.dozing = True
             self.handed = time.monotonic()
