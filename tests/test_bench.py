@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import subprocess
 import sys
@@ -160,7 +161,14 @@ def test_claim_workloads_also_run_the_fused_worker(run, workload):
             assert (fused["duplicates"], fused["lost"], fused["other_errors"]) == (0, 0, 0), fused.get("error_examples")
         assert figures[workload]["package_fused_vs_raw_schema_fused"] > 0
         assert figures[workload]["package_fused_vs_raw_schema_locked"] > 0
-        for side in queue.CLAIM_SIDES:
+        sides = queue.CLAIM_SIDES if workload == "processes" else queue.IN_PROCESS_SIDES
+        assert set(sides) <= set(figures[workload]) and ("package_sqlite_wait" in figures[workload]) is (
+            workload == "processes")
+        if workload == "processes":
+            waiting = figures[workload]["package_sqlite_wait"]
+            assert (waiting["duplicates"], waiting["lost"], waiting["other_errors"]) == (0, 0, 0)
+            assert figures[workload]["package_sqlite_wait_vs_raw_schema_fused"] > 0
+        for side in sides:
             measured = figures[workload][side]
             assert 0 <= measured["per_worker_min"] <= measured["per_worker_median"] <= measured["per_worker_max"], side
             assert measured["workers"] == {"claim_1": 1, "threads": queue.THREADS,
@@ -177,7 +185,7 @@ def test_wal_pages_per_item_are_counted_on_every_side(run):
     """Each side's WAL pages per put and per claim + complete are counted; the package's schema writes more."""
     for figures in run[0]["queue"].values():
         frames = figures["wal_frames"]
-        assert set(frames) == set(queue.CLAIM_SIDES)
+        assert set(frames) == set(queue.IN_PROCESS_SIDES)
         assert all(count > 0 for counts in frames.values() for count in counts.values()), frames
         assert frames["raw_schema"]["put"] > frames["minimal"]["put"]
         assert frames["raw_schema_fused"]["work"] < frames["raw_schema"]["work"]  # one commit a task, not two
@@ -363,6 +371,41 @@ def test_a_raw_side_under_the_package_lock_takes_it_as_the_package_does(tmp_path
     assert done[3] is None and len(set(done[:3])) == 3  # each task once, then an empty queue
     assert len(held_at_begin) == 5 and all(held_at_begin)  # a first claim, then three complete + claim, one empty
     assert lock.holder is None and not lock.waiting
+
+
+def test_a_side_waiting_in_sqlites_busy_handler_sets_the_knob_only_while_open(tmp_path):
+    """package_sqlite_wait turns BEGIN's short steps off in its process while open, and back on at close."""
+    module = queues.TRANSACTION
+    before = module.BUSY_SEEN_SECONDS
+    path = str(tmp_path / "wait.db")
+    queues.SQLiteWaitPackageQueue.create(path)
+    side = queues.SQLiteWaitPackageQueue(path)
+    try:
+        assert module.BUSY_SEEN_SECONDS == math.inf
+        conn = side.connection()
+        side.bulk(conn, queues.items(2))
+        assert [side.work_one(conn) is None for _ in range(3)] == [False, False, True]
+    finally:
+        side.close()
+    side.close()  # the processes workload closes it twice: the value stays given back
+    assert module.BUSY_SEEN_SECONDS == before < math.inf
+
+
+def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
+    """The processes reason gives the package's figures with its BEGIN waiting in SQLite's busy handler."""
+    workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
+    processes = workloads["processes"]
+    processes["package_sqlite_wait"] = {**processes["package_fused"], "ops_per_s": 2_700, "ratio_to_minimal": 0.27,
+                                        "latency": {"p99_us": 25_300, "max_us": 1_037_000}}
+    processes["package_sqlite_wait_vs_raw_schema_fused"] = 0.9  # 2,700 against the floor's 3,000
+    figures = {"queue": {"5000": workloads}}
+    figures["bars"] = queue_report.bars(figures)
+    (reason,) = [r for r in queue_report.reasons(figures) if "3 processes" in r]
+    assert ("the package waiting in SQLite's busy handler too (transaction.BUSY_SEEN_SECONDS = inf) reaches 0.27x,"
+            " 0.90x of the floor, at a per-task p99 of 25.3 ms (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)"
+            ) in reason
+    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    assert "busy handler too" not in threads
 
 
 def test_a_missed_concurrent_queue_bar_names_each_sides_workers():

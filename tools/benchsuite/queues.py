@@ -13,11 +13,15 @@ changes, change ``PackageQueue.work_one`` and ``SchemaQueue.work_one``, nothing 
 The claim workloads also run ``package_fused`` (WORKER_VARIANTS): the package's worker
 going from one task to the next with ``tasks.complete_and_claim``, one transaction a task,
 beside the same through raw SQL (``raw_schema_fused``, the floor) and raw SQL taking the
-package's in-process write lock around each call (``raw_schema_locked``).
+package's in-process write lock around each call (``raw_schema_locked``). Between processes
+they also run ``package_sqlite_wait``: the package's worker with its BEGIN waiting for other
+processes in SQLite's busy handler, as the raw sides do, instead of in short steps.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import sqlite3
 import threading
 from typing import Any
@@ -29,6 +33,8 @@ from abathur_db.errors import BusyError
 from .ops import claim_params, inserted_row
 from .raw import Tuning, decode, dumps, raw_connect, raw_write
 
+# The module, not abathur_db.transaction: the package's name for the context manager of the same name.
+TRANSACTION = importlib.import_module("abathur_db.transaction")
 RESULT = {"ok": True}  # what every worker stores on completion
 ITEM_BYTES = 90
 PRIORITIES = 10
@@ -273,10 +279,26 @@ class FusedPackageQueue(PackageQueue):
         return task["id"]
 
 
+class SQLiteWaitPackageQueue(FusedPackageQueue):
+    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SEEN_SECONDS = inf)."""
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        super().__init__(path, tuning)
+        self._busy_seen = TRANSACTION.BUSY_SEEN_SECONDS
+        TRANSACTION.BUSY_SEEN_SECONDS = math.inf  # this process's, until close(): spawned workers set their own
+
+    def close(self) -> None:
+        """Close the pool and give transaction.BUSY_SEEN_SECONDS its value back."""
+        super().close()
+        TRANSACTION.BUSY_SEEN_SECONDS = self._busy_seen
+
+
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
-WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "raw_schema_locked": LockedFusedSchemaQueue,
-                   "package_fused": FusedPackageQueue}  # claim workloads only
+WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "raw_schema_locked": LockedFusedSchemaQueue,  # claims only
+                   "package_fused": FusedPackageQueue, "package_sqlite_wait": SQLiteWaitPackageQueue}
+PROCESSES_ONLY = ("package_sqlite_wait",)  # the same as package_fused where no other process writes
 TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
           "raw_schema_fused": "raw SQL, package schema, complete + claim in one transaction",
           "raw_schema_locked": "the same, under the package's in-process write lock",
-          "package_fused": "abathur_db, complete_and_claim"}
+          "package_fused": "abathur_db, complete_and_claim",
+          "package_sqlite_wait": "the same, waiting for other processes in SQLite's busy handler"}

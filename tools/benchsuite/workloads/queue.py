@@ -17,7 +17,7 @@ import threading
 from abathur_db.errors import AbathurDBError, BusyError
 
 from ..ops import Bench
-from ..queues import SIDES, TITLES, WORKER_VARIANTS, items
+from ..queues import PROCESSES_ONLY, SIDES, TITLES, WORKER_VARIANTS, items
 from ..raw import Tuning
 from ..timing import CLOCK, latency, progress, ratio
 
@@ -29,6 +29,7 @@ MAX_ERRORS = 100  # a worker gives up after this many failed calls
 TIMEOUT = 900  # seconds; only reached if a worker hangs
 SIDE_NAMES = tuple(SIDES)
 CLAIM_SIDES = SIDE_NAMES + tuple(WORKER_VARIANTS)
+IN_PROCESS_SIDES = tuple(side for side in CLAIM_SIDES if side not in PROCESSES_ONLY)  # claims by one process
 QUEUES = {**SIDES, **WORKER_VARIANTS}
 # (key, title, bar on the ratio to the minimal queue, bar on the per-task p99 in ms or None)
 WORKLOADS = (
@@ -71,6 +72,9 @@ def _with_ratios(sides: dict) -> dict:
     if "raw_schema_locked" in sides:
         sides["package_fused_vs_raw_schema_locked"] = ratio(sides["package_fused"]["ops_per_s"],
                                                             sides["raw_schema_locked"]["ops_per_s"])
+    if "package_sqlite_wait" in sides:
+        sides["package_sqlite_wait_vs_raw_schema_fused"] = ratio(sides["package_sqlite_wait"]["ops_per_s"],
+                                                                 sides["raw_schema_fused"]["ops_per_s"])
     return sides
 
 
@@ -78,7 +82,7 @@ def _wal_frames(bench: Bench, root: str) -> dict:
     """Count the WAL pages each side writes per put and per claim + complete, with checkpoints off."""
     result = {}
     batch = items(FRAME_ITEMS)
-    for side in CLAIM_SIDES:
+    for side in IN_PROCESS_SIDES:
         queue = _open(bench, root, side, "frames", fill=FRAME_ITEMS)[0]
         conn = queue.connection()
         conn.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
@@ -157,7 +161,7 @@ def _put(bench: Bench, n: int, root: str) -> dict:
 def _claim_1(bench: Bench, n: int, root: str) -> dict:
     """Claim and complete N items from one thread on each side's file, filled with N items beforehand."""
     sides = _one_thread(bench, n, root, "claim1", lambda queue, conn, i: queue.work_one(conn), fill=n,
-                        sides=CLAIM_SIDES)
+                        sides=IN_PROCESS_SIDES)
     for side in sides.values():
         ids = side.pop("returned")
         side.update(workers=1, **_per_worker([len(ids) - ids.count(None)]), completed=len(ids) - ids.count(None),
@@ -249,7 +253,7 @@ def _failed(exc: BaseException) -> dict:
 def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str) -> dict:
     """Fill each side's fresh file with N items, then claim + complete them all with the given workers."""
     figures = {}
-    for side in _order(n + processes + threads, CLAIM_SIDES):
+    for side in _order(n + processes + threads, CLAIM_SIDES if processes > 1 else IN_PROCESS_SIDES):
         queue, path = _open(bench, root, side, label, fill=n)
         results: list[dict] = []
         gc.collect()

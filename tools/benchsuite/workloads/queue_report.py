@@ -148,6 +148,13 @@ def reasons(figures: dict) -> list[str]:
                                " to 100 ms, while a package BEGIN kept waiting retries every"
                                " transaction.BUSY_STEP_MS: the lock changes process more often, each time to a"
                                " cold cache")
+                    if "package_sqlite_wait" in f[key]:
+                        waiting = f[key]["package_sqlite_wait"]
+                        why.append(f"the package waiting in SQLite's busy handler too"
+                                   f" (transaction.BUSY_SEEN_SECONDS = inf) reaches {x(waiting['ratio_to_minimal'])},"
+                                   f" {x(f[key]['package_sqlite_wait_vs_raw_schema_fused'])} of the floor, at a"
+                                   f" per-task p99 of {waiting['latency']['p99_us'] / 1000:.1f} ms"
+                                   f" ({_workers(waiting)}, slowest call {_ms(waiting)})")
             if not j["checks_met"]:
                 side = f[key][_judged(f[key])]
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
