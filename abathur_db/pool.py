@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import cast
 
+from ._turn import Turn
 from .errors import ConfigurationError, DatabaseFileError, translate
 
 # What a database path may be: bytes are decoded as the file system does.
@@ -67,7 +68,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     transaction() takes it before BEGIN IMMEDIATE: threads waiting for SQLite's write
     lock sleep in its busy handler in steps of up to 100 ms and miss the moment it
     frees, while threads waiting here wake at once (10 writing threads: write p99
-    185 -> 53 ms). Other processes still wait in SQLite's busy handler.
+    185 -> 53 ms). Between processes, once they are seen writing the same file, its
+    holder also takes the process's turn (see _turn) before BEGIN IMMEDIATE, and keeps
+    it while the lock passes between this process's threads.
 
     The lock is a one-entry dict, {0: the connection holding it}: taking it is
     ``lock.setdefault(0, conn) is conn`` and giving it back ``lock.pop(0, None)``,
@@ -85,15 +88,19 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     every release.
     """
 
-    __slots__ = ("_guard", "_queue", "busy_until", "handed")
+    __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "probe_at", "handed", "turn")
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__()
         self._guard = threading.Lock()
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
         # Until this time.monotonic(), another process is taken to be writing the file:
-        # transaction() then waits for SQLite's write lock in short steps.
+        # transaction() then waits for SQLite's write lock in short steps ...
         self.busy_until = 0.0
+        # ... and, until this one, takes this process's turn to write the file first.
+        self.shared_until = 0.0
+        self.probe_at = 0.0  # when transaction() next looks whether another process has the turn
+        self.turn = Turn(path)
         self.handed = 0.0  # when a waiter last got the lock
 
     @property
@@ -198,7 +205,10 @@ class _Connection(sqlite3.Connection):
 def _write_lock(path: str) -> _WriteLock:
     key = os.path.realpath(path)
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(key, _WriteLock())
+        lock = _WRITE_LOCKS.get(key)
+        if lock is None:
+            lock = _WRITE_LOCKS[key] = _WriteLock(key)
+        return lock
 
 
 def _refuse_memory(path: str) -> None:
@@ -479,6 +489,8 @@ def _after_fork_in_child() -> None:
     # Another thread of the parent may have held a lock at the fork; the child's
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()
+    for lock in _WRITE_LOCKS.values():
+        lock.turn.close()  # the parent's descriptor; the child opens its own when it needs one
     _WRITE_LOCKS.clear()
     for conn in list(_CONNECTIONS):
         conn.owner = None  # the parent's: the SQL layer refuses it in the child

@@ -37,6 +37,8 @@ _T = TypeVar("_T")
 BUSY_SEEN_SECONDS = 0.0005
 BUSY_SECONDS = 1.0
 BUSY_STEP_MS = 1
+# How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
+PROBE_SECONDS = 0.01
 
 
 class _Plain:
@@ -387,6 +389,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 _restore_busy_timeout(conn, state)
             lock = state.write_lock
             if lock is not None and lock.get(0) is conn:
+                if lock.turn.since:
+                    _give_turn(lock)
                 lock.pop(0)
                 if lock.waiting:
                     lock.wake()
@@ -435,6 +439,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 state.blocks = 0
                 lock = state.write_lock
                 if lock is not None:
+                    if lock.turn.since and lock.get(0) is conn:
+                        _give_turn(lock)
                     lock.pop(0, None)
                     if lock.waiting:
                         lock.wake()
@@ -472,26 +478,39 @@ def _leave_inherited(conn: _Connection, exc_type: type[BaseException] | None) ->
 
 
 def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> None:
-    """Send BEGIN IMMEDIATE; while another process keeps the write lock busy, wait for it in short steps.
+    """Send BEGIN IMMEDIATE; while other processes write the file, take this process's turn first (see _turn).
 
     SQLite's busy handler sleeps in steps growing to 100 ms, so a process whose BEGIN
     keeps finding the lock taken sleeps through hundreds of the other processes'
     commits (3 processes × 4 threads completing and claiming: calls waiting 100-540
     ms at worst; 40-100 ms in steps). Once a BEGIN has waited, those of the next
     BUSY_SECONDS retry every BUSY_STEP_MS instead, the connection's busy_timeout
-    lowered meanwhile.
+    lowered meanwhile. Retrying that often moves the lock between processes every few
+    commits, so once a retry finds the lock taken (or another process is seen holding
+    the turn), BEGIN takes the process's turn first; it still retries in steps if a
+    writer that takes no turn holds the lock, or if the wait for the turn ran out.
     """
     if lock is None:
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if started >= lock.busy_until:
+    if started >= lock.probe_at and started >= lock.shared_until:
+        lock.probe_at = started + PROBE_SECONDS
+        if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
+            lock.shared_until = started + BUSY_SECONDS
+    turn_waited = started < lock.shared_until and not lock.turn.take(0)
+    if not turn_waited and started >= lock.busy_until:
         conn.execute("BEGIN IMMEDIATE")
         if time.monotonic() - started > BUSY_SEEN_SECONDS:
+            # Likely another process's lock, but perhaps only this thread descheduled:
+            # turns start once a BEGIN in steps finds the lock taken.
             lock.busy_until = time.monotonic() + BUSY_SECONDS
         return
     waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     deadline = started + waited_ms / 1000
+    if turn_waited:  # another process has the turn: wait for it, then BEGIN in steps within what is left
+        lock.shared_until = started + BUSY_SECONDS
+        lock.turn.take(waited_ms / 1000)
     state.busy_ms = waited_ms  # recorded first: whatever interrupts what follows, it is given back
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}").fetchall()
@@ -502,9 +521,15 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
-                lock.busy_until = time.monotonic() + BUSY_SECONDS
+                lock.busy_until = lock.shared_until = time.monotonic() + BUSY_SECONDS  # another process writes
     finally:
         _restore_busy_timeout(conn, state)
+
+
+def _give_turn(lock: _WriteLock) -> None:
+    """As the in-process lock's holder, before giving it back: give up the process's turn if it is time."""
+    if lock.turn.release(local_waiters=lock.waiting > 0):
+        lock.shared_until = time.monotonic() + BUSY_SECONDS  # another process waited for it
 
 
 def _restore_busy_timeout(conn: sqlite3.Connection, state: _State) -> None:

@@ -736,7 +736,7 @@ def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_pol
             self.gate.acquire()
 
     monkeypatch.setattr(pool_module, "_Waiter", Waiter)
-    lock = pool_module._WriteLock()
+    lock = pool_module._WriteLock("unused.db")
     holder, waiter = object(), object()
     assert lock.setdefault(0, holder) is holder
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
@@ -750,7 +750,7 @@ def test_a_thread_waiting_for_the_in_process_write_lock_is_woken_not_left_to_pol
 
 def test_the_write_lock_is_handed_to_a_thread_that_waited_past_the_hand_off_time(monkeypatch):
     """A freed lock goes to the longest waiter once it has waited HANDOFF_SECONDS, before anyone asks for it again."""
-    lock = pool_module._WriteLock()
+    lock = pool_module._WriteLock("unused.db")
     holder, early, late = object(), object(), object()
     lock.wake()  # nobody waits: the free lock stays free
     assert lock.holder is None
@@ -800,7 +800,7 @@ def test_the_write_lock_is_kept_for_the_hand_off_time_by_each_holder_and_a_dozin
     for HANDOFF_SECONDS; meanwhile releases neither hand the lock over nor wake that
     waiter once it has woken to find the lock taken back.
     """
-    lock = pool_module._WriteLock()
+    lock = pool_module._WriteLock("unused.db")
     holder, early, late = object(), object(), object()
     lock.setdefault(0, holder)
     first, second = _queue(lock, early, late)

@@ -1,0 +1,325 @@
+"""The turn to write a file, between processes (abathur_db._turn), with real processes on a real lock file."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+
+import pytest
+
+import abathur_db
+from abathur_db import _turn, tasks
+from abathur_db import pool as pool_module
+from abathur_db._turn import Turn
+
+pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
+FORK = multiprocessing.get_context("fork")
+TRANSACTION = sys.modules["abathur_db.transaction"]  # abathur_db.transaction is the context manager
+
+
+def _other_process(path: str, commands, replies) -> None:  # pragma: no cover - runs in the child
+    """Another process with a Turn on the same file, doing what the parent asks."""
+    turn = Turn(path)
+    while True:
+        command, *args = commands.recv()
+        if command == "exit":
+            return
+        if command == "others_wait":
+            replies.send(turn._others_wait())
+        elif command == "announce":  # as a waiting process does, without waiting
+            _turn.fcntl.lockf(turn._open(), _turn.fcntl.LOCK_SH | _turn.fcntl.LOCK_NB, 1, 1)
+            replies.send(True)
+        elif command == "look":  # as a holder looking whether anyone waits: byte 1 exclusively, for a while
+            _turn.fcntl.lockf(turn._open(), _turn.fcntl.LOCK_EX | _turn.fcntl.LOCK_NB, 1, 1)
+            replies.send(True)
+        elif command == "unlook":
+            _turn.fcntl.lockf(turn._open(), _turn.fcntl.LOCK_UN, 1, 1)
+            replies.send(True)
+        elif command == "release":
+            replies.send(turn.release(local_waiters=False))
+        else:
+            replies.send(getattr(turn, command)(*args))
+
+
+class Other:
+    """A child process holding, waiting for or looking at the turn, one call at a time."""
+
+    def __init__(self, path: str) -> None:
+        self._commands, child_commands = FORK.Pipe()
+        child_replies, self._replies = FORK.Pipe()
+        self.process = FORK.Process(target=_other_process, args=(path, child_commands, child_replies))
+        self.process.start()
+
+    def send(self, *command):
+        self._commands.send(command)
+
+    def reply(self, timeout: float = 10):
+        assert self._replies.poll(timeout), "the other process did not answer"
+        return self._replies.recv()
+
+    def __call__(self, *command):
+        self.send(*command)
+        return self.reply()
+
+    def close(self) -> None:
+        self.send("exit")
+        self.process.join(10)
+
+
+@pytest.fixture
+def other(pool, db_path):
+    """Another process, on the database `pool` created (the lock file takes its mode)."""
+    process = Other(str(db_path))
+    yield process
+    process.close()
+
+
+def _until(check, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_lone_process_takes_no_turn_and_makes_no_lock_file(pool, db_path):
+    """Writing alone never gets as far as turns: no lock file, no descriptor, nothing to wait for."""
+    conn = pool.connection()
+    for i in range(50):
+        tasks.create(conn, f"task {i}")
+    lock = pool_module._write_lock(str(db_path))
+    assert not os.path.exists(f"{db_path}-lock")
+    assert (lock.shared_until, lock.turn.since) == (0.0, 0.0)
+
+
+def test_a_waiting_process_gets_the_turn_the_moment_the_holder_gives_it_up(db_path, other):
+    """The waiter sleeps in the kernel (no CPU burnt meanwhile), the holder sees it wait, and hands over at once."""
+    assert other("take", 0) is True
+    turn, got = Turn(str(db_path)), []
+    assert turn.taken_elsewhere() and not turn.take(0)
+    waiter = threading.Thread(target=lambda: got.append(turn.take(10)))
+    waiter.start()
+    assert _until(lambda: other("others_wait"))
+    cpu = time.process_time()
+    time.sleep(0.2)
+    assert time.process_time() - cpu < 0.05  # the helper blocks in the kernel; the waiter sleeps
+    released = time.monotonic()
+    assert other("release") is True  # it saw this process waiting
+    waiter.join(10)
+    assert got == [True] and 0 < turn.since - released < 0.5
+    assert other("taken_elsewhere") is True
+    with turn._cond:  # as if the writer it woke had not run yet: the helper must not take the turn again
+        turn._want = True
+        turn._cond.notify()
+    cpu = time.process_time()
+    time.sleep(0.2)
+    assert time.process_time() - cpu < 0.05  # holding the turn, the helper waits for the next writer
+    turn._want = False
+    assert turn.release(local_waiters=False) is False  # nobody waits
+    assert turn.since == 0.0 and other("taken_elsewhere") is False
+
+
+def test_a_wait_for_the_turn_ends_at_its_timeout_and_leaves_no_turn_behind(db_path, other):
+    """take() gives up at its timeout; when the turn frees later, the helper gives it back, unwanted."""
+    assert other("take", 0) is True
+    turn = Turn(str(db_path))
+    started = time.monotonic()
+    assert turn.take(0.2) is False
+    assert 0.2 <= time.monotonic() - started < 2
+    assert other("release") is True  # this process's helper still waits in the kernel
+    assert _until(lambda: not other("taken_elsewhere"))  # granted to the helper, and given back at once
+    assert turn.since == 0.0 and not turn.taken_elsewhere()
+    assert other("take", 1) is True and turn.taken_elsewhere()  # free for anyone
+
+
+def test_an_exception_while_waiting_for_the_turn_leaves_no_turn_behind(db_path, other):
+    """A signal handler's exception raised in the waiting writer: no turn is kept, the next one waits anew."""
+    assert other("take", 0) is True
+    turn = Turn(str(db_path))
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            turn.take(10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert turn.since == 0.0 and not turn._want
+    assert other("release") is True
+    assert _until(lambda: not other("taken_elsewhere"))
+    assert turn.take(1) is True  # and taking it again works
+    assert turn.release(local_waiters=False) is False
+
+
+def test_a_process_keeps_its_turn_for_its_threads_until_another_process_waits(db_path, other, monkeypatch):
+    """With threads of its own waiting, a process keeps the turn for TURN_SECONDS, then as long as no process waits."""
+    turn = Turn(str(db_path))
+    assert turn.take(0) is True
+    assert turn.release(local_waiters=True) is False and turn.since  # within TURN_SECONDS
+    monkeypatch.setattr(_turn, "TURN_SECONDS", 0.0)
+    assert turn.release(local_waiters=True) is False and turn.since  # past it, but nobody else waits
+    other.send("take", 10)
+    assert _until(turn._others_wait)
+    assert turn.release(local_waiters=True) is True and turn.since == 0.0
+    assert other.reply() is True
+
+
+def test_a_process_that_gave_up_its_turn_lets_the_waiting_one_take_it_first(db_path, other):
+    """Right after handing over, this process's next writer waits YIELD_SECONDS rather than take the turn back."""
+    turn = Turn(str(db_path))
+    assert turn.take(0) is True
+    assert other("announce") is True  # "waiting", though it will not take the turn
+    assert turn.release(local_waiters=False) is True
+    assert turn.take(0) is False  # free, but not even tried within YIELD_SECONDS
+    started = time.monotonic()
+    assert turn.take(1) is True  # nobody took it meanwhile: taken once the pause is over
+    assert time.monotonic() - started >= _turn.YIELD_SECONDS * 0.9
+    assert turn.release(local_waiters=False) is True
+
+
+def test_a_lone_writer_notices_another_process_taking_turns_and_waits_no_longer_than_busy_timeout(pool, db_path,
+                                                                                                 other):
+    """Within PROBE_SECONDS a writer sees the turn taken; a turn held past busy_timeout does not block the write."""
+    conn = pool.connection()
+    tasks.create(conn, "before")
+    lock = pool_module._write_lock(str(db_path))
+    assert lock.shared_until == 0.0
+    assert other("take", 0) is True  # holds the turn, not SQLite's lock: only the scheduling is held up
+    conn.execute("PRAGMA busy_timeout = 200")
+    time.sleep(2 * TRANSACTION.PROBE_SECONDS)  # the previous write looked a moment ago
+    started = time.monotonic()
+    tasks.create(conn, "after")  # waits for the turn, then writes once busy_timeout has passed
+    assert 0.2 <= time.monotonic() - started < 2
+    assert lock.shared_until > time.monotonic() and lock.turn.since == 0.0
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 200
+    assert other("release") is True
+    assert _until(lambda: not other("taken_elsewhere"))
+
+
+def test_processes_writing_one_file_take_turns_and_lose_nothing(pool, db_path):
+    """Two processes × 3 threads creating tasks at once: every row is there, and they took turns."""
+    pool.close()
+    start = FORK.Barrier(2)
+
+    def write(count: int) -> None:
+        pool = abathur_db.open(str(db_path))
+        start.wait(30)
+        threads = [threading.Thread(target=lambda: [tasks.create(pool.connection(), "t") for _ in range(count)])
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        pool.close()
+
+    child = FORK.Process(target=write, args=(300,))
+    child.start()
+    write(300)
+    child.join(60)
+    assert child.exitcode == 0
+    with abathur_db.open(str(db_path)) as pool:
+        assert pool.connection().execute("SELECT count(*) FROM tasks").fetchone()[0] == 1_800
+    assert stat.S_IMODE(os.stat(f"{db_path}-lock").st_mode) == stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+    assert pool_module._write_lock(str(db_path)).shared_until > 0
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_sqlites_lock_alone(pool, db_path, other):
+    """Where the lock file cannot be opened for writing, no turns are taken, and writes go on as before."""
+    os.mkdir(f"{db_path}-lock")  # not a file: it cannot be opened
+    turn = Turn(str(db_path))
+    assert (turn.take(1), turn.taken_elsewhere(), turn.release(local_waiters=False)) == (False, False, False)
+    assert other("take", 0) is False
+    lock = pool_module._write_lock(str(db_path))
+    lock.shared_until = float("inf")  # as if another process had been seen writing
+    tasks.create(pool.connection(), "written")
+    assert lock.turn.since == 0.0 and pool.connection().execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+
+
+def test_a_forked_child_closes_the_parents_lock_file(pool, db_path):
+    """The child's write locks start afresh: the descriptor of the parent's lock file is closed in it."""
+    turn = pool_module._write_lock(str(db_path)).turn
+    assert turn.take(0) is True
+    fd = turn._fd
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
+        status = 1
+        try:
+            os.fstat(fd)
+        except OSError:
+            status = 0 if pool_module._write_lock(str(db_path)).turn is not turn else 2
+        finally:
+            os.write(write_end, bytes([status]))
+            os._exit(status)
+    os.close(write_end)
+    status = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert status == b"\x00"
+    assert turn.release(local_waiters=False) is False
+
+
+def test_a_waiter_whose_announcement_falls_on_a_holders_look_still_gets_the_turn(db_path, other):
+    """A holder testing byte 1 at the instant a process announces its wait: the wait goes on unannounced."""
+    assert other("take", 0) is True and other("look") is True
+    turn, got = Turn(str(db_path)), []
+    waiter = threading.Thread(target=lambda: got.append(turn.take(10)))
+    waiter.start()
+    time.sleep(0.1)
+    assert other("unlook") is True and other("others_wait") is False  # it could not say it waits
+    assert other("release") is False
+    waiter.join(10)
+    assert got == [True] and turn.release(local_waiters=False) is False
+
+
+def test_a_turn_the_kernel_refuses_ends_turns_for_the_process(db_path, other, monkeypatch):
+    """If the blocking lock call fails (EDEADLK, ENOLCK), the waiter stops waiting at once and turns stop."""
+    assert other("take", 0) is True
+    lockf = _turn.fcntl.lockf
+
+    def refusing(fd, cmd, *args):
+        if cmd == _turn.fcntl.LOCK_EX:  # the helper's blocking call only
+            raise OSError(errno.EDEADLK, "Resource deadlock avoided")
+        return lockf(fd, cmd, *args)
+
+    monkeypatch.setattr(_turn.fcntl, "lockf", refusing)
+    turn = Turn(str(db_path))
+    started = time.monotonic()
+    assert turn.take(10) is False and time.monotonic() - started < 5
+    assert turn._fd == -1 and turn.take(0) is False and not turn.taken_elsewhere()
+
+
+def test_a_lock_file_whose_mode_cannot_be_set_is_not_used(pool, db_path, monkeypatch):
+    """Creating the lock file but failing to give it the database's mode: closed, removed from use."""
+    def refuse(fd, mode):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_turn.os, "fchmod", refuse)
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    turn = Turn(str(db_path))
+    assert turn.take(0) is False and turn._fd == -1
+    assert fds is None or len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_the_fork_hook_closes_every_lock_file_the_parent_opened(pool, db_path, monkeypatch):
+    """What the child runs after fork closes the turns' descriptors and starts its write locks afresh."""
+    turn = pool_module._write_lock(str(db_path)).turn
+    assert turn.take(0) is True
+    fd = turn._fd
+    monkeypatch.setattr(os, "getpid", lambda: 0)  # as the child sees itself
+    pool_module._after_fork_in_child()
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert turn._fd == -1 and pool_module._write_lock(str(db_path)).turn is not turn
