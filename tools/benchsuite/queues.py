@@ -15,7 +15,7 @@ going from one task to the next with ``tasks.complete_and_claim``, one transacti
 beside the same through raw SQL (``raw_schema_fused``, the floor) and raw SQL taking the
 package's in-process write lock around each call (``raw_schema_locked``). Between processes
 they also run ``package_sqlite_wait``: the package's worker with its BEGIN waiting for other
-processes in SQLite's busy handler, as the raw sides do, instead of in short steps.
+processes in SQLite's busy handler, as the raw sides do, instead of in short steps and turns.
 """
 
 from __future__ import annotations

@@ -145,9 +145,9 @@ def reasons(figures: dict) -> list[str]:
                                f" and the package {x(f[key]['package_fused_vs_raw_schema_locked'])} of that")
                 if key == "processes":
                     why.append("between processes the raw sides wait in SQLite's busy handler, whose sleeps grow"
-                               " to 100 ms, while a package BEGIN kept waiting retries every"
-                               " transaction.BUSY_STEP_MS: the lock changes process more often, each time to a"
-                               " cold cache")
+                               " to 100 ms, so that one process keeps the file while the others sleep; the"
+                               " package's processes take turns of _turn.TURN_SECONDS while others wait: the"
+                               " lock changes process more often, each time to a cold cache")
                     if "package_sqlite_wait" in f[key]:
                         waiting = f[key]["package_sqlite_wait"]
                         why.append(f"the package waiting in SQLite's busy handler too"
