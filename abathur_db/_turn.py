@@ -18,7 +18,7 @@ turn that ran out of busy_timeout) stays correct and waits for SQLite's lock as 
 
 POSIX locks belong to the process, not to a thread or a descriptor: one helper thread per
 file blocks in the kernel for the turn on behalf of the process's waiting writer, which
-sleeps on a condition with busy_timeout as its limit, so that no wait outlasts it. Byte 1
+sleeps on a condition with a time limit of its own (see transaction.TURN_WAIT_SECONDS). Byte 1
 carries a shared lock while a process waits, so that the holder can tell whether anyone
 does.
 """

@@ -88,7 +88,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     every release.
     """
 
-    __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "probe_at", "handed", "turn")
+    __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "turns_from", "probe_at", "handed", "turn")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -97,8 +97,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         # Until this time.monotonic(), another process is taken to be writing the file:
         # transaction() then waits for SQLite's write lock in short steps ...
         self.busy_until = 0.0
-        # ... and, until this one, takes this process's turn to write the file first.
-        self.shared_until = 0.0
+        # ... and, until this one, takes this process's turn to write the file first
+        # (not before turns_from: until then the turn is taken to be stuck, see transaction).
+        self.shared_until = self.turns_from = 0.0
         self.probe_at = 0.0  # when transaction() next looks whether another process has the turn
         self.turn = Turn(path)
         self.handed = 0.0  # when a waiter last got the lock

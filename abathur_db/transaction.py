@@ -39,6 +39,11 @@ BUSY_SECONDS = 1.0
 BUSY_STEP_MS = 1
 # How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
 PROBE_SECONDS = 0.01
+# The longest a BEGIN waits for the turn (3 processes × 4 threads: 20 ms at most) before
+# it tries SQLite's lock without it. Should that lock be free, the turn's holder is not
+# writing (a signal stopped it as it gave the turn up): the process then takes no turns,
+# nor looks for them, for BUSY_SECONDS.
+TURN_WAIT_SECONDS = 0.05
 
 
 class _Plain:
@@ -389,11 +394,13 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 _restore_busy_timeout(conn, state)
             lock = state.write_lock
             if lock is not None and lock.get(0) is conn:
-                if lock.turn.since:
-                    _give_turn(lock)
-                lock.pop(0)
-                if lock.waiting:
-                    lock.wake()
+                try:
+                    if lock.turn.since:
+                        _give_turn(lock)
+                finally:  # an exception in there still gives the in-process lock back
+                    lock.pop(0)
+                    if lock.waiting:
+                        lock.wake()
             if state is not conn:
                 _PLAIN.pop(id(conn), None)
 
@@ -439,11 +446,13 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 state.blocks = 0
                 lock = state.write_lock
                 if lock is not None:
-                    if lock.turn.since and lock.get(0) is conn:
-                        _give_turn(lock)
-                    lock.pop(0, None)
-                    if lock.waiting:
-                        lock.wake()
+                    try:
+                        if lock.turn.since and lock.get(0) is conn:
+                            _give_turn(lock)
+                    finally:  # an exception in there still gives the in-process lock back
+                        lock.pop(0, None)
+                        if lock.waiting:
+                            lock.wake()
                 if state.closing:
                     close_connection(cast(_Connection, conn))  # only the package's connections close so
                 elif state is not conn:
@@ -494,11 +503,11 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if started >= lock.probe_at and started >= lock.shared_until:
+    if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
             lock.shared_until = started + BUSY_SECONDS
-    turn_waited = started < lock.shared_until and not lock.turn.take(0)
+    turn_waited = lock.turns_from <= started < lock.shared_until and not lock.turn.take(0)
     if not turn_waited and started >= lock.busy_until:
         conn.execute("BEGIN IMMEDIATE")
         if time.monotonic() - started > BUSY_SEEN_SECONDS:
@@ -508,20 +517,24 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         return
     waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     deadline = started + waited_ms / 1000
-    if turn_waited:  # another process has the turn: wait for it, then BEGIN in steps within what is left
+    # Another process has the turn: wait for it, then BEGIN in steps within what is left.
+    turn_missed = turn_waited and not lock.turn.take(min(waited_ms / 1000, TURN_WAIT_SECONDS))
+    if turn_waited:
         lock.shared_until = started + BUSY_SECONDS
-        lock.turn.take(waited_ms / 1000)
     state.busy_ms = waited_ms  # recorded first: whatever interrupts what follows, it is given back
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}").fetchall()
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if turn_missed:  # and SQLite's lock was free: the turn's holder is not writing
+                    lock.turns_from = lock.probe_at = time.monotonic() + BUSY_SECONDS
                 return
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
                 lock.busy_until = lock.shared_until = time.monotonic() + BUSY_SECONDS  # another process writes
+                turn_missed = False
     finally:
         _restore_busy_timeout(conn, state)
 
