@@ -409,6 +409,16 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     assert "busy handler too" not in threads and "take turns" not in threads
 
 
+def test_a_queue_bar_missed_at_one_n_is_explained_at_that_n_only():
+    """Met at N = 5,000 and missed at N = 50,000: one reason, for N = 50,000, and no empty one."""
+    met = {key: _sides(6_000, 7_000) for key, *_ in queue.WORKLOADS}
+    missed = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
+    figures = {"queue": {"5000": met, "50000": missed}}
+    figures["bars"] = queue_report.bars(figures)
+    about_threads = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    assert len(about_threads) == 1 and "N=50,000: the floor itself" in about_threads[0]
+
+
 def test_a_missed_concurrent_queue_bar_names_each_sides_workers():
     """A missed threads or processes bar quotes how many tasks each side's workers did, and each side's slowest call."""
     workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}

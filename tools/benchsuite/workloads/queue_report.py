@@ -160,7 +160,8 @@ def reasons(figures: dict) -> list[str]:
                 why.append(f"per-task p99 {side['latency']['p99_us'] / 1000:.1f} ms against {p99_ms} ms"
                            f" (floor: {floor['latency']['p99_us'] / 1000:.1f} ms), {_workers(side)},"
                            f" {side['duplicates']} duplicates, {side['lock_errors']} lock errors")
-            result.append(f"Queue, {title}, N={int(n):,}: " + "; ".join(why) + ".")
+            if why:  # nothing to explain where this N met the bar the other N missed
+                result.append(f"Queue, {title}, N={int(n):,}: " + "; ".join(why) + ".")
     if "queue_wrapper" in missed:
         result.append(f"Queue, package vs raw SQL on the same schema: {missed['queue_wrapper']['value']}"
                       " (every workload: " + missed["queue_wrapper"]["detail"] + ").")
