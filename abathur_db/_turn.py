@@ -184,9 +184,11 @@ class Turn:
                 while not self._want or self.since:  # a writer waits, and the turn is not this process's
                     self._cond.wait()
             try:
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 1)  # "a process waits"
-            except OSError:
-                pass  # a holder looking at byte 1 this instant: it sees the next one
+                # "A process waits". A holder looking at byte 1 holds it for an instant, which
+                # this waits out: a waiter it missed would wait unseen while the turn stays put.
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)
+            except OSError:  # pragma: no cover - EDEADLK, ENOLCK: the wait goes on unannounced
+                pass
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
                 failed = False
