@@ -39,7 +39,7 @@ def measure(bench: Bench) -> dict:
     idler.start()
     cpu_s, wall_s = out.get(timeout=TIMEOUT)
     idler.join(TIMEOUT)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-lock"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     return {"samples": n, "poll_ms": tasks.WAIT_POLL_SECONDS * 1000, "same_process": latency(same),

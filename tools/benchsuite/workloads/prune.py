@@ -43,7 +43,7 @@ def measure(bench: Bench) -> dict:
         progress(f"  writers beside audit.prune(before={cutoff})")
         beside, (deleted, seconds) = _beside(path, bench.tuning, lambda conn: _timed_prune(conn, cutoff))
     finally:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-lock"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
     return {

@@ -50,7 +50,7 @@ def measure(bench: Bench) -> dict:
             result[key] = compare(package_ns, raw_ns)
         result["typed_claimed"] = conn.execute("SELECT count(*) FROM tasks WHERE agent_type = ? AND status = ?",
                                                (AGENT_TYPE, "running")).fetchone()[0]
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-lock"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     return result

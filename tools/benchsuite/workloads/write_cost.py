@@ -56,7 +56,7 @@ def measure_indexes(bench: Bench) -> dict:
                                               "ratio": ratio(sa["median_us"], sb["median_us"]), "samples": sa["n"]}
     full.close()
     keys_only.close()
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-lock"):
         if os.path.exists(copy_path + suffix):
             os.remove(copy_path + suffix)
     return result
