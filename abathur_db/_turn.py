@@ -136,12 +136,7 @@ class Turn:
         if fd < 0:
             return False
         with self._cond:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-            except OSError:
-                return True
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
-        return False
+            return _locked_elsewhere(fd, 0)
 
     def close(self) -> None:
         """Close the lock file (in a forked child: its locks are the parent's, which closing leaves alone)."""
@@ -167,13 +162,7 @@ class Turn:
 
     def _others_wait(self) -> bool:
         """Return whether another process holds its shared lock on byte 1, as waiting processes do."""
-        fd = self._open()
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)
-        except OSError:
-            return True
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
-        return False
+        return _locked_elsewhere(self._open(), 1)
 
     def _run(self) -> None:
         """The helper: whenever a writer waits, block in the kernel for the turn, then hand it over."""
@@ -206,3 +195,13 @@ class Turn:
                     self._cond.notify_all()
                 elif not self.since:
                     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)  # the writer gave up meanwhile
+
+
+def _locked_elsewhere(fd: int, byte: int) -> bool:
+    """Return whether another process holds a lock on `byte` of the lock file: try to take it, and give it back."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+    except OSError:
+        return True
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+    return False
