@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _values
 from .errors import ConfigurationError, ValidationError, short_repr
-from .transaction import write
+from .transaction import transaction, write
 
 log = logging.getLogger("abathur_db")
 
@@ -58,15 +58,16 @@ def prune(conn: sqlite3.Connection, table: str, sql: str, before: Any, older_tha
     started = time.monotonic()
     deleted = batches = 0
     while True:
-        batch_started = time.monotonic()
-        count = len(write(conn, table, sql, {"before": cutoff, "limit": batch_size}))
+        with transaction(conn):
+            held_from = time.monotonic()  # the batch holds the write lock from here; waiting for it was not holding it
+            count = len(write(conn, table, sql, {"before": cutoff, "limit": batch_size}))
         deleted += count
         batches += 1
         if count < batch_size:
             break
         # A writer of this process waiting on the in-process lock, or of another
-        # process polling in SQLite's busy handler, takes its turn meanwhile.
-        time.sleep(time.monotonic() - batch_started)
+        # process waiting for the write lock or its process's turn, writes meanwhile.
+        time.sleep(time.monotonic() - held_from)
     log.info("%s: pruned %d row(s) older than %s in %d batch(es), %.1f s", table, deleted, cutoff, batches,
              time.monotonic() - started)
     return deleted

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import abathur_db
-from abathur_db import _values, audit, metrics, transaction
+from abathur_db import _retention, _values, audit, metrics, transaction
 from abathur_db.errors import ConfigurationError, ForeignKeyError, ValidationError
 from helpers import tracing
 
@@ -86,6 +86,24 @@ def test_each_batch_is_its_own_write_transaction(conn, module):
     assert [s.split()[0] for s in sent] == ["BEGIN", "DELETE", "COMMIT"] * 3
     assert sent.count("BEGIN IMMEDIATE") == 3
     assert _ids(conn, module) == [] and len(ids) == 7
+
+
+def test_the_pause_after_a_batch_lasts_as_long_as_the_batch_held_the_lock_not_as_it_waited(conn, db_path,
+                                                                                           monkeypatch):
+    """A batch that first waited for another connection's write lock pauses only for the time it held it."""
+    _seed(conn, audit, [_day(n) for n in range(1, 5)])
+    pauses: list[float] = []
+    monkeypatch.setattr(_retention.time, "sleep", pauses.append)
+    holder = abathur_db.connect(str(db_path))
+    holder.execute("BEGIN IMMEDIATE")
+    releasing = threading.Timer(0.3, holder.rollback)
+    releasing.start()
+    try:
+        assert audit.prune(conn, before=CUTOFF, batch_size=2) == 4
+    finally:
+        releasing.join()
+        holder.close()
+    assert len(pauses) == 2 and all(0 <= pause < 0.15 for pause in pauses), pauses  # not the 0.3 s waited
 
 
 @pytest.mark.parametrize("module", MODULES)
