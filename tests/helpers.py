@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 
 def on_data_version(waiting, nth: int = 2):
@@ -43,3 +45,23 @@ def unchecked(conn: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         conn.execute("PRAGMA ignore_check_constraints = OFF")
+
+
+def fork_child(work: Callable[[], object]) -> int:
+    """Fork; run `work()` in the child, which exits with 0 on success; return the child's pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
+        status = 1
+        try:
+            work()
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - reported through the exit status and stderr
+            print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(status)
+    return pid
+
+
+def fork_and_wait(work: Callable[[], object]) -> int:
+    """Run `work()` in a forked child and return the child's exit code (0: it succeeded)."""
+    return os.waitstatus_to_exitcode(os.waitpid(fork_child(work), 0)[1])

@@ -22,6 +22,7 @@ import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
+from helpers import fork_and_wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
@@ -217,22 +218,13 @@ def test_forked_child_opens_its_own_connection(pool):
     """After fork the child gets a new connection and the parent's keeps working."""
     parent_conn = pool.connection()
     parent_conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('parent', 1)")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
-        status = 1
-        try:
-            child_conn = pool.connection()
-            child_conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('child', 2)")
-            status = 0 if child_conn is not parent_conn else 2
-        finally:
-            os.write(write_end, bytes([status]))
-            os._exit(status)
-    os.close(write_end)
-    status = os.read(read_end, 1)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    assert status == b"\x00"
+
+    def in_child() -> None:
+        child_conn = pool.connection()
+        child_conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('child', 2)")
+        assert child_conn is not parent_conn
+
+    assert fork_and_wait(in_child) == 0
     parent_conn.execute("INSERT INTO metrics (metric_name, metric_value) VALUES ('parent', 3)")
     names = [n for (n,) in parent_conn.execute("SELECT metric_name FROM metrics ORDER BY id")]
     assert names == ["parent", "child", "parent"]

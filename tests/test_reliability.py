@@ -27,7 +27,7 @@ import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db.errors import AbathurDBError, BusyError, StorageFullError
 from abathur_db.pool import PRAGMAS
-from helpers import tracing
+from helpers import fork_child, tracing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 TIMEOUT = 60  # seconds; reached only when something hangs
@@ -383,21 +383,6 @@ def test_writer_waits_for_a_lock_released_within_busy_timeout(pool, db_path, hol
 # Fork.
 
 
-def _child(work) -> int:
-    """Fork; run `work()` in the child, which exits with 0 on success; return the child's pid."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
-        status = 1
-        try:
-            work()
-            status = 0
-        except BaseException as exc:  # noqa: BLE001 - reported through the exit status and stderr
-            print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        finally:
-            os._exit(status)
-    return pid
-
-
 def _exit_status(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
@@ -419,7 +404,7 @@ def test_forked_child_writes_through_the_pool_and_the_parent_carries_on(pool, db
     """Rows written by the parent before and after, and by a forked child, are all kept; the parent's files stay."""
     conn = pool.connection()
     _write_everything(conn, "parent before")
-    pid = _child(lambda: _write_everything(pool.connection(), "child"))
+    pid = fork_child(lambda: _write_everything(pool.connection(), "child"))
     assert _exit_status(pid) == 0
     for suffix in ("-wal", "-shm"):
         assert os.path.exists(f"{db_path}{suffix}"), suffix  # the child ran no last-connection cleanup
@@ -453,7 +438,7 @@ def test_forked_child_keeps_writing_after_the_parent_closes_its_pool(pool, db_pa
         assert os.read(to_child, 1) == b"1"  # the parent has closed its pool
         metrics.record(conn, "child", 2)
 
-    pid = _child(child_work)
+    pid = fork_child(child_work)
     try:
         assert os.read(to_parent, 1) == b"1"
         pool.close()
@@ -493,7 +478,7 @@ def test_fork_while_another_thread_is_writing_leaves_its_transaction_alone(pool)
         future = executor.submit(writer)
         try:
             assert spilled.wait(TIMEOUT)
-            pid = _child(lambda: pool.connection().execute("SELECT count(*) FROM tasks").fetchall())
+            pid = fork_child(lambda: pool.connection().execute("SELECT count(*) FROM tasks").fetchall())
             assert _exit_status(pid) == 0
         finally:
             go_on.set()

@@ -17,6 +17,7 @@ import abathur_db
 from abathur_db import _turn, tasks
 from abathur_db import pool as pool_module
 from abathur_db._turn import Turn
+from helpers import fork_and_wait
 
 pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
 FORK = multiprocessing.get_context("fork")
@@ -288,22 +289,13 @@ def test_a_forked_child_closes_the_parents_lock_file(pool, db_path):
     turn = pool_module._write_lock(str(db_path)).turn
     assert turn.take(0) is True
     fd = turn._fd
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which coverage does not follow
-        status = 1
-        try:
+
+    def in_child() -> None:
+        with pytest.raises(OSError):
             os.fstat(fd)
-        except OSError:
-            status = 0 if pool_module._write_lock(str(db_path)).turn is not turn else 2
-        finally:
-            os.write(write_end, bytes([status]))
-            os._exit(status)
-    os.close(write_end)
-    status = os.read(read_end, 1)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    assert status == b"\x00"
+        assert pool_module._write_lock(str(db_path)).turn is not turn
+
+    assert fork_and_wait(in_child) == 0
     assert turn.release(local_waiters=False) is False
 
 
