@@ -88,7 +88,8 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     every release.
     """
 
-    __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "turns_from", "probe_at", "handed", "turn")
+    __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "turns_from", "stray_until", "probe_at", "handed",
+                 "turn")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -100,6 +101,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         # ... and, until this one, takes this process's turn to write the file first
         # (not before turns_from: until then the turn is taken to be stuck, see transaction).
         self.shared_until = self.turns_from = 0.0
+        # Until this one, a writer that takes no turn is taken to be writing too: BEGIN
+        # waits in steps even while this process holds the turn.
+        self.stray_until = 0.0
         self.probe_at = 0.0  # when transaction() next looks whether another process has the turn
         self.turn = Turn(path)
         self.handed = 0.0  # when a waiter last got the lock

@@ -6,6 +6,7 @@ import errno
 import multiprocessing
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import threading
@@ -17,7 +18,7 @@ import abathur_db
 from abathur_db import _turn, tasks
 from abathur_db import pool as pool_module
 from abathur_db._turn import Turn
-from helpers import fork_and_wait
+from helpers import fork_and_wait, tracing
 
 pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
 FORK = multiprocessing.get_context("fork")
@@ -230,6 +231,43 @@ def test_an_exception_while_giving_the_turn_up_still_gives_the_in_process_lock_b
     tasks.create(conn, "next")  # takes the turn it still holds, and gives it up after
     assert lock.holder is None and lock.turn.since == 0.0
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+
+
+def test_a_begin_under_the_turn_waits_in_sqlites_handler_until_a_writer_without_the_turn_is_seen(pool, db_path):
+    """Holding the turn, BEGIN sends no PRAGMA. Once it found SQLite's lock taken by a writer that takes no turn,
+    BEGINs under the turn wait in steps for BUSY_SECONDS."""
+    conn = pool.connection()
+    lock = pool_module._write_lock(str(db_path))
+    lock.busy_until = lock.shared_until = float("inf")  # as if another process had been seen writing
+    outsider = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)  # another program: no turns
+    held = threading.Event()
+
+    def hold_for(seconds: float) -> None:
+        outsider.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        outsider.execute("COMMIT")
+
+    sent = []
+    try:
+        for round_ in ("alone", "outsider first seen", "outsider again"):
+            if round_ != "alone":
+                held.clear()
+                holder = threading.Thread(target=hold_for, args=(0.1,))
+                holder.start()
+                assert held.wait(10)
+            with tracing(conn) as traced:
+                tasks.create(conn, round_)
+            sent.append(traced)
+            if round_ != "alone":
+                holder.join(10)
+    finally:
+        outsider.close()
+        lock.busy_until = lock.shared_until = lock.stray_until = 0.0
+    assert [sql for sql in sent[0] + sent[1] if sql.startswith(("PRAGMA", "BEGIN"))] == ["BEGIN IMMEDIATE"] * 2
+    assert sent[2][:2] == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {TRANSACTION.BUSY_STEP_MS}"]
+    assert sent[2].count("BEGIN IMMEDIATE") > 1
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 3
 
 
 def _write_until(path: str, stop, count) -> None:
