@@ -3,7 +3,7 @@
 Between processes, SQLite's write lock goes to whichever connection asks while it is
 free. Processes waiting for it either sleep in SQLite's busy handler (whose sleeps grow
 to 100 ms: one process keeps the file while another starves) or retry often (see
-transaction.BUSY_STEP_MS: then the lock changes process every few commits, each time to
+pool.BUSY_STEP_MS: then the lock changes process every few commits, each time to
 a connection whose page cache the other process's commits emptied). Once processes are
 seen writing the same file, the package's writers therefore also take this turn before
 ``BEGIN IMMEDIATE``. A process keeps its turn across its threads' transactions for
@@ -18,7 +18,7 @@ turn that ran out of busy_timeout) stays correct and waits for SQLite's lock as 
 
 POSIX locks belong to the process, not to a thread or a descriptor: one helper thread per
 file blocks in the kernel for the turn on behalf of the process's waiting writer, which
-sleeps on a condition with a time limit of its own (see transaction.TURN_WAIT_SECONDS). Byte 1
+sleeps on a condition with a time limit of its own (see pool.TURN_WAIT_SECONDS). Byte 1
 carries a shared lock while a process waits, so that the holder can tell whether anyone
 does.
 """

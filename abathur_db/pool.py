@@ -174,6 +174,21 @@ _WRITE_LOCKS: dict[str, _WriteLock] = {}
 # p99 of 13 ms; 0.7 ms, a p99 of 11 ms for fewer tasks. The p99 is about this times the
 # waiting threads; 10-20 ms buys throughput but puts the p99 on a cliff (see README).
 HANDOFF_SECONDS = 0.001
+# transaction() reads the following at each BEGIN (see transaction._begin). A BEGIN
+# IMMEDIATE that took this long waited in SQLite's busy handler for another process
+# (this process's writers queue on the in-process lock instead): for BUSY_SECONDS
+# after the last such wait, BEGIN waits in steps of BUSY_STEP_MS.
+BUSY_SEEN_SECONDS = 0.0005
+BUSY_SECONDS = 1.0
+BUSY_STEP_MS = 1
+# How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
+PROBE_SECONDS = 0.01
+# The longest a BEGIN waits for the turn (3 processes × 4 threads: 20 ms at most) before
+# it tries SQLite's lock without it. Should that lock be free, the turn's holder is not
+# writing (a signal stopped it as it gave the turn up): the process then takes no turns,
+# nor looks for them, for BUSY_SECONDS.
+TURN_WAIT_SECONDS = 0.05
+
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 

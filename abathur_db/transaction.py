@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Callable, Iterator, Literal, TypeGuard, TypeVar, cast, overload
 
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
+from . import pool
 from .pool import _SQLITE_BUSY, _Connection, _in_transaction, _WriteLock, close_connection
 
 __all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
@@ -30,21 +31,6 @@ _ROLLBACK_TO = "ROLLBACK TO abathur_db"
 Params = dict[str, Any] | tuple[Any, ...]
 Row = tuple[Any, ...]  # a row as sqlite3 returns it
 _T = TypeVar("_T")
-
-# A BEGIN IMMEDIATE that took this long waited in SQLite's busy handler for another
-# process (this process's writers queue on the in-process lock instead): for
-# BUSY_SECONDS after the last such wait, BEGIN waits in steps of BUSY_STEP_MS.
-BUSY_SEEN_SECONDS = 0.0005
-BUSY_SECONDS = 1.0
-BUSY_STEP_MS = 1
-# How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
-PROBE_SECONDS = 0.01
-# The longest a BEGIN waits for the turn (3 processes × 4 threads: 20 ms at most) before
-# it tries SQLite's lock without it. Should that lock be free, the turn's holder is not
-# writing (a signal stopped it as it gave the turn up): the process then takes no turns,
-# nor looks for them, for BUSY_SECONDS.
-TURN_WAIT_SECONDS = 0.05
-
 
 class _Plain:
     """What the package keeps about a plain sqlite3 connection it did not open.
@@ -493,7 +479,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
     keeps finding the lock taken sleeps through hundreds of the other processes'
     commits (3 processes × 4 threads completing and claiming: calls waiting 100-540
     ms at worst; 40-100 ms in steps). Once a BEGIN has waited, those of the next
-    BUSY_SECONDS retry every BUSY_STEP_MS instead, the connection's busy_timeout
+    pool.BUSY_SECONDS retry every pool.BUSY_STEP_MS instead, the connection's busy_timeout
     lowered meanwhile. Retrying that often moves the lock between processes every few
     commits, so once a retry finds the lock taken (or another process is seen holding
     the turn), BEGIN takes the process's turn first; it still retries in steps if a
@@ -509,39 +495,39 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         return
     started = time.monotonic()
     if lock.shared_until <= started and lock.probe_at <= started:
-        lock.probe_at = started + PROBE_SECONDS
+        lock.probe_at = started + pool.PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
-            lock.shared_until = started + BUSY_SECONDS
+            lock.shared_until = started + pool.BUSY_SECONDS
     turn_waited = lock.turns_from <= started < lock.shared_until and not lock.turn.take(0)
     held = lock.turn.since and started >= lock.stray_until
     if not turn_waited and (held or started >= lock.busy_until):
         conn.execute("BEGIN IMMEDIATE")
-        if time.monotonic() - started > BUSY_SEEN_SECONDS:
+        if time.monotonic() - started > pool.BUSY_SEEN_SECONDS:
             # Likely another process's lock, but perhaps only this thread descheduled:
             # turns start once a BEGIN in steps finds the lock taken.
-            lock.busy_until = time.monotonic() + BUSY_SECONDS
+            lock.busy_until = time.monotonic() + pool.BUSY_SECONDS
             if held:
                 lock.stray_until = lock.busy_until
         return
     waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     deadline = started + waited_ms / 1000
     # Another process has the turn: wait for it, then BEGIN in steps within what is left.
-    turn_missed = turn_waited and not lock.turn.take(min(waited_ms / 1000, TURN_WAIT_SECONDS))
+    turn_missed = turn_waited and not lock.turn.take(min(waited_ms / 1000, pool.TURN_WAIT_SECONDS))
     if turn_waited:
-        lock.shared_until = started + BUSY_SECONDS
+        lock.shared_until = started + pool.BUSY_SECONDS
     state.busy_ms = waited_ms  # recorded first: whatever interrupts what follows, it is given back
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}").fetchall()
+        conn.execute(f"PRAGMA busy_timeout = {pool.BUSY_STEP_MS}").fetchall()
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if turn_missed:  # and SQLite's lock was free: the turn's holder is not writing
-                    lock.turns_from = lock.probe_at = time.monotonic() + BUSY_SECONDS
+                    lock.turns_from = lock.probe_at = time.monotonic() + pool.BUSY_SECONDS
                 return
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
-                lock.busy_until = lock.shared_until = time.monotonic() + BUSY_SECONDS  # another process writes
+                lock.busy_until = lock.shared_until = time.monotonic() + pool.BUSY_SECONDS  # another process writes
                 if lock.turn.since:
                     lock.stray_until = lock.busy_until
                 turn_missed = False
@@ -552,7 +538,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
 def _give_turn(lock: _WriteLock) -> None:
     """As the in-process lock's holder, before giving it back: give up the process's turn if it is time."""
     if lock.turn.release(local_waiters=lock.waiting > 0):
-        lock.shared_until = time.monotonic() + BUSY_SECONDS  # another process waited for it
+        lock.shared_until = time.monotonic() + pool.BUSY_SECONDS  # another process waited for it
 
 
 def _restore_busy_timeout(conn: sqlite3.Connection, state: _State) -> None:

@@ -375,7 +375,7 @@ def test_a_raw_side_under_the_package_lock_takes_it_as_the_package_does(tmp_path
 
 def test_a_side_waiting_in_sqlites_busy_handler_sets_the_knob_only_while_open(tmp_path):
     """package_sqlite_wait turns BEGIN's short steps off in its process while open, and back on at close."""
-    module = queues.TRANSACTION
+    module = queues.pool
     before = module.BUSY_SEEN_SECONDS
     path = str(tmp_path / "wait.db")
     queues.SQLiteWaitPackageQueue.create(path)
@@ -401,7 +401,7 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     figures = {"queue": {"5000": workloads}}
     figures["bars"] = queue_report.bars(figures)
     (reason,) = [r for r in queue_report.reasons(figures) if "3 processes" in r]
-    assert ("the package waiting in SQLite's busy handler too (transaction.BUSY_SEEN_SECONDS = inf) reaches 0.27x,"
+    assert ("the package waiting in SQLite's busy handler too (pool.BUSY_SEEN_SECONDS = inf) reaches 0.27x,"
             " 0.90x of the floor, at a per-task p99 of 25.3 ms (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)"
             ) in reason
     assert "the package's processes take turns of _turn.TURN_SECONDS while others wait" in reason

@@ -252,8 +252,12 @@ def test_a_thread_waiting_for_the_in_process_lock_gets_busy_error(pool, db_path)
         waiter.close()
 
 
-def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool, db_path, traced):
-    """After a BEGIN has waited for a writer outside this process, BEGINs retry every step, busy_timeout restored."""
+def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool, db_path, traced, monkeypatch):
+    """After a BEGIN has waited for a writer outside this process, BEGINs retry every step, busy_timeout restored.
+
+    The step is abathur_db.pool.BUSY_STEP_MS as it is at the BEGIN.
+    """
+    monkeypatch.setattr(abathur_db.pool, "BUSY_STEP_MS", 2)
     conn = pool.connection()
     # Not the package's connection, so no in-process lock: SQLite's busy handler is what waits for it.
     outsider = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
@@ -279,7 +283,7 @@ def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool
                 assert begins == 1 and not any("busy_timeout" in sql for sql in traced)
                 assert conn.write_lock.busy_until > time.monotonic()
         # In steps: the busy_timeout read and lowered, BEGIN tried again and again, the busy_timeout restored.
-        assert traced[:2] == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {TRANSACTION_MODULE.BUSY_STEP_MS}"]
+        assert traced[:2] == ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 2"]
         assert begins > 1 and traced[begins + 2] == "PRAGMA busy_timeout = 5000", traced
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
         assert [m["metric_name"] for m in metrics.query(conn)] == ["first", "stepped"]

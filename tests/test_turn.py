@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import stat
-import sys
 import threading
 import time
 
@@ -22,7 +21,6 @@ from helpers import fork_and_wait, tracing
 
 pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
 FORK = multiprocessing.get_context("fork")
-TRANSACTION = sys.modules["abathur_db.transaction"]  # abathur_db.transaction is the context manager
 
 
 def _other_process(path: str, commands, replies) -> None:  # pragma: no cover - runs in the child
@@ -199,14 +197,14 @@ def test_a_lone_writer_notices_another_process_taking_turns_and_a_turn_held_idle
     lock = pool_module._write_lock(str(db_path))
     assert lock.shared_until == 0.0
     assert other("take", 0) is True  # holds the turn, not SQLite's lock, and writes nothing
-    time.sleep(2 * TRANSACTION.PROBE_SECONDS)  # the previous write looked a moment ago
+    time.sleep(2 * pool_module.PROBE_SECONDS)  # the previous write looked a moment ago
     started = time.monotonic()
     tasks.create(conn, "after")
-    assert TRANSACTION.TURN_WAIT_SECONDS <= time.monotonic() - started < 1
+    assert pool_module.TURN_WAIT_SECONDS <= time.monotonic() - started < 1
     assert lock.turns_from > time.monotonic() and lock.turn.since == 0.0
     started = time.monotonic()
     tasks.create(conn, "again")  # no wait this time
-    assert time.monotonic() - started < TRANSACTION.TURN_WAIT_SECONDS
+    assert time.monotonic() - started < pool_module.TURN_WAIT_SECONDS
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 3
     assert other("release") is True  # this process's helper still waited
@@ -265,7 +263,7 @@ def test_a_begin_under_the_turn_waits_in_sqlites_handler_until_a_writer_without_
         outsider.close()
         lock.busy_until = lock.shared_until = lock.stray_until = 0.0
     assert [sql for sql in sent[0] + sent[1] if sql.startswith(("PRAGMA", "BEGIN"))] == ["BEGIN IMMEDIATE"] * 2
-    assert sent[2][:2] == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {TRANSACTION.BUSY_STEP_MS}"]
+    assert sent[2][:2] == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {pool_module.BUSY_STEP_MS}"]
     assert sent[2].count("BEGIN IMMEDIATE") > 1
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 3
 

@@ -20,7 +20,6 @@ processes in SQLite's busy handler, as the raw sides do, instead of in short ste
 
 from __future__ import annotations
 
-import importlib
 import math
 import sqlite3
 import threading
@@ -33,8 +32,6 @@ from abathur_db.errors import BusyError
 from .ops import claim_params, inserted_row
 from .raw import Tuning, decode, dumps, raw_connect, raw_write
 
-# The module, not abathur_db.transaction: the package's name for the context manager of the same name.
-TRANSACTION = importlib.import_module("abathur_db.transaction")
 RESULT = {"ok": True}  # what every worker stores on completion
 ITEM_BYTES = 90
 PRIORITIES = 10
@@ -284,13 +281,13 @@ class SQLiteWaitPackageQueue(FusedPackageQueue):
 
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
         super().__init__(path, tuning)
-        self._busy_seen = TRANSACTION.BUSY_SEEN_SECONDS
-        TRANSACTION.BUSY_SEEN_SECONDS = math.inf  # this process's, until close(): spawned workers set their own
+        self._busy_seen = pool.BUSY_SEEN_SECONDS
+        pool.BUSY_SEEN_SECONDS = math.inf  # this process's, until close(): spawned workers set their own
 
     def close(self) -> None:
-        """Close the pool and give transaction.BUSY_SEEN_SECONDS its value back."""
+        """Close the pool and give pool.BUSY_SEEN_SECONDS its value back."""
         super().close()
-        TRANSACTION.BUSY_SEEN_SECONDS = self._busy_seen
+        pool.BUSY_SEEN_SECONDS = self._busy_seen
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
