@@ -18,8 +18,8 @@ from threading import get_ident
 from types import TracebackType
 from typing import Any, Callable, Iterator, Literal, TypeGuard, TypeVar, cast, overload
 
-from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
 from . import pool
+from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
 from .pool import _SQLITE_BUSY, _Connection, _in_transaction, _WriteLock, close_connection
 
 __all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
@@ -499,7 +499,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
             lock.shared_until = started + pool.BUSY_SECONDS
     turn_waited = lock.turns_from <= started < lock.shared_until and not lock.turn.take(0)
-    held = lock.turn.since and started >= lock.stray_until
+    held = lock.turn.since > 0 and started >= lock.stray_until
     if not turn_waited and (held or started >= lock.busy_until):
         conn.execute("BEGIN IMMEDIATE")
         if time.monotonic() - started > pool.BUSY_SEEN_SECONDS:
