@@ -63,8 +63,10 @@ def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointRe
     (100 ms), never the connection's busy_timeout: while a checkpoint waits for
     readers it holds the write lock, and writers would wait as long. A reader still
     inside a transaction keeps its snapshot's frames in the WAL: the result then has
-    ``busy`` 1. SQLite checkpoints on its own (wal_autocheckpoint); call this after
-    a long reader has let the WAL grow, or before copying the database file.
+    ``busy`` 1. Another checkpoint under way is waited for within the same time.
+    SQLite checkpoints on its own (wal_autocheckpoint), and so does a thread of the
+    package's beside the writers (see _checkpointer); call this after a long reader
+    has let the WAL grow, or before copying the database file.
 
     :raises ConfigurationError: when `conn` itself is inside a transaction.
     """
@@ -76,10 +78,18 @@ def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointRe
             # SQLite refuses with SQLITE_LOCKED, which would read as another connection's lock.
             raise ConfigurationError("checkpoint() cannot run inside a transaction on the same connection")
         busy_timeout = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
-        conn.execute(f"PRAGMA busy_timeout = {min(busy_timeout, CHECKPOINT_WAIT_MS)}")
+        wait_ms = min(busy_timeout, CHECKPOINT_WAIT_MS)
+        deadline = time.monotonic() + wait_ms / 1000
+        conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
-            # The mode is one of the fixed names above: PRAGMA takes no bound parameters.
-            return CheckpointResult(*conn.execute(f"PRAGMA wal_checkpoint({name})").fetchone())
+            while True:
+                # The mode is one of the fixed names above: PRAGMA takes no bound parameters.
+                result = CheckpointResult(*conn.execute(f"PRAGMA wal_checkpoint({name})").fetchone())
+                # (1, -1, -1): another checkpoint was under way (SQLite's own at a commit, or the
+                # package's in the background), and SQLite does not wait for one.
+                if result != (1, -1, -1) or time.monotonic() >= deadline:
+                    return result
+                time.sleep(0.001)
         finally:
             conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import multiprocessing
 import os
 import re
 import shutil
@@ -12,8 +13,15 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
 
 import abathur_db
 from abathur_db import (
@@ -559,6 +567,43 @@ def test_checkpoint_waits_at_most_checkpoint_wait_ms_and_gives_busy_timeout_back
     assert sent == ["PRAGMA busy_timeout", f"PRAGMA busy_timeout = {waited}", "PRAGMA wal_checkpoint(PASSIVE)",
                     f"PRAGMA busy_timeout = {busy_timeout}"]
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_timeout
+
+
+# SQLite's checkpoint lock: byte 120 + 1 of the -shm file (WALINDEX_LOCK_OFFSET + WAL_CKPT_LOCK).
+_CHECKPOINT_LOCK_BYTE = 121
+
+
+def _hold_checkpoint_lock(shm: str, held, release) -> None:  # pragma: no cover - runs in the child
+    """In another process: hold SQLite's checkpoint lock, as a checkpoint under way does, until told to release."""
+    fd = os.open(shm, os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, _CHECKPOINT_LOCK_BYTE)
+    held.set()
+    release.wait(60)
+    os.close(fd)
+
+
+@pytest.mark.skipif(fcntl is None, reason="POSIX locks")
+@pytest.mark.parametrize("released_after", [0.03, None], ids=["ends-in-time", "never-ends"])
+def test_checkpoint_waits_for_another_checkpoint_under_way(filled, db_path, released_after):
+    """Another process's checkpoint under way is waited for, up to CHECKPOINT_WAIT_MS; then ``busy`` is 1."""
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    child = fork.Process(target=_hold_checkpoint_lock, args=(f"{db_path}-shm", held, release))
+    child.start()
+    try:
+        assert held.wait(30)
+        if released_after is not None:
+            threading.Timer(released_after, release.set).start()
+        started = time.monotonic()
+        result = abathur_db.checkpoint(filled, "passive")
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        child.join(30)
+    if released_after is None:
+        assert result == (1, -1, -1) and waited >= maintenance.CHECKPOINT_WAIT_MS / 1000
+    else:
+        assert result.busy == 0 and result.log == result.checkpointed > 0
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
