@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import cast
 
+from ._checkpointer import Checkpointer
 from ._turn import Turn
 from .errors import ConfigurationError, DatabaseFileError, translate
 
@@ -89,7 +90,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     """
 
     __slots__ = ("_guard", "_queue", "busy_until", "shared_until", "turns_from", "stray_until", "probe_at", "handed",
-                 "turn")
+                 "turn", "checkpointer")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -106,6 +107,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self.stray_until = 0.0
         self.probe_at = 0.0  # when transaction() next looks whether another process has the turn
         self.turn = Turn(path)
+        self.checkpointer = Checkpointer(path)  # transaction() tells it of every commit
         self.handed = 0.0  # when a waiter last got the lock
 
     @property
@@ -484,6 +486,9 @@ class Pool:
             self._closed = True
             finalizers = list(self._finalizers.values())
             self._local = threading.local()
+        lock = _WRITE_LOCKS.get(os.path.realpath(self.path))
+        if lock is not None:  # the background checkpoints' connection closes first: the last to close is ours
+            lock.checkpointer.close()
         for finalizer in finalizers:
             finalizer()
 
@@ -511,6 +516,11 @@ def _after_fork_in_child() -> None:
     _WRITE_LOCKS_GUARD = threading.Lock()
     for lock in _WRITE_LOCKS.values():
         lock.turn.close()  # the parent's descriptor; the child opens its own when it needs one
+        copy = lock.checkpointer.conn
+        if copy is not None and lock.checkpointer.running:  # the fork fell on a checkpoint: the copy is not idle
+            _keep_forever(copy)
+        elif copy is not None:
+            copy.close()  # an idle copy, as the pool's own
     _WRITE_LOCKS.clear()
     for conn in list(_CONNECTIONS):
         conn.owner = None  # the parent's: the SQL layer refuses it in the child

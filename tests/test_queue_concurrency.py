@@ -182,6 +182,9 @@ def test_release_racing_requeue_stale_ends_each_run_once(pool, db_path):
     releaser = context.Process(target=_release_all, args=(str(db_path), held[::-1], releasing, results))
     releaser.start()
     assert releasing.wait(TIMEOUT)
+    # As once a BEGIN has met the other process: BEGIN retries every step. A first BEGIN
+    # waiting in SQLite's busy handler could sleep past every release (1, 2, 5, 10, 15 ms ...).
+    conn.write_lock.busy_until = time.monotonic() + 60
     requeued = []
     for seconds in range(1, 302):
         now = claimed_at + datetime.timedelta(seconds=seconds, milliseconds=1)

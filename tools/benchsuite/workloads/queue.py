@@ -12,8 +12,10 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+import math
 import threading
 
+from abathur_db import _checkpointer
 from abathur_db.errors import AbathurDBError, BusyError
 
 from ..ops import Bench
@@ -79,19 +81,27 @@ def _with_ratios(sides: dict) -> dict:
 
 
 def _wal_frames(bench: Bench, root: str) -> dict:
-    """Count the WAL pages each side writes per put and per claim + complete, with checkpoints off."""
+    """Count the WAL pages each side writes per put and per claim + complete, with checkpoints off.
+
+    The package's background checkpoints are off too: one that let the WAL start again
+    from its beginning would leave fewer frames in it than were written.
+    """
     result = {}
     batch = items(FRAME_ITEMS)
-    for side in IN_PROCESS_SIDES:
-        queue = _open(bench, root, side, "frames", fill=FRAME_ITEMS)[0]
-        conn = queue.connection()
-        conn.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
-        counts = {}
-        if side in SIDES:
-            counts["put"] = _frames(conn, lambda: [queue.put(conn, item) for item in batch])
-        counts["work"] = _frames(conn, lambda: [queue.work_one(conn) for _ in batch])
-        queue.close()
-        result[side] = {kind: round(count / FRAME_ITEMS, 2) for kind, count in counts.items()}
+    every, _checkpointer.CHECKPOINT_EVERY = _checkpointer.CHECKPOINT_EVERY, math.inf
+    try:
+        for side in IN_PROCESS_SIDES:
+            queue = _open(bench, root, side, "frames", fill=FRAME_ITEMS)[0]
+            conn = queue.connection()
+            conn.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
+            counts = {}
+            if side in SIDES:
+                counts["put"] = _frames(conn, lambda: [queue.put(conn, item) for item in batch])
+            counts["work"] = _frames(conn, lambda: [queue.work_one(conn) for _ in batch])
+            queue.close()
+            result[side] = {kind: round(count / FRAME_ITEMS, 2) for kind, count in counts.items()}
+    finally:
+        _checkpointer.CHECKPOINT_EVERY = every
     return result
 
 

@@ -1,0 +1,150 @@
+"""Background checkpoints (abathur_db._checkpointer): a real thread on a real database file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+import abathur_db
+from abathur_db import _checkpointer, metrics, transaction
+from abathur_db import pool as pool_module
+from abathur_db._checkpointer import Checkpointer
+from helpers import fork_and_wait
+
+
+def _until(check, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@pytest.fixture
+def every_5(monkeypatch):
+    monkeypatch.setattr(_checkpointer, "CHECKPOINT_EVERY", 5)
+
+
+def test_every_checkpoint_every_commits_a_background_checkpoint_copies_the_wal_back(pool, db_path, every_5):
+    """Only committed writes count; at the 5th, a thread of its own copies every WAL frame into the database."""
+    conn = pool.connection()
+    checkpointer = pool_module._write_lock(str(db_path)).checkpointer
+    for _ in range(5):
+        with pytest.raises(KeyError), transaction(conn):
+            metrics.record(conn, "rolled back", 1)
+            raise KeyError
+    assert checkpointer.commits == 0
+    for i in range(4):
+        metrics.record(conn, "m", i)
+    assert (checkpointer.commits, checkpointer.runs) == (4, 0)
+    metrics.record(conn, "m", 4)
+    assert _until(lambda: checkpointer.runs == 1)
+    busy, frames, copied = checkpointer.last
+    assert busy == 0 and copied == frames > 0
+    assert checkpointer.conn is not None  # kept for the next one
+    pool.close()
+    assert checkpointer.conn is None
+
+
+def test_the_background_checkpoints_connection_closes_once_idle(pool, db_path, every_5, monkeypatch):
+    """Unused for IDLE_SECONDS, the thread's connection is closed; the next checkpoint opens another."""
+    monkeypatch.setattr(_checkpointer, "IDLE_SECONDS", 0.05)
+    conn = pool.connection()
+    checkpointer = pool_module._write_lock(str(db_path)).checkpointer
+    for round_ in (1, 2):
+        for i in range(5):
+            metrics.record(conn, "m", i)
+        assert _until(lambda: checkpointer.runs == round_ and checkpointer.conn is None)
+        assert checkpointer.last is not None and checkpointer.last[0] == 0
+
+
+def _commits(checkpointer: Checkpointer) -> None:
+    for _ in range(_checkpointer.CHECKPOINT_EVERY):
+        checkpointer.committed()
+
+
+def test_a_background_checkpoint_never_creates_a_missing_database(tmp_path):
+    """A file deleted or not yet there stays absent; the thread lives on and checkpoints once it exists."""
+    path = str(tmp_path / "gone.db")
+    checkpointer = Checkpointer(path)
+    _commits(checkpointer)
+    assert _until(lambda: checkpointer.runs == 1)
+    assert checkpointer.last is None and not os.path.exists(path)
+    with abathur_db.open(path) as pool:
+        metrics.record(pool.connection(), "m", 1)  # one commit: the pool's own checkpointer stays idle
+        _commits(checkpointer)
+        assert _until(lambda: checkpointer.runs == 2)
+        busy, frames, copied = checkpointer.last
+        assert busy == 0 and copied == frames > 0
+        checkpointer.close()
+
+
+class _Blocked:
+    """A checkpoint that opens its connection, then waits for `go`."""
+
+    def __init__(self) -> None:
+        self.go, self.began, self.calls = threading.Event(), threading.Event(), 0
+
+    def __call__(self, checkpointer: Checkpointer):
+        self.calls += 1
+        if checkpointer.conn is None:
+            checkpointer.conn = sqlite3.connect(checkpointer.path, check_same_thread=False)
+        self.began.set()
+        assert self.go.wait(30)
+        return (0, 0, 0)
+
+
+def test_pool_close_waits_for_a_background_checkpoint_and_drops_one_asked_for(pool, db_path, every_5, monkeypatch):
+    """close() returns once the checkpoint under way has ended, its connection closed; one asked for never runs."""
+    blocked = _Blocked()
+    monkeypatch.setattr(Checkpointer, "_checkpoint", lambda checkpointer: blocked(checkpointer))
+    conn = pool.connection()
+    checkpointer = pool_module._write_lock(str(db_path)).checkpointer
+    for i in range(10):  # the 5th starts a checkpoint; the 10th asks for another
+        metrics.record(conn, "m", i)
+    assert blocked.began.wait(30)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # waiting for the checkpoint under way
+    blocked.go.set()
+    closer.join(30)
+    assert not closer.is_alive() and checkpointer.conn is None
+    assert (blocked.calls, checkpointer.runs, checkpointer._pending) == (1, 1, False)
+
+
+def test_a_forked_child_keeps_a_copy_in_the_middle_of_a_checkpoint_and_closes_an_idle_one(pool, db_path, every_5,
+                                                                                           monkeypatch):
+    """The child never closes the copy of a connection inside a checkpoint (it keeps it, unused), and closes an idle
+    copy, as SQLite advises, before it opens connections of its own."""
+    blocked = _Blocked()
+    monkeypatch.setattr(Checkpointer, "_checkpoint", lambda checkpointer: blocked(checkpointer))
+    conn = pool.connection()
+    checkpointer = pool_module._write_lock(str(db_path)).checkpointer
+    for i in range(5):
+        metrics.record(conn, "m", i)
+    assert blocked.began.wait(30)
+    copy = checkpointer.conn
+
+    def kept() -> None:
+        assert pool_module._KEPT[-1] is copy
+        copy.execute("SELECT 1")  # still open
+
+    def closed() -> None:
+        assert copy not in pool_module._KEPT
+        with pytest.raises(sqlite3.ProgrammingError):
+            copy.execute("SELECT 1")
+
+    try:
+        assert fork_and_wait(kept) == 0
+    finally:
+        blocked.go.set()
+    assert _until(lambda: checkpointer.runs == 1 and not checkpointer.running)
+    assert checkpointer.conn is copy  # idle now
+    assert fork_and_wait(closed) == 0
+    copy.execute("SELECT 1")  # the parent's own is untouched
