@@ -31,8 +31,8 @@ IDLE_SECONDS = 1.0
 class Checkpointer:
     """The background checkpoints of the file at `path`, for this process; one per file, kept by its _WriteLock.
 
-    Only the thread holding the file's in-process write lock calls committed().
-    ``conn`` is the thread's connection, open from its first checkpoint until it has
+    transaction() calls committed() after each commit, from any thread: a count lost
+    to a race only delays a checkpoint. ``conn`` is the thread's connection, open from its first checkpoint until it has
     been idle for IDLE_SECONDS; ``running`` is true while a checkpoint is under way;
     ``last`` is what the last one reported (busy, WAL frames, frames copied), None if
     it failed.
