@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -65,3 +66,13 @@ def fork_child(work: Callable[[], object]) -> int:
 def fork_and_wait(work: Callable[[], object]) -> int:
     """Run `work()` in a forked child and return the child's exit code (0: it succeeded)."""
     return os.waitstatus_to_exitcode(os.waitpid(fork_child(work), 0)[1])
+
+
+def until(check: Callable[[], object], seconds: float = 10) -> bool:
+    """Poll `check()` every 5 ms until it is true or `seconds` have passed; return whether it came true."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -13,16 +12,7 @@ import abathur_db
 from abathur_db import _checkpointer, metrics, transaction
 from abathur_db import pool as pool_module
 from abathur_db._checkpointer import Checkpointer
-from helpers import fork_and_wait
-
-
-def _until(check, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from helpers import fork_and_wait, until
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ def test_every_checkpoint_every_commits_a_background_checkpoint_copies_the_wal_b
         metrics.record(conn, "m", i)
     assert (checkpointer.commits, checkpointer.runs) == (4, 0)
     metrics.record(conn, "m", 4)
-    assert _until(lambda: checkpointer.runs == 1)
+    assert until(lambda: checkpointer.runs == 1)
     busy, frames, copied = checkpointer.last
     assert busy == 0 and copied == frames > 0
     assert checkpointer.conn is not None  # kept for the next one
@@ -59,7 +49,7 @@ def test_the_background_checkpoints_connection_closes_once_idle(pool, db_path, e
     for round_ in (1, 2):
         for i in range(5):
             metrics.record(conn, "m", i)
-        assert _until(lambda: checkpointer.runs == round_ and checkpointer.conn is None)
+        assert until(lambda: checkpointer.runs == round_ and checkpointer.conn is None)
         assert checkpointer.last is not None and checkpointer.last[0] == 0
 
 
@@ -73,14 +63,33 @@ def test_a_background_checkpoint_never_creates_a_missing_database(tmp_path):
     path = str(tmp_path / "gone.db")
     checkpointer = Checkpointer(path)
     _commits(checkpointer)
-    assert _until(lambda: checkpointer.runs == 1)
+    assert until(lambda: checkpointer.runs == 1)
     assert checkpointer.last is None and not os.path.exists(path)
     with abathur_db.open(path) as pool:
         metrics.record(pool.connection(), "m", 1)  # one commit: the pool's own checkpointer stays idle
         _commits(checkpointer)
-        assert _until(lambda: checkpointer.runs == 2)
+        assert until(lambda: checkpointer.runs == 2)
         busy, frames, copied = checkpointer.last
         assert busy == 0 and copied == frames > 0
+        checkpointer.close()
+
+
+def test_a_thread_that_cannot_start_leaves_the_checkpoints_to_sqlite_until_one_can(tmp_path, monkeypatch):
+    """No thread to be had: the commit goes on, nothing runs; at the next CHECKPOINT_EVERY commits one starts."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with abathur_db.open(str(tmp_path / "t.db")) as pool:
+        metrics.record(pool.connection(), "m", 1)
+        checkpointer = Checkpointer(str(tmp_path / "t.db"))
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        _commits(checkpointer)
+        assert checkpointer._thread is None and checkpointer.runs == 0
+        monkeypatch.setattr(threading.Thread, "start", start)
+        _commits(checkpointer)
+        assert until(lambda: checkpointer.runs == 1)
         checkpointer.close()
 
 
@@ -144,7 +153,7 @@ def test_a_forked_child_keeps_a_copy_in_the_middle_of_a_checkpoint_and_closes_an
         assert fork_and_wait(kept) == 0
     finally:
         blocked.go.set()
-    assert _until(lambda: checkpointer.runs == 1 and not checkpointer.running)
+    assert until(lambda: checkpointer.runs == 1 and not checkpointer.running)
     assert checkpointer.conn is copy  # idle now
     assert fork_and_wait(closed) == 0
     copy.execute("SELECT 1")  # the parent's own is untouched

@@ -17,7 +17,7 @@ import abathur_db
 from abathur_db import _turn, tasks
 from abathur_db import pool as pool_module
 from abathur_db._turn import Turn
-from helpers import fork_and_wait, tracing
+from helpers import fork_and_wait, tracing, until
 
 pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
 FORK = multiprocessing.get_context("fork")
@@ -80,15 +80,6 @@ def other(pool, db_path):
     process.close()
 
 
-def _until(check, seconds: float = 5) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_a_lone_process_takes_no_turn_and_makes_no_lock_file(pool, db_path):
     """Writing alone never gets as far as turns: no lock file, no descriptor, nothing to wait for."""
     conn = pool.connection()
@@ -106,7 +97,7 @@ def test_a_waiting_process_gets_the_turn_the_moment_the_holder_gives_it_up(db_pa
     assert turn.taken_elsewhere() and not turn.take(0)
     waiter = threading.Thread(target=lambda: got.append(turn.take(10)))
     waiter.start()
-    assert _until(lambda: other("others_wait"))
+    assert until(lambda: other("others_wait"))
     cpu = time.process_time()
     time.sleep(0.1)
     assert time.process_time() - cpu < 0.03  # the helper blocks in the kernel; the waiter sleeps
@@ -134,7 +125,7 @@ def test_a_wait_for_the_turn_ends_at_its_timeout_and_leaves_no_turn_behind(db_pa
     assert turn.take(0.2) is False
     assert 0.2 <= time.monotonic() - started < 2
     assert other("release") is True  # this process's helper still waits in the kernel
-    assert _until(lambda: not other("taken_elsewhere"))  # granted to the helper, and given back at once
+    assert until(lambda: not other("taken_elsewhere"))  # granted to the helper, and given back at once
     assert turn.since == 0.0 and not turn.taken_elsewhere()
     assert other("take", 1) is True and turn.taken_elsewhere()  # free for anyone
 
@@ -157,7 +148,7 @@ def test_an_exception_while_waiting_for_the_turn_leaves_no_turn_behind(db_path, 
         signal.signal(signal.SIGALRM, previous)
     assert turn.since == 0.0 and not turn._want
     assert other("release") is True
-    assert _until(lambda: not other("taken_elsewhere"))
+    assert until(lambda: not other("taken_elsewhere"))
     assert turn.take(1) is True  # and taking it again works
     assert turn.release(local_waiters=False) is False
 
@@ -170,7 +161,7 @@ def test_a_process_keeps_its_turn_for_its_threads_until_another_process_waits(db
     monkeypatch.setattr(_turn, "TURN_SECONDS", 0.0)
     assert turn.release(local_waiters=True) is False and turn.since  # past it, but nobody else waits
     other.send("take", 10)
-    assert _until(turn._others_wait)
+    assert until(turn._others_wait)
     assert turn.release(local_waiters=True) is True and turn.since == 0.0
     assert other.reply() is True
 
@@ -208,7 +199,7 @@ def test_a_lone_writer_notices_another_process_taking_turns_and_a_turn_held_idle
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 3
     assert other("release") is True  # this process's helper still waited
-    assert _until(lambda: not other("taken_elsewhere"))
+    assert until(lambda: not other("taken_elsewhere"))
 
 
 def test_an_exception_while_giving_the_turn_up_still_gives_the_in_process_lock_back(pool, db_path, monkeypatch):
@@ -295,7 +286,7 @@ def test_processes_writing_one_file_take_turns_and_lose_nothing(pool, db_path):
     stop, count = FORK.Event(), FORK.Value("i", 0)
     child = FORK.Process(target=_write_until, args=(str(db_path), stop, count))
     child.start()
-    watcher = threading.Thread(target=lambda: _until(lambda: lock.turn.since > 0, 30) and stop.set())
+    watcher = threading.Thread(target=lambda: until(lambda: lock.turn.since > 0, 30) and stop.set())
     watcher.start()
     _write_until(str(db_path), stop, count)
     stop.set()
@@ -343,7 +334,7 @@ def test_a_waiter_whose_announcement_falls_on_a_holders_look_announces_it_after(
     waiter.start()
     time.sleep(0.05)
     assert other("unlook") is True
-    assert _until(lambda: other("others_wait"))  # seen waiting once the look is over
+    assert until(lambda: other("others_wait"))  # seen waiting once the look is over
     assert other("release") is True
     waiter.join(10)
     assert got == [True] and turn.release(local_waiters=False) is False
