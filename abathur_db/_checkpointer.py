@@ -32,10 +32,10 @@ class Checkpointer:
     """The background checkpoints of the file at `path`, for this process; one per file, kept by its _WriteLock.
 
     transaction() calls committed() after each commit, from any thread: a count lost
-    to a race only delays a checkpoint. ``conn`` is the thread's connection, open from its first checkpoint until it has
-    been idle for IDLE_SECONDS; ``running`` is true while a checkpoint is under way;
-    ``last`` is what the last one reported (busy, WAL frames, frames copied), None if
-    it failed.
+    to a race only delays a checkpoint. ``conn`` is the thread's connection, open from
+    its first checkpoint until it has been idle for IDLE_SECONDS; ``running`` is true
+    while a checkpoint is under way; ``last`` is what the last one reported (busy, WAL
+    frames, frames copied), None if it failed.
     """
 
     __slots__ = ("path", "commits", "conn", "last", "runs", "running", "_cond", "_pending", "_thread")

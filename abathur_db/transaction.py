@@ -445,9 +445,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                     _PLAIN.pop(id(conn), None)
         if exc_type is None and state.write_lock is not None:  # committed
             state.write_lock.checkpointer.committed()
-        if exc_type is None and _SIGNALS and state.write_lock is not None:  # committed, and a thread waits
-            signal = _SIGNALS.get(id(state.write_lock))
-            if signal is not None:
+            signal = _SIGNALS.get(id(state.write_lock)) if _SIGNALS else None
+            if signal is not None:  # a thread waits for commits
                 signal.announce()
         return False
 
