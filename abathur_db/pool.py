@@ -97,8 +97,9 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self._guard = threading.Lock()
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
         # Until this time.monotonic(), another process is taken to be writing the file:
-        # transaction() then waits for SQLite's write lock in short steps ...
-        self.busy_until = 0.0
+        # transaction() then waits for SQLite's write lock in short steps (negative until the
+        # process's first BEGIN on the file, which sets it, see transaction._begin) ...
+        self.busy_until = -1.0
         # ... and, until this one, takes this process's turn to write the file first
         # (not before turns_from: until then the turn is taken to be stuck, see transaction).
         self.shared_until = self.turns_from = 0.0

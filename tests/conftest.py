@@ -32,7 +32,11 @@ def pool(db_path, schema_file):
     six times as much as copying, for each of the many tests that start from it.
     """
     shutil.copy(schema_file, db_path)  # its mode too: owner only, as open() makes a new file
-    return abathur_db.open(db_path)
+    opened = abathur_db.open(db_path)
+    # As a process past its first second on the file: its BEGINs wait in SQLite's handler, no PRAGMA
+    # sent, until another process is seen writing (test_transaction covers the first second).
+    pool_module._write_lock(str(db_path)).busy_until = 0.0
+    return opened
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from abathur_db import metrics, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, BusyError, ConfigurationError, UniqueError, ValidationError
 from abathur_db.transaction import write, write_many
-from helpers import tracing
+from helpers import tracing, until
 
 INSERT = "INSERT INTO metrics (metric_name, metric_value) VALUES ('m', 1)"
 
@@ -289,6 +289,25 @@ def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool
         assert [m["metric_name"] for m in metrics.query(conn)] == ["first", "stepped"]
     finally:
         outsider.close()
+
+
+def test_a_process_waits_in_steps_through_its_first_second_on_a_file(tmp_path, monkeypatch):
+    """A process's BEGINs on a file retry in steps for BUSY_SECONDS from its first; later ones send no PRAGMA.
+
+    Other processes may be writing the file unseen, their lock free between commits too
+    briefly for SQLite's busy handler, whose sleeps grow to 100 ms, to catch.
+    """
+    monkeypatch.setattr(abathur_db.pool, "BUSY_SECONDS", 0.2)
+    pool = abathur_db.open(tmp_path / "new.db")  # the schema's statements are the process's first on the file
+    conn = pool.connection()
+    with tracing(conn) as sent:
+        metrics.record(conn, "within", 1)
+    assert sent[:3] == ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "BEGIN IMMEDIATE"], sent
+    until(lambda: time.monotonic() > conn.write_lock.busy_until)
+    with tracing(conn) as sent:
+        metrics.record(conn, "after", 1)
+    assert sent[0] == "BEGIN IMMEDIATE", sent
+    assert [m["metric_name"] for m in metrics.query(conn)] == ["within", "after"]
 
 
 def test_a_begin_in_steps_gives_up_at_the_busy_timeout(pool, db_path):
