@@ -184,6 +184,11 @@ HANDOFF_SECONDS = 0.001
 BUSY_SEEN_SECONDS = 0.0005
 BUSY_SECONDS = 1.0
 BUSY_STEP_MS = 1
+# Under the process's turn, BEGIN waits in SQLite's handler, which sleeps 1 ms, then 2 ms...:
+# one that took longer than this found the lock taken twice, by a writer that takes no turn.
+# Shorter waits are a checkpoint's brief locks or a late interpreter lock (3 processes × 4
+# threads: 0.6-1.2 ms, 1-3 times a run, each putting BEGIN in steps for BUSY_SECONDS).
+STRAY_SEEN_SECONDS = 0.002
 # How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
 PROBE_SECONDS = 0.01
 # The longest a BEGIN waits for the turn (3 processes × 4 threads: 20 ms at most) before

@@ -508,7 +508,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
     held = lock.turn.since > 0 and started >= lock.stray_until
     if not turn_waited and (held or started >= lock.busy_until):
         conn.execute("BEGIN IMMEDIATE")
-        if time.monotonic() - started > pool.BUSY_SEEN_SECONDS:
+        if time.monotonic() - started > (pool.STRAY_SEEN_SECONDS if held else pool.BUSY_SEEN_SECONDS):
             # Likely another process's lock, but perhaps only this thread descheduled:
             # turns start once a BEGIN in steps finds the lock taken.
             lock.busy_until = time.monotonic() + pool.BUSY_SECONDS
