@@ -214,7 +214,7 @@ class _Connection(sqlite3.Connection):
     """
 
     __slots__ = ("owner", "thread", "thread_name", "pid", "path", "write_lock", "guard", "blocks", "busy_ms",
-                 "epoch", "began", "closing", "__weakref__")
+                 "epoch", "began", "closing", "closed", "__weakref__")
 
     owner: int | None
     thread: int
@@ -228,6 +228,21 @@ class _Connection(sqlite3.Connection):
     epoch: int
     began: bool
     closing: bool
+    closed: bool
+
+    def close(self) -> None:
+        """Close the connection; the file's last one open in this process closes the checkpoints' connection too.
+
+        Otherwise that one would stay open up to _checkpointer.IDLE_SECONDS, and with it
+        the WAL, which SQLite folds into the database and deletes as the last connection
+        closes: a copy of the database file alone would miss the latest commits.
+        """
+        super().close()
+        self.closed = True
+        lock = self.write_lock
+        if lock is not None and self.pid == os.getpid() and not any(
+                conn.write_lock is lock and not conn.closed for conn in list(_CONNECTIONS)):
+            lock.checkpointer.close()
 
 
 def _write_lock(path: str) -> _WriteLock:
@@ -309,7 +324,7 @@ def connect(path: StrOrBytesPath, *, readonly: bool = False,
     conn.guard = threading.RLock()
     conn.blocks = conn.epoch = 0
     conn.busy_ms = None
-    conn.began = conn.closing = False
+    conn.began = conn.closing = conn.closed = False
     _CONNECTIONS.add(conn)
     try:
         _configure(conn, path, readonly, allow_rollback_journal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -39,6 +40,24 @@ def test_every_checkpoint_every_commits_a_background_checkpoint_copies_the_wal_b
     assert checkpointer.conn is not None  # kept for the next one
     pool.close()
     assert checkpointer.conn is None
+
+
+def test_the_files_last_connection_closed_by_hand_closes_the_checkpoints_connection(tmp_path, every_5):
+    """Closing the process's last connection to the file closes the thread's too: the WAL is folded in and gone."""
+    path = tmp_path / "by_hand.db"
+    abathur_db.open(path).close()
+    first, second = abathur_db.connect(path), abathur_db.connect(path)
+    checkpointer = pool_module._write_lock(str(path)).checkpointer
+    for i in range(5):
+        metrics.record(first, "m", i)
+    assert until(lambda: checkpointer.runs == 1)
+    metrics.record(first, "after the checkpoint", 5)  # only in the WAL
+    first.close()
+    assert checkpointer.conn is not None  # `second` is still open
+    second.close()
+    assert checkpointer.conn is None and not os.path.exists(f"{path}-wal")
+    with contextlib.closing(sqlite3.connect(path)) as copy:  # the database file alone holds every commit
+        assert copy.execute("SELECT count(*) FROM metrics").fetchone()[0] == 6
 
 
 def test_the_background_checkpoints_connection_closes_once_idle(pool, db_path, every_5, monkeypatch):
