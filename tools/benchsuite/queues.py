@@ -20,7 +20,6 @@ processes in SQLite's busy handler, as the raw sides do, instead of in short ste
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 from typing import Any
@@ -277,17 +276,19 @@ class FusedPackageQueue(PackageQueue):
 
 
 class SQLiteWaitPackageQueue(FusedPackageQueue):
-    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SEEN_SECONDS = inf)."""
+    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SECONDS = 0)."""
 
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        self._busy_seconds = pool.BUSY_SECONDS
+        # No second of steps and turns, not even the process's first on the file (set before
+        # it writes): this process's, until close(); spawned workers set their own.
+        pool.BUSY_SECONDS = 0.0
         super().__init__(path, tuning)
-        self._busy_seen = pool.BUSY_SEEN_SECONDS
-        pool.BUSY_SEEN_SECONDS = math.inf  # this process's, until close(): spawned workers set their own
 
     def close(self) -> None:
-        """Close the pool and give pool.BUSY_SEEN_SECONDS its value back."""
+        """Close the pool and give pool.BUSY_SECONDS its value back."""
         super().close()
-        pool.BUSY_SEEN_SECONDS = self._busy_seen
+        pool.BUSY_SECONDS = self._busy_seconds
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
