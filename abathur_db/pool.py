@@ -98,7 +98,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
         # Until this time.monotonic(), another process is taken to be writing the file:
         # transaction() then waits for SQLite's write lock in short steps (negative until the
-        # process's first BEGIN on the file, which sets it, see transaction._begin) ...
+        # process's first BEGIN on the file, which sets it FIRST_SECONDS ahead) ...
         self.busy_until = -1.0
         # ... and, until this one, takes this process's turn to write the file first
         # (not before turns_from: until then the turn is taken to be stuck, see transaction).
@@ -184,6 +184,12 @@ HANDOFF_SECONDS = 0.001
 BUSY_SEEN_SECONDS = 0.0005
 BUSY_SECONDS = 1.0
 BUSY_STEP_MS = 1
+# So do a process's first BEGIN on a file and those of the next FIRST_SECONDS: other processes
+# may be writing it unseen, their lock free between commits too briefly for SQLite's handler to
+# catch (3 processes × 4 threads starting together: first calls of 80-330 ms in 1 run of 4; with
+# 0.1 s of steps, 33 ms at most in 8 runs, the first BEGIN alone 71 ms). A BEGIN in steps sends
+# 3 PRAGMAs: a lone writer's puts were 8 % slower meanwhile.
+FIRST_SECONDS = 0.1
 # Under the process's turn, BEGIN waits in SQLite's handler, which sleeps 1 ms, then 2 ms...:
 # one that took longer than this found the lock taken twice, by a writer that takes no turn.
 # Shorter waits are a checkpoint's brief locks or a late interpreter lock (3 processes × 4

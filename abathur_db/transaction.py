@@ -495,11 +495,8 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if lock.busy_until < 0:
-        # The process's first BEGIN on the file: other processes may be writing it unseen, their
-        # lock free between commits too briefly for SQLite's handler to catch (3 processes ×
-        # 4 threads starting together: first calls of 0.08-0.33 s, 12 of its sleeps).
-        lock.busy_until = started + pool.BUSY_SECONDS
+    if lock.busy_until < 0:  # the process's first BEGIN on the file
+        lock.busy_until = started + pool.FIRST_SECONDS
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn

@@ -33,8 +33,8 @@ def pool(db_path, schema_file):
     """
     shutil.copy(schema_file, db_path)  # its mode too: owner only, as open() makes a new file
     opened = abathur_db.open(db_path)
-    # As a process past its first second on the file: its BEGINs wait in SQLite's handler, no PRAGMA
-    # sent, until another process is seen writing (test_transaction covers the first second).
+    # As a process past its first moments on the file (pool.FIRST_SECONDS): its BEGINs wait in SQLite's
+    # handler, no PRAGMA sent, until another process is seen writing (test_transaction covers them).
     pool_module._write_lock(str(db_path)).busy_until = 0.0
     return opened
 

@@ -635,7 +635,7 @@ SIGNAL_CHILD = """
     signal.set_wakeup_fd(wakeup)
     pool = abathur_db.open(path)
     conn = pool.connection()
-    # A process past its first second on the file, no other writer seen, waits in SQLite's handler.
+    # A process past its first moments on the file, no other writer seen, waits in SQLite's handler.
     conn.write_lock.busy_until = 0.0 if where == "handler" else float("inf")
     begun = threading.Event()
     conn.set_trace_callback(lambda sql: begun.set() if sql == "BEGIN IMMEDIATE" else None)

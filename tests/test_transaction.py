@@ -291,13 +291,13 @@ def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool
         outsider.close()
 
 
-def test_a_process_waits_in_steps_through_its_first_second_on_a_file(tmp_path, monkeypatch):
-    """A process's BEGINs on a file retry in steps for BUSY_SECONDS from its first; later ones send no PRAGMA.
+def test_a_process_waits_in_steps_through_its_first_moments_on_a_file(tmp_path, monkeypatch):
+    """A process's BEGINs on a file retry in steps for FIRST_SECONDS from its first; later ones send no PRAGMA.
 
     Other processes may be writing the file unseen, their lock free between commits too
     briefly for SQLite's busy handler, whose sleeps grow to 100 ms, to catch.
     """
-    monkeypatch.setattr(abathur_db.pool, "BUSY_SECONDS", 0.2)
+    monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.5)
     pool = abathur_db.open(tmp_path / "new.db")  # the schema's statements are the process's first on the file
     conn = pool.connection()
     with tracing(conn) as sent:

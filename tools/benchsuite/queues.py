@@ -276,19 +276,19 @@ class FusedPackageQueue(PackageQueue):
 
 
 class SQLiteWaitPackageQueue(FusedPackageQueue):
-    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SECONDS = 0)."""
+    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SECONDS = FIRST_SECONDS = 0)."""
 
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
-        self._busy_seconds = pool.BUSY_SECONDS
-        # No second of steps and turns, not even the process's first on the file (set before
+        self._knobs = pool.BUSY_SECONDS, pool.FIRST_SECONDS
+        # No steps and no turns, not even in the process's first moments on the file (set before
         # it writes): this process's, until close(); spawned workers set their own.
-        pool.BUSY_SECONDS = 0.0
+        pool.BUSY_SECONDS = pool.FIRST_SECONDS = 0.0
         super().__init__(path, tuning)
 
     def close(self) -> None:
-        """Close the pool and give pool.BUSY_SECONDS its value back."""
+        """Close the pool and give pool.BUSY_SECONDS and pool.FIRST_SECONDS their values back."""
         super().close()
-        pool.BUSY_SECONDS = self._busy_seconds
+        pool.BUSY_SECONDS, pool.FIRST_SECONDS = self._knobs
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
