@@ -191,7 +191,7 @@ BUSY_STEP_MS = 1
 # 3 PRAGMAs: a lone writer's puts were 8 % slower meanwhile.
 FIRST_SECONDS = 0.1
 # Under the process's turn, BEGIN waits in SQLite's handler, which sleeps 1 ms, then 2 ms...:
-# one that took longer than this found the lock taken twice, by a writer that takes no turn.
+# one that took longer than this found the lock taken at least twice, by a writer without turns.
 # Shorter waits are a checkpoint's brief locks or a late interpreter lock (3 processes × 4
 # threads: 0.6-1.2 ms, 1-3 times a run, each putting BEGIN in steps for BUSY_SECONDS).
 STRAY_SEEN_SECONDS = 0.002
