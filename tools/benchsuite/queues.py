@@ -276,7 +276,7 @@ class FusedPackageQueue(PackageQueue):
 
 
 class SQLiteWaitPackageQueue(FusedPackageQueue):
-    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler (BUSY_SECONDS = FIRST_SECONDS = 0)."""
+    """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler, without steps or turns."""
 
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
         self._knobs = pool.BUSY_SECONDS, pool.FIRST_SECONDS
