@@ -297,7 +297,7 @@ def test_a_process_waits_in_steps_through_its_first_moments_on_a_file(tmp_path, 
     Other processes may be writing the file unseen, their lock free between commits too
     briefly for SQLite's busy handler, whose sleeps grow to 100 ms, to catch.
     """
-    monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.5)
+    monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.2)
     pool = abathur_db.open(tmp_path / "new.db")  # the schema's statements are the process's first on the file
     conn = pool.connection()
     with tracing(conn) as sent:
