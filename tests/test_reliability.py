@@ -334,7 +334,7 @@ class _Holder:
 def test_writer_gets_busy_error_after_about_busy_timeout(pool, db_path, holder_kind):
     """A write lock held past busy_timeout gives the writer BusyError after about that long, not a hang."""
     conn = pool.connection()
-    timeout_ms = 500
+    timeout_ms = 250
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}").fetchall()  # this connection only, to keep the test short
     holder = _Holder(holder_kind, pool, db_path)
     try:
