@@ -320,6 +320,19 @@ def test_runs_pool_latency_samples():
     assert pooled["median_us"] == pytest.approx(100.5, rel=0.01)
 
 
+def test_runs_pool_both_sides_samples_of_a_comparison_and_take_the_median_of_their_ratios():
+    """A package/raw comparison over runs pools each side's samples (a catalog query's p99 bar is judged on
+    every sample), while its ratios stay the medians of the runs' side-by-side ratios."""
+    fast = [100_000 + k for k in range(1000)]
+    slow = [100_000 + k for k in range(900)] + [5_000_000] * 100  # 10 % at 5 ms
+    runs = [timing.compare(fast, fast), timing.compare(fast, fast), timing.compare(slow, fast)]
+    combined = timing.combine_runs(runs)
+    assert combined["package"]["pooled_runs"] == 3 and combined["package"]["n"] == 3000
+    assert combined["package"]["p99_us"] == pytest.approx(5_000, rel=0.01)  # a median of p99s: 0.1 ms
+    assert combined["raw"]["p99_us"] == pytest.approx(101, rel=0.01)
+    assert combined["p99_ratio"] == 1.0  # the runs' own: 1.0, 1.0, ~50
+
+
 def test_raw_decoding_skips_the_parser_for_empty_json(monkeypatch):
     """The raw side decodes "[]" and "{}" without json.loads, as the package does, so it does no extra work."""
     monkeypatch.setattr(raw.json, "loads", lambda text: pytest.fail(f"parsed {text!r}"))

@@ -23,8 +23,9 @@ def render(figures: dict, source: str = "FIGURES.json") -> str:
                  "Do not edit by hand: run both again.")
     runs = meta.get("runs", 1)
     md.paragraph(
-        *([f"Each figure is the median of {runs} runs of every timed workload on the same data set (counts of "
-           "duplicates and errors are their sum over the runs)."] if runs > 1 else []),
+        *([f"Each figure is the median of {runs} runs of every timed workload on the same data set, except"
+           " latency percentiles, which pool every run's samples (1 % buckets), and counts of duplicates and"
+           " errors, their sum over the runs."] if runs > 1 else []),
         "Method: each figure is measured with the package and raw `sqlite3` interleaved (alternating per call or",
         "per batch), raw running the same SQL and doing the same work (rows to dicts, JSON decoded; ids and",
         "timestamps from the same helpers). Single-thread comparisons run both sides on the same connection, so",

@@ -90,8 +90,12 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def compare(package_ns: list[int], raw_ns: list[int]) -> dict[str, Any]:
-    """Return both sides' stats and the package/raw time ratios of their medians and p99s."""
-    package, raw = stats(package_ns), stats(raw_ns)
+    """Return both sides' latency() and the package/raw time ratios of their medians and p99s.
+
+    Over several runs, each side's percentiles pool every run's samples; the ratios are
+    the medians of the runs' own, each taken side by side.
+    """
+    package, raw = latency(package_ns), latency(raw_ns)
     return {
         "package": package,
         "raw": raw,

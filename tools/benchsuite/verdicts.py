@@ -127,7 +127,7 @@ def missed_reasons(figures: dict) -> list[str]:
             what = "a write, committed at each call" if v["kind"] == "write" else "a read"
             if raw >= 1:
                 whose = "raw sqlite3 running the same SQL misses it too: the tail is the statement's and its commit's"
-            elif v["p99_ratio"] <= 1.2:  # each p99 above is the median of the runs' own
+            elif v["p99_ratio"] <= 1.2:
                 whose = (f"run by run, though, the package's p99 was {v['p99_ratio']:.2f}x raw's (the median of the"
                          " runs' ratios): the tail comes and goes with the run, on both sides")
             else:
