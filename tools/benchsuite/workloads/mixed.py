@@ -14,7 +14,7 @@ from ..dataset import restore_claimed
 from ..markdown import Markdown, us, x
 from ..ops import Bench
 from ..raw import raw_connect
-from ..timing import CLOCK, latency, progress, ratio, stats
+from ..timing import CLOCK, latency, progress, ratio
 from .claims import THREADS, TIMEOUT
 
 WRITES = ("T2", "T7", "T9", "insert_task", "insert_audit", "insert_checkpoint", "insert_metric", "set_state")
@@ -52,12 +52,12 @@ def measure(bench: Bench) -> dict:
         lists = per_side[side]
         count = len(lists["read"]) + len(lists["write"])
         result[side] = {
-            # Pooled over runs (timing.latency): the p99 bar is judged on every run's samples together.
+            # Pooled over runs (timing.latency): the p99 bars are judged on every run's samples together.
             "read": latency(lists["read"]),
             "write": latency(lists["write"]),
             "errors": errors[side],
             "ops_per_s": round(count / (walls[side] / 1e9), 1) if walls[side] else None,
-            "per_op": {name[3:]: stats(values) for name, values in sorted(lists.items()) if name.startswith("op:")},
+            "per_op": {name[3:]: latency(values) for name, values in sorted(lists.items()) if name.startswith("op:")},
         }
     result["read_p99_ratio"] = ratio(result["package"]["read"]["p99_us"], result["raw"]["read"]["p99_us"])
     result["write_p99_ratio"] = ratio(result["package"]["write"]["p99_us"], result["raw"]["write"]["p99_us"])
