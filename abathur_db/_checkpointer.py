@@ -24,7 +24,8 @@ __all__ = ["Checkpointer"]
 # 3 processes × 4 threads, 1.0-1.03x at a per-task p99 of 11 ms instead of 12.5 ms.
 CHECKPOINT_EVERY = 50
 # The thread's connection, unused this long, is closed (opening one for each
-# checkpoint slowed the writers by a sixth); Pool.close() closes it at once.
+# checkpoint slowed the writers by a sixth); the process's last connection to the file
+# closes it at once (see pool._Connection.close).
 IDLE_SECONDS = 1.0
 
 

@@ -513,9 +513,6 @@ class Pool:
             self._closed = True
             finalizers = list(self._finalizers.values())
             self._local = threading.local()
-        lock = _WRITE_LOCKS.get(os.path.realpath(self.path))
-        if lock is not None:  # the background checkpoints' connection closes first: the last to close is ours
-            lock.checkpointer.close()
         for finalizer in finalizers:
             finalizer()
 
