@@ -419,8 +419,8 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     figures["bars"] = queue_report.bars(figures)
     (reason,) = [r for r in queue_report.reasons(figures) if "3 processes" in r]
     assert ("the package waiting in SQLite's busy handler too (pool.BUSY_SECONDS = pool.FIRST_SECONDS = 0)"
-            " reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)"
-            ) in reason
+            " reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms"
+            " (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)") in reason
     assert "the package's processes take turns of _turn.TURN_SECONDS while others wait" in reason
     (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
     assert "busy handler too" not in threads and "take turns" not in threads
