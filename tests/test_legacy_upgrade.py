@@ -515,6 +515,7 @@ def _limited_connect(extra_pages: int):
     return connect
 
 
+@pytest.mark.slow
 def test_full_disk_at_any_phase_raises_storage_full_and_changes_nothing(tmp_path, monkeypatch):
     """However little room is left, the upgrade raises StorageFullError and leaves the file legacy, or succeeds."""
     template = tmp_path / "template.db"

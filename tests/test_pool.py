@@ -131,6 +131,7 @@ def test_pool_is_a_context_manager(db_path):
         conn.execute("SELECT 1")
 
 
+@pytest.mark.slow
 def test_short_lived_threads_leave_no_file_descriptors(db_path):
     """100 threads that each use the pool and end leave no connection or descriptor behind."""
     gc.collect()

@@ -330,6 +330,7 @@ class _Holder:
             self._thread.join(timeout=TIMEOUT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("holder_kind", ["thread", "process"])
 def test_writer_gets_busy_error_after_about_busy_timeout(pool, db_path, holder_kind):
     """A write lock held past busy_timeout gives the writer BusyError after about that long, not a hang."""
