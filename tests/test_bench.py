@@ -426,6 +426,18 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     assert "busy handler too" not in threads and "take turns" not in threads
 
 
+def test_a_missed_concurrent_queue_bar_compares_the_floor_with_the_floor_on_one_thread():
+    """The floor's workers together are set against the floor's own statements on one thread."""
+    workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
+    workloads["claim_1"]["raw_schema_fused"]["ops_per_s"] = 3_300
+    figures = {"queue": {"5000": workloads}}
+    figures["bars"] = queue_report.bars(figures)
+    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    assert ("the floor's workers together do 3,000 tasks a second, 0.91x of its 3,300 on one thread: one writer"
+            " at a time, however many wait") in threads
+    assert not any("together do" in r for r in queue_report.reasons(figures) if "1 thread," in r)
+
+
 def test_a_queue_bar_missed_at_one_n_is_explained_at_that_n_only():
     """Met at N = 5,000 and missed at N = 50,000: one reason, for N = 50,000, and no empty one."""
     met = {key: _sides(6_000, 7_000) for key, *_ in queue.WORKLOADS}

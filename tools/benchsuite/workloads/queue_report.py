@@ -138,6 +138,11 @@ def reasons(figures: dict) -> list[str]:
                            " can keep it, and its warm cache, while the others wait; the package hands it to the"
                            " longest waiter once its holder has had it for pool.HANDOFF_SECONDS, so that every"
                            " worker gets its share, at the cost of a thread switch and a cold cache per hand-off")
+                lone = f["claim_1"].get(FLOOR_SIDES["claim_1"])
+                if lone:  # what the floor's statements do with no other worker at all
+                    why.append(f"the floor's workers together do {floor['ops_per_s']:,.0f} tasks a second,"
+                               f" {x(floor['ops_per_s'] / lone['ops_per_s'])} of its {lone['ops_per_s']:,.0f}"
+                               " on one thread: one writer at a time, however many wait")
                 if "raw_schema_locked" in f[key]:
                     locked = f[key]["raw_schema_locked"]
                     why.append(f"raw SQL taking the package's in-process lock around each call reaches"
