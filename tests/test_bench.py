@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import pytest
 
 import abathur_db
 from abathur_db import catalog, tasks
+from abathur_db import _checkpointer
 from abathur_db import pool as pool_module
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
+from tools.benchsuite.dataset import SCALES
 from tools.benchsuite.ops import STALE_PER_REQUEUE
-from tools.benchsuite.workloads import queue, queue_report
+from tools.benchsuite.workloads import claims, queue, queue_report
 from helpers import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +116,7 @@ def test_claims_and_mix_are_counted(run):
     figures, _, _ = run
     claim = figures["claim"]
     assert COMPARISON <= set(claim["one_thread"])
+    assert claim["one_thread"]["batch"] == min(claims.BATCH, SCALES["tiny"].claims)
     for kind in ("threads", "processes"):
         assert CLAIMERS <= set(claim[kind])
         assert claim[kind]["duplicates"] == 0  # a duplicate is a bug, whatever the machine
@@ -120,6 +124,11 @@ def test_claims_and_mix_are_counted(run):
         for kind in ("read", "write"):
             assert STATS <= set(figures["mixed"][side][kind])
         assert {entry.id for entry in catalog.CATALOG} <= set(figures["mixed"][side]["per_op"])
+
+
+def test_one_thread_claim_batches_are_prime_to_the_commits_between_background_checkpoints():
+    """Each background checkpoint starts at another call of a package batch, not always at the same one."""
+    assert claims.BATCH > 1 and math.gcd(claims.BATCH, _checkpointer.CHECKPOINT_EVERY) == 1
 
 
 @pytest.mark.slow
@@ -258,6 +267,7 @@ def test_report_is_rendered_from_the_json(run):
     for entry in catalog.CATALOG:
         assert f"| {entry.id} |" in report
     assert "not measured in this run" in report  # no --coverage given
+    assert f"the sides alternating every {figures['claim']['one_thread']['batch']} calls" in report
     assert "`python -m tools.benchsuite.render figures.json`" in report
     assert report == render.render(figures, "figures.json") + "\n"
 
