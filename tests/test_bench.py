@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import re
 import subprocess
 import sys
@@ -317,6 +318,24 @@ def test_coverage_report_is_read(tmp_path, kind):
         path.write_text('<?xml version="1.0" ?><coverage line-rate="0.9346" branch-rate="0.9"></coverage>')
     assert environment.read_coverage(str(path))["percent"] == pytest.approx(93.5)
     assert environment.read_coverage(None)["percent"] is None
+
+
+def test_paired_spreads_a_periodic_slow_call_over_both_sides(monkeypatch):
+    """Every 4th call is slow (as a commit taking the WAL past wal_autocheckpoint every few pairs):
+    the drawn order puts it on both sides, where alternating the first side put it on one."""
+    seed = 11
+    print(f"order seed {seed}")
+    clock, calls = [0], [0]
+
+    def side(_):
+        calls[0] += 1
+        clock[0] += 100 if calls[0] % 4 == 0 else 1
+
+    monkeypatch.setattr(timing, "CLOCK", lambda: clock[0])
+    package_ns, raw_ns = timing.paired(side, side, [None] * 400, rng=random.Random(seed))
+    slow_package, slow_raw = package_ns.count(100), raw_ns.count(100)
+    assert len(package_ns) == len(raw_ns) == 400 and slow_package + slow_raw == 200
+    assert 70 <= slow_package <= 130, (slow_package, slow_raw)
 
 
 def test_runs_pool_latency_samples():

@@ -25,7 +25,7 @@ from .timing import combine_runs, progress
 from .verdicts import evaluate, success_metrics
 from .workloads import MEASURED
 
-TOOL_VERSION = 2
+TOOL_VERSION = 3
 COMMAND = "python -m tools.benchsuite"
 
 

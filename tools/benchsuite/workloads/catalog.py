@@ -29,7 +29,7 @@ def measure(bench: Bench) -> dict:
         gc.collect()
         prepare = (lambda: op.prepare(conn)) if op.prepare else None
         package_ns, raw_ns = paired(lambda p: op.package(conn, p), lambda p: op.raw(conn, p), params, WARMUP,
-                                    prepare)
+                                    prepare, rng=bench.rng)
         if op.prepare:
             op.prepare.restore(conn)
         results[entry.id] = {"title": entry.title, "kind": op.kind, "measured": True, "rows": rows,

@@ -16,7 +16,8 @@ def measure_single(bench: Bench) -> dict:
     op, conn = bench.ops["insert_task"], bench.conn
     params = [op.sample(bench.rng) for _ in range(bench.scale.samples + WARMUP)]
     gc.collect()
-    return compare(*paired(lambda p: op.package(conn, p), lambda p: op.raw(conn, p), params, WARMUP))
+    return compare(*paired(lambda p: op.package(conn, p), lambda p: op.raw(conn, p), params, WARMUP,
+                           rng=bench.rng))
 
 
 def measure_bulk(bench: Bench) -> dict:
@@ -24,12 +25,12 @@ def measure_bulk(bench: Bench) -> dict:
     op, conn, rows = bench.ops["insert_task"], bench.conn, bench.scale.bulk_rows
     batches = [[op.sample(bench.rng) for _ in range(rows)] for _ in range(bench.scale.bulk_batches + 1)]
     gc.collect()
-    # A batch dirties enough pages that every other commit or so crosses wal_autocheckpoint, and the
-    # alternating order (P R R P P R …) lands those checkpoints on one side: the ratio swung between
+    # A batch dirties enough pages that every other commit or so crosses wal_autocheckpoint, and an
+    # alternating order (P R R P P R …) landed those checkpoints on one side: the ratio swung between
     # 0.74x and 1.14x from one repeat to the next. Emptying the WAL, untimed, before every batch
     # leaves each side to pay only for its own pages (0.94-0.99x over the same repeats).
     package_ns, raw_ns = paired(lambda b: create_many(conn, b), lambda b: raw_executemany(conn, b), batches, 1,
-                                lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+                                lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), rng=bench.rng)
     result = {"rows_per_batch": rows, **compare(package_ns, raw_ns)}
     result["package_rows_per_s"] = round(rows * 1e6 / result["package"]["median_us"], 1)
     result["raw_rows_per_s"] = round(rows * 1e6 / result["raw"]["median_us"], 1)

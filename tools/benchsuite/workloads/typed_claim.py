@@ -46,7 +46,8 @@ def measure(bench: Bench) -> dict:
                         for row in raw_write(conn, sql, claim_params(**params))]
 
             gc.collect()
-            package_ns, raw_ns = paired(lambda _: package(conn), raw_claim, [None] * (claims + 10), 10)
+            package_ns, raw_ns = paired(lambda _: package(conn), raw_claim, [None] * (claims + 10), 10,
+                                        rng=bench.rng)
             result[key] = compare(package_ns, raw_ns)
         result["typed_claimed"] = conn.execute("SELECT count(*) FROM tasks WHERE agent_type = ? AND status = ?",
                                                (AGENT_TYPE, "running")).fetchone()[0]
