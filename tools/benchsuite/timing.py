@@ -123,9 +123,9 @@ def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: lis
     The order is drawn, not alternated: a strict alternation can fall in step with a
     periodic event and put it on one side for a whole run. T7's commits (with the untimed
     ones of its preparation) take the WAL past wal_autocheckpoint about every 17 pairs,
-    and the commit that does pays for a checkpoint (about 3 ms): alternating, one
-    baseline's T7 p99 was 1.8 ms through the package and 0.6 ms raw, the one before
-    it 2.0 and 1.9 ms.
+    and the commit that does pays for a checkpoint (about 3 ms): alternating, 5 runs
+    put T7's p99 at 1.8 ms through the package and 0.6 ms raw, 5 others at 2.0 and
+    1.9 ms.
     """
     prepare = prepare or (lambda: None)
     for p in params[:warmup]:
