@@ -120,12 +120,9 @@ def paired(package: Callable[[Any], Any], raw: Callable[[Any], Any], params: lis
     at small scale when each side had its own connection. `prepare`, when given, runs
     untimed before every call of either side.
 
-    The order is drawn, not alternated: a strict alternation can fall in step with a
-    periodic event and put it on one side for a whole run. T7's commits (with the untimed
-    ones of its preparation) take the WAL past wal_autocheckpoint about every 17 pairs,
-    and the commit that does pays for a checkpoint (about 3 ms): alternating, 5 runs
-    put T7's p99 at 1.8 ms through the package and 0.6 ms raw, 5 others at 2.0 and
-    1.9 ms.
+    The order is drawn, not alternated: an alternation can fall in step with a periodic
+    event, such as T7's commits taking the WAL past wal_autocheckpoint every 17 pairs or
+    so, and put it on one side for a whole run (see the README's Performance section).
     """
     prepare = prepare or (lambda: None)
     for p in params[:warmup]:

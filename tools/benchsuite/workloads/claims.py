@@ -17,12 +17,9 @@ from ..raw import Tuning
 from ..timing import CLOCK, compare, latency, progress
 
 TIMEOUT = 600  # seconds; only reached if a worker hangs
-# One thread: calls a side makes before the other side's turn. Prime to the package's commits
-# between background checkpoints (_checkpointer.CHECKPOINT_EVERY, 50): each checkpoint then
-# starts at another call of a package batch, and its copying overlaps both sides' calls alike.
-# In batches of 50 it started at the same call of every package batch, wherever a run put it:
-# 0.91-0.94x in 5 runs at large scale, against 0.93-0.94x in batches of 47 and 0.94-0.95x
-# with single calls alternating.
+# One thread: calls a side makes before the other's turn, prime to the package's commits between
+# background checkpoints (_checkpointer.CHECKPOINT_EVERY), so that a checkpoint's copying overlaps
+# both sides' calls alike (see the README's Performance section).
 BATCH = 47
 THREADS = 10
 PROCESSES = 4
