@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import abathur_db
-from abathur_db import catalog, tasks
-from abathur_db import _checkpointer
+from abathur_db import _checkpointer, catalog, tasks
 from abathur_db import pool as pool_module
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
 from tools.benchsuite.dataset import SCALES

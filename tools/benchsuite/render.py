@@ -27,13 +27,12 @@ def render(figures: dict, source: str = "FIGURES.json") -> str:
            " latency percentiles, which pool every run's samples (1 % buckets), and counts of duplicates and"
            " errors, their sum over the runs."] if runs > 1 else []),
         "Method: each figure is measured with the package and raw `sqlite3` interleaved (per call, the side that",
-        "runs first drawn from the run's seed, or in alternating batches), raw running the same SQL and doing the",
-        "same work (rows to dicts, JSON decoded; ids and",
-        "timestamps from the same helpers). Single-thread comparisons run both sides on the same connection, so",
-        "only the code differs (a write through another connection would empty this one's page cache). Ratios are",
-        "package/raw of medians: a time ratio above 1 means the package is slower, a throughput ratio (raw median",
-        "time / package median time) below 1 the same. Machines are noisy: compare ratios, and medians of several",
-        "runs.")
+        "runs first drawn from the run's seed, or in alternating batches), raw running the same SQL and doing",
+        "the same work (rows to dicts, JSON decoded; ids and timestamps from the same helpers). Single-thread",
+        "comparisons run both sides on the same connection, so only the code differs (a write through another",
+        "connection would empty this one's page cache). Ratios are package/raw of medians: a time ratio above 1",
+        "means the package is slower, a throughput ratio (raw median time / package median time) below 1 the",
+        "same. Machines are noisy: compare ratios, and medians of several runs.")
     _machine(figures, md)
     _dataset(figures, md)
     _verdicts(figures, md)

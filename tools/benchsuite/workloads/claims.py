@@ -169,9 +169,9 @@ def report(figures: dict, md: Markdown) -> None:
     ])
     if "batch" in one:  # recorded since batches stopped being 50 calls
         md.paragraph(f"1 thread: `tasks.claim_next` and the raw loop on one connection, {one['claims']:,} claims a"
-                     f" run between them, the sides alternating every {one['batch']} calls, a number prime to the package's"
-                     " commits between background checkpoints, so that each checkpoint's copying overlaps both"
-                     " sides' calls alike.")
+                     f" run between them, the sides alternating every {one['batch']} calls, a number prime to the"
+                     " package's commits between background checkpoints, so that each checkpoint's copying overlaps"
+                     " both sides' calls alike.")
     md.table(["workers", "claims", "duplicates", "lock errors", "other errors", "empty claims", "claims/s",
               "median µs", "p99 µs"],
              [[f"{c['workers']} {kind}", c["claims"], c["duplicates"], c["lock_errors"], c["other_errors"],
