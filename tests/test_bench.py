@@ -378,6 +378,13 @@ def _sides(package: float, floor: float, minimal: float = 10_000, p99_ms: float 
                                "raw_schema_fused": side(floor), "package_fused": side(package, idle)})
 
 
+def _reasons(workloads: dict) -> list[str]:
+    """Return the reasons given for the queue bars that `workloads` (figures at N = 5,000) miss."""
+    figures = {"queue": {"5000": workloads}}
+    figures["bars"] = queue_report.bars(figures)
+    return queue_report.reasons(figures)
+
+
 @pytest.mark.parametrize("package, floor, p99_ms, idle, status", [
     (6_000, 7_000, 1, 0, "met"),  # 0.6x: the bar itself
     (2_900, 3_000, 1, 0, "out of reach on this schema; within 10 % of the floor"),
@@ -443,14 +450,13 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     processes["package_sqlite_wait"] = {**processes["package_fused"], "ops_per_s": 2_700, "ratio_to_minimal": 0.27,
                                         "latency": {"p99_us": 25_300, "max_us": 1_037_000}}
     processes["package_sqlite_wait_vs_raw_schema_fused"] = 0.9  # 2,700 against the floor's 3,000
-    figures = {"queue": {"5000": workloads}}
-    figures["bars"] = queue_report.bars(figures)
-    (reason,) = [r for r in queue_report.reasons(figures) if "3 processes" in r]
+    reasons = _reasons(workloads)
+    (reason,) = [r for r in reasons if "3 processes" in r]
     assert ("the package waiting in SQLite's busy handler too (pool.BUSY_SECONDS = pool.FIRST_SECONDS = 0)"
             " reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms"
             " (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)") in reason
     assert "the package's processes take turns of _turn.TURN_SECONDS while others wait" in reason
-    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    (threads,) = [r for r in reasons if "10 threads" in r]
     assert "busy handler too" not in threads and "take turns" not in threads
 
 
@@ -458,12 +464,11 @@ def test_a_missed_concurrent_queue_bar_compares_the_floor_with_the_floor_on_one_
     """The floor's workers together are set against the floor's own statements on one thread."""
     workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
     workloads["claim_1"]["raw_schema_fused"]["ops_per_s"] = 3_300
-    figures = {"queue": {"5000": workloads}}
-    figures["bars"] = queue_report.bars(figures)
-    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    reasons = _reasons(workloads)
+    (threads,) = [r for r in reasons if "10 threads" in r]
     assert ("the floor's workers together do 3,000 tasks a second, 0.91x of its 3,300 on one thread: one writer"
             " at a time, however many wait") in threads
-    assert not any("together do" in r for r in queue_report.reasons(figures) if "1 thread," in r)
+    assert not any("together do" in r for r in reasons if "1 thread," in r)
 
 
 def test_a_queue_bar_missed_at_one_n_is_explained_at_that_n_only():
@@ -481,12 +486,11 @@ def test_a_missed_concurrent_queue_bar_names_each_sides_workers():
     workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
     workloads["threads"]["raw_schema_fused"].update(per_worker_min=0, idle_workers=4)
     workloads["threads"]["raw_schema_fused"]["latency"]["max_us"] = 1_932_554
-    figures = {"queue": {"5000": workloads}}
-    figures["bars"] = queue_report.bars(figures)
-    (threads,) = [r for r in queue_report.reasons(figures) if "10 threads" in r]
+    reasons = _reasons(workloads)
+    (threads,) = [r for r in reasons if "10 threads" in r]
     assert ("the floor's workers: 0–9 tasks a worker, 4 idle, slowest call 1,933 ms; the package's: 1–9 tasks a"
             " worker, 0 idle, slowest call 2 ms") in threads
-    assert not any("floor's workers" in r for r in queue_report.reasons(figures) if "1 thread," in r)
+    assert not any("floor's workers" in r for r in reasons if "1 thread," in r)
 
 
 @pytest.mark.parametrize("raw_p99_us, p99_ratio, whose", [
