@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import re
 import subprocess
@@ -17,6 +18,7 @@ import abathur_db
 from abathur_db import _checkpointer, catalog, tasks
 from abathur_db import pool as pool_module
 from tools.benchsuite import environment, queues, raw, render, timing, verdicts
+from tools.benchsuite import run as run_module
 from tools.benchsuite.dataset import SCALES
 from tools.benchsuite.ops import STALE_PER_REQUEUE
 from tools.benchsuite.workloads import claims, queue, queue_report
@@ -317,6 +319,14 @@ def test_coverage_report_is_read(tmp_path, kind):
         path.write_text('<?xml version="1.0" ?><coverage line-rate="0.9346" branch-rate="0.9"></coverage>')
     assert environment.read_coverage(str(path))["percent"] == pytest.approx(93.5)
     assert environment.read_coverage(None)["percent"] is None
+
+
+def test_the_recorded_command_names_no_folder_of_the_machine(tmp_path):
+    """The command a report quotes keeps options and file names, never the folders they were in."""
+    argv = ["--scale", "large", "--json", str(tmp_path / "bench.json"), f"--coverage={tmp_path / 'cov.json'}",
+            "--dir", str(tmp_path) + os.sep, "--runs", "5"]
+    assert run_module._command(argv) == ("python -m tools.benchsuite --scale large --json bench.json"
+                                         f" --coverage=cov.json --dir {tmp_path.name} --runs 5")
 
 
 def test_paired_spreads_a_periodic_slow_call_over_both_sides(monkeypatch):

@@ -58,6 +58,14 @@ def measure(bench: Bench) -> dict:
     return figures
 
 
+def _command(argv: list[str]) -> str:
+    """Return the command line as run, each path by its last part: the report names no folder of the machine."""
+    def shown(arg: str) -> str:
+        option, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        return option + equals + (os.path.basename(value.rstrip(os.sep)) if os.sep in value else value)
+    return " ".join([COMMAND, *map(shown, argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Seed, measure, check, judge the bars, print them and write the JSON; return the exit code."""
     args = parse_args(argv)
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"meta": {
         "tool_version": TOOL_VERSION, "scale": scale.name, "seed": args.seed, "tuning": tuning.describe(),
         "list_limit": args.list_limit, "code": code_version(), "started_at": ts(now_ms), "runs": args.runs,
-        "command": " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]),
+        "command": _command(argv if argv is not None else sys.argv[1:]),
     }, "machine": machine(), "coverage": read_coverage(args.coverage),
         "catalog_samples": scale.samples, "write_rows": scale.write_rows}
     progress(f"scale {scale.name}, seed {args.seed}, database {path}, {tuning.describe()}")
