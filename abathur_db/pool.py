@@ -47,6 +47,8 @@ _SQLITE_BUSY = 5
 _KEPT: list[sqlite3.Connection] = []
 _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 _CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
+# Held to add to _CONNECTIONS and to read it: a set that another thread adds to while it is read raises RuntimeError.
+_CONNECTIONS_GUARD = threading.RLock()
 
 
 class _Waiter:
@@ -246,8 +248,11 @@ class _Connection(sqlite3.Connection):
         super().close()
         self.closed = True
         lock = self.write_lock
-        if lock is not None and self.pid == os.getpid() and not any(
-                conn.write_lock is lock and not conn.closed for conn in list(_CONNECTIONS)):
+        if lock is None or self.pid != os.getpid():
+            return
+        with _CONNECTIONS_GUARD:
+            others = any(conn.write_lock is lock and not conn.closed for conn in _CONNECTIONS)
+        if not others:
             lock.checkpointer.close()
 
 
@@ -331,7 +336,8 @@ def connect(path: StrOrBytesPath, *, readonly: bool = False,
     conn.blocks = conn.epoch = 0
     conn.busy_ms = None
     conn.began = conn.closing = conn.closed = False
-    _CONNECTIONS.add(conn)
+    with _CONNECTIONS_GUARD:
+        _CONNECTIONS.add(conn)
     try:
         _configure(conn, path, readonly, allow_rollback_journal)
     except BaseException:
@@ -534,10 +540,11 @@ class Pool:
 
 
 def _after_fork_in_child() -> None:
-    global _WRITE_LOCKS_GUARD
+    global _WRITE_LOCKS_GUARD, _CONNECTIONS_GUARD
     # Another thread of the parent may have held a lock at the fork; the child's
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()
+    _CONNECTIONS_GUARD = threading.RLock()
     for lock in _WRITE_LOCKS.values():
         lock.turn.close()  # the parent's descriptor; the child opens its own when it needs one
         copy = lock.checkpointer.conn

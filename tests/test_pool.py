@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,43 @@ def test_pool_is_a_context_manager(db_path):
         conn = pool.connection()
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
+
+
+def test_a_connection_opened_while_another_closes_raises_nothing(db_path, monkeypatch):
+    """connect() in one thread while close() in another reads the registry of connections: neither raises."""
+    opened = threading.Event()
+
+    class SlowToRead(weakref.WeakSet):
+        """The registry, with the other thread's connect() started in the middle of every reading."""
+
+        def __iter__(self):
+            for number, conn in enumerate(super().__iter__()):
+                if number == 0 and not opener.is_alive() and not opened.is_set():
+                    opener.start()
+                    opened.wait(0.2)  # a connect() not kept out of the reading adds to the set meanwhile
+                yield conn
+
+    registry = SlowToRead()
+    monkeypatch.setattr(pool_module, "_CONNECTIONS", registry)
+    first, second = pool_module.connect(db_path), pool_module.connect(db_path)
+    result = {}
+
+    def open_one():
+        try:
+            result["conn"] = pool_module.connect(db_path)
+        except BaseException as exc:  # reported below, not lost in the thread
+            result["error"] = exc
+        opened.set()
+
+    opener = threading.Thread(target=open_one)
+    try:
+        first.close()  # reads the registry: is it the file's last connection?
+        opener.join(5)
+        assert "error" not in result and result["conn"] in registry
+    finally:
+        for conn in (second, result.get("conn")):
+            if conn is not None:
+                conn.close()
 
 
 @pytest.mark.slow
