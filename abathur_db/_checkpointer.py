@@ -7,7 +7,7 @@ took 2-3 ms copying pages, a third of a writer's time, while the file's other
 writers waited. Every CHECKPOINT_EVERY of a process's commits to a file, this
 thread runs a PASSIVE checkpoint on a connection of its own instead, which takes no
 write lock: the copying happens while the writers go on, and SQLite's own checkpoint
-finds little left to copy. It stays SQLite's, at a commit under the lock, because
+finds less left to copy. It stays SQLite's, at a commit under the lock, because
 only a checkpoint no writer overtakes lets the WAL start again from its beginning.
 """
 
