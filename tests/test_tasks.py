@@ -17,7 +17,7 @@ import pytest
 
 import abathur_db
 from abathur_db import sessions, tasks, transaction
-from abathur_db.transaction import _SIGNALS
+from abathur_db.transaction import _SIGNALS, CommitSignal
 from abathur_db._values import format_datetime
 from abathur_db.errors import (
     AbathurDBError,
@@ -1085,10 +1085,22 @@ def test_one_commit_wakes_every_waiting_claim_and_one_gets_the_task(pool, tmp_pa
     assert not _SIGNALS
 
 
-def test_a_forked_child_forgets_the_waits_of_its_parent(pool):
+def test_a_forked_child_forgets_the_waits_of_its_parent(pool, monkeypatch):
     """A child forked while a thread of its parent waits has no commit signal left to announce to."""
+    # The fork comes once the waiter sleeps on the signal, with no poll due: forked while a
+    # thread of the parent is inside SQLite, the child can inherit one of SQLite's mutexes
+    # locked, and hang closing the connections it inherited.
+    sleeping, wait = threading.Event(), CommitSignal.wait
+
+    def sleep_on_the_signal(signal, seen, timeout):
+        sleeping.set()
+        return wait(signal, seen, timeout)
+
+    monkeypatch.setattr(CommitSignal, "wait", sleep_on_the_signal)
+    monkeypatch.setattr(tasks, "WAIT_POLL_SECONDS", 60)
     future, executor = _waiting(pool.connection, wait=60)
     with executor:
+        assert sleeping.wait(10)
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - the child's lines run in another process
