@@ -76,6 +76,16 @@ class Checkpointer:
                 self._cond.wait()
             self._close()
 
+    def pause(self) -> None:
+        """Wait for a checkpoint under way, and keep another from starting, until resume()."""
+        self._cond.acquire()
+        while self.running:
+            self._cond.wait()
+
+    def resume(self) -> None:
+        """Let checkpoints run again after pause()."""
+        self._cond.release()
+
     def _run(self) -> None:
         while True:
             with self._cond:

@@ -49,6 +49,7 @@ _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 _CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
 # Held to add to _CONNECTIONS and to read it: a set that another thread adds to while it is read raises RuntimeError.
 _CONNECTIONS_GUARD = threading.RLock()
+_PAUSED: list[Checkpointer] = []  # from just before a fork to just after it, in the forking thread
 
 
 class _Waiter:
@@ -539,19 +540,33 @@ class Pool:
         self._reset()
 
 
+def _before_fork() -> None:
+    # The checkpoints' thread is the package's, so a caller cannot keep it out of SQLite
+    # at a fork; inside SQLite it may hold a process-wide mutex, which the child would
+    # inherit locked and hang on. The fork waits for a checkpoint under way instead.
+    with _WRITE_LOCKS_GUARD:
+        locks = list(_WRITE_LOCKS.values())
+    for lock in locks:
+        lock.checkpointer.pause()
+        _PAUSED.append(lock.checkpointer)
+
+
+def _after_fork_in_parent() -> None:
+    while _PAUSED:
+        _PAUSED.pop().resume()
+
+
 def _after_fork_in_child() -> None:
     global _WRITE_LOCKS_GUARD, _CONNECTIONS_GUARD
+    _after_fork_in_parent()  # the same thread holds the same locks in the child
     # Another thread of the parent may have held a lock at the fork; the child's
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()
     _CONNECTIONS_GUARD = threading.RLock()
     for lock in _WRITE_LOCKS.values():
         lock.turn.close()  # the parent's descriptor; the child opens its own when it needs one
-        copy = lock.checkpointer.conn
-        if copy is not None and lock.checkpointer.running:  # the fork fell on a checkpoint: the copy is not idle
-            _keep_forever(copy)
-        elif copy is not None:
-            copy.close()  # an idle copy, as the pool's own
+        if lock.checkpointer.conn is not None:
+            lock.checkpointer.conn.close()  # idle: the fork waited for any checkpoint under way
     _WRITE_LOCKS.clear()
     for conn in list(_CONNECTIONS):
         conn.owner = None  # the parent's: the SQL layer refuses it in the child
@@ -562,4 +577,4 @@ def _after_fork_in_child() -> None:
             close_connection(conn)  # idle copies from connect() too; busy ones are kept
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
