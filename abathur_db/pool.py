@@ -49,7 +49,10 @@ _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 _CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
 # Held to add to _CONNECTIONS and to read it: a set that another thread adds to while it is read raises RuntimeError.
 _CONNECTIONS_GUARD = threading.RLock()
-_PAUSED: list[Checkpointer] = []  # from just before a fork to just after it, in the forking thread
+# From just before a fork to just after it, in the forking thread: the write locks it holds
+# and the checkpoints it keeps from running (see _before_fork).
+_HELD: list[_WriteLock] = []
+_PAUSED: list[Checkpointer] = []
 
 
 class _Waiter:
@@ -153,6 +156,11 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         finally:
             with self._guard:
                 self._queue.remove(me)
+
+    def give_turn(self) -> None:
+        """As the lock's holder, before giving it back: give up the process's turn if it is time."""
+        if self.turn.release(local_waiters=self.waiting > 0):
+            self.shared_until = time.monotonic() + BUSY_SECONDS  # another process waited for it
 
     def wake(self) -> None:
         """Wake the longest waiter (call after giving the lock back), handing it the lock once that is due.
@@ -540,12 +548,31 @@ class Pool:
         self._reset()
 
 
+class _ForkHold:
+    """Stands for a thread about to fork in the queue of a file's write lock (see _before_fork)."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+
 def _before_fork() -> None:
-    # The checkpoints' thread is the package's, so a caller cannot keep it out of SQLite
-    # at a fork; inside SQLite it may hold a process-wide mutex, which the child would
-    # inherit locked and hang on. The fork waits for a checkpoint under way instead.
+    # A child cannot close a copy of a connection inside a write transaction without
+    # undoing, in shared memory, what the parent is writing, and cannot write the file
+    # while that copy stays open: the fork first waits, as a writer would, for the write
+    # transactions of the process's other threads to end (not for one the forking
+    # thread has open itself). Then for a checkpoint under way: the checkpoints' thread
+    # is the package's, so a caller cannot keep it out of SQLite at a fork, and inside
+    # SQLite it may hold a process-wide mutex, which the child would inherit locked.
+    hold = cast(sqlite3.Connection, _ForkHold())
     with _WRITE_LOCKS_GUARD:
         locks = list(_WRITE_LOCKS.values())
+    for lock in locks:
+        if getattr(lock.holder, "thread", None) == threading.get_ident():
+            continue
+        if lock.setdefault(0, hold) is hold or lock.wait(hold, BUSY_TIMEOUT_SECONDS):
+            _HELD.append(lock)
     for lock in locks:
         lock.checkpointer.pause()
         _PAUSED.append(lock.checkpointer)
@@ -554,11 +581,21 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _PAUSED:
         _PAUSED.pop().resume()
+    while _HELD:
+        lock = _HELD.pop()
+        try:
+            if lock.turn.since:
+                lock.give_turn()
+        finally:
+            lock.pop(0, None)
+            if lock.waiting:
+                lock.wake()
 
 
 def _after_fork_in_child() -> None:
     global _WRITE_LOCKS_GUARD, _CONNECTIONS_GUARD
-    _after_fork_in_parent()  # the same thread holds the same locks in the child
+    _PAUSED.clear()  # what the fork held belongs to the parent's write locks, dropped below
+    _HELD.clear()
     # Another thread of the parent may have held a lock at the fork; the child's
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()

@@ -382,7 +382,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             if lock is not None and lock.get(0) is conn:
                 try:
                     if lock.turn.since:
-                        _give_turn(lock)
+                        lock.give_turn()
                 finally:  # an exception in there still gives the in-process lock back
                     lock.pop(0)
                     if lock.waiting:
@@ -434,7 +434,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 if lock is not None:
                     try:
                         if lock.turn.since and lock.get(0) is conn:
-                            _give_turn(lock)
+                            lock.give_turn()
                     finally:  # an exception in there still gives the in-process lock back
                         lock.pop(0, None)
                         if lock.waiting:
@@ -536,12 +536,6 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
                 turn_missed = False
     finally:
         _restore_busy_timeout(conn, state)
-
-
-def _give_turn(lock: _WriteLock) -> None:
-    """As the in-process lock's holder, before giving it back: give up the process's turn if it is time."""
-    if lock.turn.release(local_waiters=lock.waiting > 0):
-        lock.shared_until = time.monotonic() + pool.BUSY_SECONDS  # another process waited for it
 
 
 def _restore_busy_timeout(conn: sqlite3.Connection, state: _State) -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 import abathur_db
-from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
+from abathur_db import _checkpointer, agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
-from helpers import fork_and_wait
+from helpers import fork_and_wait, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
@@ -268,6 +268,96 @@ def test_forked_child_opens_its_own_connection(pool):
     names = [n for (n,) in parent_conn.execute("SELECT metric_name FROM metrics ORDER BY id")]
     assert names == ["parent", "child", "parent"]
     assert parent_conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _fork_beside(inside_a_block: threading.Event, in_child) -> tuple[threading.Thread, list[int]]:
+    """Fork in a thread of its own, once another thread is inside its block; return the thread and the exit code."""
+    assert inside_a_block.wait(30)
+    codes: list[int] = []
+    forker = threading.Thread(target=lambda: codes.append(fork_and_wait(in_child)))
+    forker.start()
+    forker.join(0.2)
+    return forker, codes
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_another_threads_write_transaction_and_the_child_writes(pool, db_path):
+    """os.fork() waits for the write transaction another thread has open, so the child inherits no copy inside one
+    and can write the file; the parent's transaction commits whole."""
+    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:
+        conn = pool.connection()
+        with transaction(conn):
+            metrics.record(conn, "parent", 1)
+            inside.set()
+            assert finish.wait(30)
+            metrics.record(conn, "parent", 2)
+        assert forked.wait(30)  # a thread ending closes its connection: not while the process forks
+
+    def in_child() -> None:
+        pool_module.BUSY_TIMEOUT_SECONDS = 0.5  # a kept copy inside a transaction would block the write for good
+        with contextlib.closing(abathur_db.connect(db_path)) as conn:
+            metrics.record(conn, "child", 3)
+
+    lock = pool_module._write_lock(str(db_path))
+    thread = threading.Thread(target=writer)
+    thread.start()
+    forker, codes = _fork_beside(inside, in_child)
+    later = threading.Thread(target=lambda: metrics.record(pool.connection(), "queued behind the fork", 4))
+    try:
+        assert forker.is_alive() and not codes  # waiting for the writer's transaction
+        assert until(lambda: lock.waiting == 1)
+        later.start()
+        assert until(lambda: lock.waiting == 2)
+    finally:
+        finish.set()
+    forker.join(30)
+    forked.set()
+    for waited in (thread, later):
+        waited.join(30)
+    assert codes == [0]
+    names = [name for (name,) in pool.connection().execute("SELECT metric_name FROM metrics ORDER BY id")]
+    assert names[:2] == ["parent", "parent"] and sorted(names[2:]) == ["child", "queued behind the fork"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_that_got_the_process_s_turn_with_the_write_lock_gives_both_back(pool, db_path):
+    """A writer ending its block while the fork waits hands it the turn with the lock (as to any waiting thread);
+    after the fork the parent gives both back, so other processes are not kept waiting for a turn nobody uses."""
+    lock = pool_module._write_lock(str(db_path))
+    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:
+        conn = pool.connection()
+        with transaction(conn):
+            assert lock.turn.take(0) is True
+            inside.set()
+            assert finish.wait(30)
+        assert forked.wait(30)  # a thread ending closes its connection: not while the process forks
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    forker, codes = _fork_beside(inside, lambda: None)
+    finish.set()
+    forker.join(30)
+    forked.set()
+    thread.join(30)
+    assert codes == [0]
+    assert lock.turn.since == 0.0 and lock.holder is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_inside_the_forking_threads_own_block_does_not_wait_for_it(pool, monkeypatch):
+    """The fork waits for other threads' write transactions only: never for the one its own thread has open."""
+    waits: list[object] = []
+    monkeypatch.setattr(pool_module._WriteLock, "wait", lambda lock, conn, timeout: waits.append(conn) or False)
+    conn = pool.connection()
+    with transaction(conn):
+        metrics.record(conn, "parent", 1)
+        assert fork_and_wait(lambda: None) == 0
+    assert waits == [] and conn.write_lock.holder is None
+    assert [name for (name,) in conn.execute("SELECT metric_name FROM metrics")] == ["parent"]
 
 
 def _run_the_fork_hook(monkeypatch) -> None:
@@ -961,6 +1051,19 @@ def test_fork_handler_closes_idle_connections_from_connect_and_keeps_busy_ones(d
     finally:
         del pool_module._KEPT[kept_before:]
         busy.close()
+
+
+def test_fork_handler_closes_the_copy_of_the_background_checkpoints_connection(pool, db_path, monkeypatch):
+    """The checkpoints' connection, idle at every fork, is closed in the child like the pool's own idle copies."""
+    monkeypatch.setattr(_checkpointer, "CHECKPOINT_EVERY", 2)
+    checkpointer = pool_module._write_lock(str(db_path)).checkpointer
+    for i in range(2):
+        metrics.record(pool.connection(), "m", i)
+    assert until(lambda: checkpointer.runs == 1 and not checkpointer.running)
+    copy = checkpointer.conn
+    _run_the_fork_hook(monkeypatch)
+    with pytest.raises(sqlite3.ProgrammingError):
+        copy.execute("SELECT 1")
 
 
 def test_fork_handler_gives_the_child_fresh_write_locks(pool, monkeypatch):

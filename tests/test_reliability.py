@@ -25,6 +25,7 @@ import pytest
 
 import abathur_db
 from abathur_db import agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
+from abathur_db import pool as pool_module
 from abathur_db.errors import AbathurDBError, BusyError, StorageFullError
 from abathur_db.pool import PRAGMAS
 from helpers import fork_child, tracing
@@ -456,13 +457,15 @@ def test_forked_child_keeps_writing_after_the_parent_closes_its_pool(pool, db_pa
 
 
 @needs_fork
-def test_fork_while_another_thread_is_writing_leaves_its_transaction_alone(pool):
-    """A child forked during another thread's large write transaction does not undo it in shared memory.
+def test_fork_while_another_thread_is_writing_leaves_its_transaction_alone(pool, monkeypatch):
+    """A child forked during another thread's large write transaction, which outlasts the fork's wait for it, does
+    not undo it in shared memory.
 
     The child's copy of that thread's connection is kept open, not closed: closing it
     would roll back, in the WAL index both processes share, frames the parent is
     still writing (the parent then read "database disk image is malformed").
     """
+    monkeypatch.setattr(pool_module, "BUSY_TIMEOUT_SECONDS", 0.2)  # how long the fork waits for the transaction
     conn = pool.connection()
     spilled, go_on = threading.Event(), threading.Event()
 
@@ -475,11 +478,15 @@ def test_fork_while_another_thread_is_writing_leaves_its_transaction_alone(pool)
             assert go_on.wait(TIMEOUT)
             tasks.create(own, "last of the bulk")
 
+    def in_child() -> None:
+        assert [copy.in_transaction for copy in pool_module._KEPT] == [True]  # the writer's, kept
+        pool.connection().execute("SELECT count(*) FROM tasks").fetchall()
+
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         future = executor.submit(writer)
         try:
             assert spilled.wait(TIMEOUT)
-            pid = fork_child(lambda: pool.connection().execute("SELECT count(*) FROM tasks").fetchall())
+            pid = fork_child(in_child)
             assert _exit_status(pid) == 0
         finally:
             go_on.set()
