@@ -49,9 +49,11 @@ _POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 _CONNECTIONS: "weakref.WeakSet[_Connection]" = weakref.WeakSet()  # every connection the package opened
 # Held to add to _CONNECTIONS and to read it: a set that another thread adds to while it is read raises RuntimeError.
 _CONNECTIONS_GUARD = threading.RLock()
-# From just before a fork to just after it, in the forking thread: the write locks it holds
-# and the checkpoints it keeps from running (see _before_fork).
+# From just before a fork to just after it, in the forking thread: the write locks it holds,
+# the connections whose statements it keeps from starting, the checkpoints it keeps from
+# running (see _before_fork).
 _HELD: list[_WriteLock] = []
+_GUARDED: list[_Connection] = []
 _PAUSED: list[Checkpointer] = []
 
 
@@ -329,29 +331,30 @@ def connect(path: StrOrBytesPath, *, readonly: bool = False,
     else:
         create_private_file(path)
         target, uri = path, False
-    try:
-        conn = sqlite3.connect(
-            target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-            check_same_thread=False, uri=uri, factory=_Connection,
-        )
-    except sqlite3.Error as exc:
-        raise DatabaseFileError(f"{path}: cannot open: {exc}") from exc
-    conn.owner = conn.thread = threading.get_ident()
-    conn.thread_name = threading.current_thread().name
-    conn.pid = os.getpid()
-    conn.path = path
-    conn.write_lock = None if readonly else _write_lock(path)
-    conn.guard = threading.RLock()
-    conn.blocks = conn.epoch = 0
-    conn.busy_ms = None
-    conn.began = conn.closing = conn.closed = False
-    with _CONNECTIONS_GUARD:
-        _CONNECTIONS.add(conn)
-    try:
-        _configure(conn, path, readonly, allow_rollback_journal)
-    except BaseException:
-        conn.close()
-        raise
+    with _OPENING:
+        try:
+            conn = sqlite3.connect(
+                target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                check_same_thread=False, uri=uri, factory=_Connection,
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseFileError(f"{path}: cannot open: {exc}") from exc
+        conn.owner = conn.thread = threading.get_ident()
+        conn.thread_name = threading.current_thread().name
+        conn.pid = os.getpid()
+        conn.path = path
+        conn.write_lock = None if readonly else _write_lock(path)
+        conn.guard = threading.RLock()
+        conn.blocks = conn.epoch = 0
+        conn.busy_ms = None
+        conn.began = conn.closing = conn.closed = False
+        with _CONNECTIONS_GUARD:
+            _CONNECTIONS.add(conn)
+        try:
+            _configure(conn, path, readonly, allow_rollback_journal)
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 
@@ -548,6 +551,41 @@ class Pool:
         self._reset()
 
 
+class _Opening:
+    """The process's connect() calls under way: a fork waits for them to end, and holds new ones back meanwhile."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self._forking = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    def hold(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the calls under way, and keep new ones from starting until release()."""
+        with self._cond:
+            self._forking = True
+            self._cond.wait_for(lambda: not self._count, timeout)
+
+    def release(self) -> None:
+        """Let connect() calls start again."""
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+
+_OPENING = _Opening()
+
+
 class _ForkHold:
     """Stands for a thread about to fork in the queue of a file's write lock (see _before_fork)."""
 
@@ -562,17 +600,27 @@ def _before_fork() -> None:
     # undoing, in shared memory, what the parent is writing, and cannot write the file
     # while that copy stays open: the fork first waits, as a writer would, for the write
     # transactions of the process's other threads to end (not for one the forking
-    # thread has open itself). Then for a checkpoint under way: the checkpoints' thread
-    # is the package's, so a caller cannot keep it out of SQLite at a fork, and inside
-    # SQLite it may hold a process-wide mutex, which the child would inherit locked.
+    # thread has open itself). Then for connections being opened, the statements the
+    # package runs outside blocks and a checkpoint under way: a thread inside SQLite may
+    # hold one of its process-wide mutexes, which the child would inherit locked.
     hold = cast(sqlite3.Connection, _ForkHold())
     with _WRITE_LOCKS_GUARD:
         locks = list(_WRITE_LOCKS.values())
     for lock in locks:
         if getattr(lock.holder, "thread", None) == threading.get_ident():
             continue
-        if lock.setdefault(0, hold) is hold or lock.wait(hold, BUSY_TIMEOUT_SECONDS):
-            _HELD.append(lock)
+        try:
+            if lock.setdefault(0, hold) is not hold:
+                lock.wait(hold, BUSY_TIMEOUT_SECONDS)
+        finally:  # the record says whether the hold has the lock, whatever interrupted the wait
+            if lock.get(0) is hold:
+                _HELD.append(lock)
+    _OPENING.hold(BUSY_TIMEOUT_SECONDS)
+    with _CONNECTIONS_GUARD:
+        conns = [conn for conn in _CONNECTIONS if not conn.closed]
+    for conn in conns:  # each held by a statement the package runs outside a block
+        if conn.guard.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            _GUARDED.append(conn)
     for lock in locks:
         lock.checkpointer.pause()
         _PAUSED.append(lock.checkpointer)
@@ -581,6 +629,9 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _PAUSED:
         _PAUSED.pop().resume()
+    while _GUARDED:
+        _GUARDED.pop().guard.release()
+    _OPENING.release()
     while _HELD:
         lock = _HELD.pop()
         try:
@@ -593,9 +644,12 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _WRITE_LOCKS_GUARD, _CONNECTIONS_GUARD
+    global _WRITE_LOCKS_GUARD, _CONNECTIONS_GUARD, _OPENING
+    _OPENING = _Opening()
     _PAUSED.clear()  # what the fork held belongs to the parent's write locks, dropped below
     _HELD.clear()
+    while _GUARDED:  # the copies are idle: the fork waited for their statements
+        _GUARDED.pop().guard.release()
     # Another thread of the parent may have held a lock at the fork; the child's
     # connections, all opened from now on, take fresh ones.
     _WRITE_LOCKS_GUARD = threading.Lock()

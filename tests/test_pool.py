@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import time
 import weakref
 from pathlib import Path
@@ -345,6 +346,147 @@ def test_a_fork_that_got_the_process_s_turn_with_the_write_lock_gives_both_back(
     thread.join(30)
     assert codes == [0]
     assert lock.turn.since == 0.0 and lock.holder is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_a_read_another_thread_has_inside_sqlite_and_the_child_closes_its_copy(pool):
+    """os.fork() waits for a statement the package runs outside a block (the fork would otherwise fall inside SQLite),
+    and holds new connections back meanwhile; the child then finds that connection idle and closes its copy."""
+    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
+    reader: list[sqlite3.Connection] = []
+
+    def stall() -> int:
+        inside.set()
+        assert finish.wait(30)
+        return 0
+
+    def read() -> None:
+        conn = pool.connection()
+        reader.append(conn)
+        conn.set_progress_handler(stall, 1)  # called by SQLite as it runs the statement
+        try:
+            assert tasks.counts(conn)["pending"] == 0
+        finally:
+            conn.set_progress_handler(None, 1)
+        assert forked.wait(30)  # a thread ending closes its connection: not while the process forks
+
+    def in_child() -> None:
+        assert reader[0] not in pool_module._KEPT
+        with pytest.raises(sqlite3.ProgrammingError):
+            reader[0].execute("SELECT 1")
+
+    opened: list[sqlite3.Connection] = []
+    connector = threading.Thread(target=lambda: opened.append(abathur_db.connect(pool.path)))
+    thread = threading.Thread(target=read)
+    thread.start()
+    forker, codes = _fork_beside(inside, in_child)
+    try:
+        assert forker.is_alive() and not codes  # waiting for the read
+        connector.start()
+        connector.join(0.2)
+        assert connector.is_alive() and not opened  # held back until the fork is done
+    finally:
+        finish.set()
+    forker.join(30)
+    forked.set()
+    for waited in (thread, connector):
+        waited.join(30)
+    assert codes == [0] and len(opened) == 1
+    opened[0].close()
+    assert reader[0].guard.acquire(blocking=False)  # given back in the parent
+    reader[0].guard.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_a_connection_another_thread_is_opening(db_path, monkeypatch):
+    """os.fork() waits for a connect() under way (it runs inside SQLite) and holds new ones back until it is done."""
+    abathur_db.open(db_path).close()
+    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
+    configure = pool_module._configure
+
+    def slow_configure(*args) -> None:
+        configure(*args)
+        inside.set()
+        assert finish.wait(30)
+
+    monkeypatch.setattr(pool_module, "_configure", slow_configure)
+    opened: list[sqlite3.Connection] = []
+
+    def opener() -> None:
+        opened.append(abathur_db.connect(db_path))
+        assert forked.wait(30)
+        opened[0].close()
+
+    thread = threading.Thread(target=opener)
+    thread.start()
+    forker, codes = _fork_beside(inside, lambda: None)
+    try:
+        assert forker.is_alive() and not codes  # waiting for the connection being opened
+    finally:
+        finish.set()
+    forker.join(30)
+    forked.set()
+    thread.join(30)
+    assert codes == [0] and len(opened) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_goes_ahead_after_busy_timeout_and_the_child_keeps_the_copy_still_in_a_statement(pool, monkeypatch):
+    """A statement that outlasts the fork's wait does not hold the fork back for longer; the child keeps that copy."""
+    monkeypatch.setattr(pool_module, "BUSY_TIMEOUT_SECONDS", 0.1)
+    inside, finish = threading.Event(), threading.Event()
+    busy: list[sqlite3.Connection] = []
+
+    def in_a_statement() -> None:
+        busy.append(pool.connection())
+        with busy[0].guard:  # as the SQL layer holds it around a statement
+            inside.set()
+            assert finish.wait(30)
+
+    thread = threading.Thread(target=in_a_statement)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        assert fork_and_wait(lambda: busy[0] in pool_module._KEPT or sys.exit(1)) == 0
+    finally:
+        finish.set()
+        thread.join(30)
+
+
+def test_the_child_gives_back_the_guards_the_fork_took(db_path, monkeypatch):
+    """In the child, the guards the fork held are given back before the copies are closed (idle ones are)."""
+    abathur_db.open(db_path).close()
+    conn = abathur_db.connect(db_path)
+    pool_module._before_fork()
+    held, paused = list(pool_module._HELD), list(pool_module._PAUSED)
+    try:
+        assert conn in pool_module._GUARDED
+        _run_the_fork_hook(monkeypatch)
+        assert pool_module._GUARDED == [] and conn.closed
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:  # free for another thread
+            assert executor.submit(lambda: conn.guard.acquire(blocking=False)).result(timeout=30)
+    finally:  # this process goes on as the parent: give back the rest of what the fork held
+        pool_module._HELD[:], pool_module._PAUSED[:] = held, paused
+        pool_module._after_fork_in_parent()
+
+
+def test_a_fork_interrupted_as_it_is_handed_a_write_lock_gives_the_lock_back(pool, db_path, monkeypatch):
+    """An exception (a signal handler's) arriving as the fork's wait is handed the write lock leaves it recorded, so
+    the parent gives it back after the fork rather than keep every writer of the process out."""
+    lock = pool_module._write_lock(str(db_path))
+    other = types.SimpleNamespace(thread=-1)  # a connection of another thread, in its block
+
+    def handed_then_interrupted(lock, hold, timeout):
+        lock[0] = hold
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool_module._WriteLock, "wait", handed_then_interrupted)
+    lock[0] = other
+    with pytest.raises(KeyboardInterrupt):
+        pool_module._before_fork()
+    pool_module._after_fork_in_parent()
+    assert lock.holder is None
+    metrics.record(pool.connection(), "m", 1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
