@@ -25,7 +25,7 @@ from . import _ddl, _rebuild, _values
 from .errors import AbathurDBError, BusyError, SchemaError, StorageFullError, translate
 from .maintenance import backup, integrity_check, structural_problems
 from .pool import PRAGMAS, connect
-from .transaction import transaction
+from .transaction import hold, transaction
 
 __all__ = ["UPGRADE_WAIT_SECONDS", "SchemaFile", "SchemaStatus", "indexes", "load_files", "migrate",
            "schema_dir", "statements", "status"]
@@ -216,6 +216,11 @@ def migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> 
     :raises SchemaError: a file cannot be applied, or the database is not Abathur's.
     :raises StorageFullError: the disk filled up; the database was not changed.
     """
+    with hold(conn):  # its statements, like the SQL layer's, are waited for by os.fork() and Pool.close()
+        return _migrate(conn, db_path, files)
+
+
+def _migrate(conn: sqlite3.Connection, db_path: str, files: list[SchemaFile]) -> tuple[list[str], str | None]:
     current = status(conn, files)
     if current.problems:
         raise SchemaError(f"{db_path}: " + "; ".join(current.problems))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import abathur_db
-from abathur_db import _checkpointer, agents, audit, checkpoints, metrics, sessions, state, tasks, transaction
+from abathur_db import _checkpointer, agents, audit, checkpoints, metrics, schema, sessions, state, tasks, transaction
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
 from helpers import fork_and_wait, until
@@ -422,6 +422,40 @@ def test_a_fork_waits_for_a_connection_another_thread_is_opening(db_path, monkey
     forker, codes = _fork_beside(inside, lambda: None)
     try:
         assert forker.is_alive() and not codes  # waiting for the connection being opened
+    finally:
+        finish.set()
+    forker.join(30)
+    forked.set()
+    thread.join(30)
+    assert codes == [0] and len(opened) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_the_schema_check_of_a_pool_another_thread_is_opening(db_path, monkeypatch):
+    """abathur_db.open() reads the schema ledger with the package's own statements: os.fork() waits for them too."""
+    abathur_db.open(db_path).close()
+    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
+    status = schema.status
+
+    def slow_status(*args):
+        found = status(*args)
+        inside.set()
+        assert finish.wait(30)
+        return found
+
+    monkeypatch.setattr(schema, "status", slow_status)
+    opened: list[pool_module.Pool] = []
+
+    def opener() -> None:
+        opened.append(abathur_db.open(db_path))
+        assert forked.wait(30)
+        opened[0].close()
+
+    thread = threading.Thread(target=opener)
+    thread.start()
+    forker, codes = _fork_beside(inside, lambda: None)
+    try:
+        assert forker.is_alive() and not codes  # waiting for the schema check
     finally:
         finish.set()
     forker.join(30)
