@@ -21,7 +21,7 @@ from .errors import (
     translate,
     translated,
 )
-from .transaction import hold
+from .transaction import hold, rows
 
 __all__ = ["CHECKPOINT_MODES", "CHECKPOINT_WAIT_MS", "CheckpointResult", "backup", "checkpoint",
            "integrity_check", "structural_problems"]
@@ -46,11 +46,8 @@ def integrity_check(conn: sqlite3.Connection, *, quick: bool = False) -> list[st
     `quick` runs ``quick_check``, which skips the index-versus-table comparison.
     """
     pragma = "quick_check" if quick else "integrity_check"
-    try:
-        rows = [message for (message,) in conn.execute(f"PRAGMA {pragma}").fetchall()]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
-    return [] if rows == ["ok"] else rows
+    messages = [message for (message,) in rows(conn, None, f"PRAGMA {pragma}")]
+    return [] if messages == ["ok"] else messages
 
 
 def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> CheckpointResult:

@@ -9,10 +9,10 @@ from typing import cast
 
 from . import _ddl
 from .catalog import CATALOG, CatalogQuery
-from .errors import AbathurDBError, ValidationError, translate
+from .errors import AbathurDBError, ValidationError, translate, translated
 from .rows import RuleViolation
 from .schema import statements
-from .transaction import Params
+from .transaction import Params, hold, one, rows
 
 __all__ = ["PlanCheck", "check_catalog", "check_plan", "explain_query_plan", "rule_violations",
            "validate_foreign_keys"]
@@ -41,10 +41,7 @@ class PlanCheck:
 
 def validate_foreign_keys(conn: sqlite3.Connection) -> list[tuple[str, int | None, str, int]]:
     """Return the rows of ``PRAGMA foreign_key_check``: (table, rowid, parent, fkid) per violation."""
-    try:
-        return [tuple(row) for row in conn.execute("PRAGMA foreign_key_check").fetchall()]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    return [tuple(row) for row in rows(conn, None, "PRAGMA foreign_key_check")]
 
 
 def explain_query_plan(conn: sqlite3.Connection, sql: str, params: Params = ()) -> list[str]:
@@ -54,20 +51,18 @@ def explain_query_plan(conn: sqlite3.Connection, sql: str, params: Params = ()) 
         not a SELECT, WITH, VALUES, INSERT, REPLACE, UPDATE or DELETE statement.
     """
     statement = _one_statement(sql)
-    try:
-        # An EXPLAIN never checks the schema cookie, so sqlite3's statement cache would
-        # replay a plan made before an index was dropped; the version in the text
-        # gives each schema its own cache entry.
-        version = conn.execute("PRAGMA schema_version").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
-    try:
-        rows = conn.execute(f"/* schema {version} */ EXPLAIN QUERY PLAN {statement}", params).fetchall()
-    except sqlite3.ProgrammingError as exc:  # parameters that do not fit the statement
-        raise ValidationError(f"explain_query_plan: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
-    return [detail for *_, detail in rows]
+    # An EXPLAIN never checks the schema cookie, so sqlite3's statement cache would
+    # replay a plan made before an index was dropped; the version in the text
+    # gives each schema its own cache entry.
+    version = one(conn, None, "PRAGMA schema_version")[0]
+    with hold(conn):
+        try:
+            plan = conn.execute(f"/* schema {version} */ EXPLAIN QUERY PLAN {statement}", params).fetchall()
+        except sqlite3.ProgrammingError as exc:  # parameters that do not fit the statement
+            raise ValidationError(f"explain_query_plan: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+    return [detail for *_, detail in plan]
 
 
 def check_plan(conn: sqlite3.Connection, query: CatalogQuery) -> PlanCheck:
@@ -113,11 +108,7 @@ def _code(statement: str) -> str:
 
 
 def _index_names(conn: sqlite3.Connection) -> set[str]:
-    try:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
-    return {name for (name,) in rows}
+    return {name for (name,) in rows(conn, None, "SELECT name FROM sqlite_master WHERE type = 'index'")}
 
 
 def _plan_problems(plan: list[str], query: CatalogQuery, missing: list[str]) -> list[str]:
@@ -148,13 +139,11 @@ def rule_violations(conn: sqlite3.Connection) -> list[RuleViolation]:
     the ``rule``. Legacy rows that an upgrade kept as they were show up here;
     ``integrity_check`` only counts them per table.
     """
-    try:
+    with hold(conn), translated():
         tables = conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
             " AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name").fetchall()
         return [found for table, sql in tables for found in _table_violations(conn, table, sql)]
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
 
 
 def _table_violations(conn: sqlite3.Connection, table: str, sql: str) -> list[RuleViolation]:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 import abathur_db
-from abathur_db import _checkpointer, agents, audit, checkpoints, metrics, schema, sessions, state, tasks, transaction
+from abathur_db import (_checkpointer, agents, audit, checkpoints, metrics, schema, sessions, state, tasks, transaction,
+                        validation)
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
 from helpers import fork_and_wait, until
@@ -664,6 +665,11 @@ OTHER_THREAD_CALLS = {
     "tasks.list": lambda conn: tasks.list(conn, status="pending"),
     "transaction": lambda conn: transaction(conn).__enter__(),
     "checkpoint": lambda conn: abathur_db.checkpoint(conn),
+    "integrity_check": lambda conn: abathur_db.integrity_check(conn),
+    "validate_foreign_keys": lambda conn: abathur_db.validate_foreign_keys(conn),
+    "explain_query_plan": lambda conn: abathur_db.explain_query_plan(conn, "SELECT 1"),
+    "rule_violations": lambda conn: validation.rule_violations(conn),
+    "check_catalog": lambda conn: abathur_db.check_catalog(conn),
 }
 
 
