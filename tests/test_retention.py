@@ -214,12 +214,14 @@ def test_writers_go_on_between_the_batches_of_a_prune(db_path, conn, module, kin
     try:
         assert started.wait(TIMEOUT)
         conn.set_trace_callback(lambda sql: seen.append(_count_new(db_path, module)) if sql == "COMMIT" else None)
-        assert module.prune(conn, before=CUTOFF, batch_size=100) == 2_000
+        # 80 batches, some 200 ms: longer than the sleeps of SQLite's busy handler, in which
+        # a writer process's first wait for the lock can miss every gap of a shorter prune.
+        assert module.prune(conn, before=CUTOFF, batch_size=25) == 2_000
     finally:
         conn.set_trace_callback(None)
         stop.set()
         writer.join(TIMEOUT)
-    assert len(seen) == 21  # 20 full batches, then one that finds nothing left
+    assert len(seen) == 81  # 80 full batches, then one that finds nothing left
     assert len(set(seen)) > 1, f"no write landed between two of the prune's batches: {seen}"
     assert conn.execute(f"SELECT count(*) FROM {module.TABLE} WHERE timestamp < ?", (CUTOFF,)).fetchone()[0] == 0
     assert _count_new(db_path, module) >= seen[-1] > 0
