@@ -398,57 +398,33 @@ def test_a_fork_waits_for_a_read_another_thread_has_inside_sqlite_and_the_child_
     reader[0].guard.release()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_fork_waits_for_a_connection_another_thread_is_opening(db_path, monkeypatch):
-    """os.fork() waits for a connect() under way (it runs inside SQLite) and holds new ones back until it is done."""
-    abathur_db.open(db_path).close()
-    inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
-    configure = pool_module._configure
-
-    def slow_configure(*args) -> None:
-        configure(*args)
-        inside.set()
-        assert finish.wait(30)
-
-    monkeypatch.setattr(pool_module, "_configure", slow_configure)
-    opened: list[sqlite3.Connection] = []
-
-    def opener() -> None:
-        opened.append(abathur_db.connect(db_path))
-        assert forked.wait(30)
-        opened[0].close()
-
-    thread = threading.Thread(target=opener)
-    thread.start()
-    forker, codes = _fork_beside(inside, lambda: None)
-    try:
-        assert forker.is_alive() and not codes  # waiting for the connection being opened
-    finally:
-        finish.set()
-    forker.join(30)
-    forked.set()
-    thread.join(30)
-    assert codes == [0] and len(opened) == 1
+# What another thread may be inside as it opens: the step to slow down, and the call that runs it.
+OPENING = {
+    "connect": (pool_module, "_configure", abathur_db.connect),  # inside SQLite as it opens and configures
+    "open": (schema, "status", abathur_db.open),  # the package's own statements, reading the schema ledger
+}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_fork_waits_for_the_schema_check_of_a_pool_another_thread_is_opening(db_path, monkeypatch):
-    """abathur_db.open() reads the schema ledger with the package's own statements: os.fork() waits for them too."""
+@pytest.mark.parametrize("opening", OPENING.values(), ids=OPENING.keys())
+def test_a_fork_waits_for_a_connection_or_a_pool_another_thread_is_opening(db_path, monkeypatch, opening):
+    """os.fork() waits for a connect() or an abathur_db.open() under way in another thread."""
+    module, step, open_ = opening
     abathur_db.open(db_path).close()
     inside, finish, forked = threading.Event(), threading.Event(), threading.Event()
-    status = schema.status
+    original = getattr(module, step)
 
-    def slow_status(*args):
-        found = status(*args)
+    def slow(*args):
+        found = original(*args)
         inside.set()
         assert finish.wait(30)
         return found
 
-    monkeypatch.setattr(schema, "status", slow_status)
-    opened: list[pool_module.Pool] = []
+    monkeypatch.setattr(module, step, slow)
+    opened: list = []
 
     def opener() -> None:
-        opened.append(abathur_db.open(db_path))
+        opened.append(open_(db_path))
         assert forked.wait(30)
         opened[0].close()
 
@@ -456,7 +432,7 @@ def test_a_fork_waits_for_the_schema_check_of_a_pool_another_thread_is_opening(d
     thread.start()
     forker, codes = _fork_beside(inside, lambda: None)
     try:
-        assert forker.is_alive() and not codes  # waiting for the schema check
+        assert forker.is_alive() and not codes  # waiting for the opening
     finally:
         finish.set()
     forker.join(30)
