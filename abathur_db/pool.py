@@ -604,6 +604,11 @@ def _before_fork() -> None:
     # package runs outside blocks and a checkpoint under way: a thread inside SQLite may
     # hold one of its process-wide mutexes, which the child would inherit locked.
     hold = cast(sqlite3.Connection, _ForkHold())
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS  # for all the waits together
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 0.0)
+
     with _WRITE_LOCKS_GUARD:
         locks = list(_WRITE_LOCKS.values())
     for lock in locks:
@@ -611,15 +616,15 @@ def _before_fork() -> None:
             continue
         try:
             if lock.setdefault(0, hold) is not hold:
-                lock.wait(hold, BUSY_TIMEOUT_SECONDS)
+                lock.wait(hold, left())
         finally:  # the record says whether the hold has the lock, whatever interrupted the wait
             if lock.get(0) is hold:
                 _HELD.append(lock)
-    _OPENING.hold(BUSY_TIMEOUT_SECONDS)
+    _OPENING.hold(left())
     with _CONNECTIONS_GUARD:
         conns = [conn for conn in _CONNECTIONS if not conn.closed]
     for conn in conns:  # each held by a statement the package runs outside a block
-        if conn.guard.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+        if conn.guard.acquire(timeout=left()):
             _GUARDED.append(conn)
     for lock in locks:
         lock.checkpointer.pause()

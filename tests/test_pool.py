@@ -464,6 +464,34 @@ def test_a_fork_goes_ahead_after_busy_timeout_and_the_child_keeps_the_copy_still
         thread.join(30)
 
 
+def test_the_forks_waits_share_one_busy_timeout(db_path, monkeypatch):
+    """However many statements outlast the fork's wait, it waits BUSY_TIMEOUT_SECONDS in all, not that for each."""
+    abathur_db.open(db_path).close()
+    clock = [0.0]
+    monkeypatch.setattr(pool_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    timeouts: list[float] = []
+
+    class Stuck:
+        """The guard of a connection whose statement outlasts any wait."""
+
+        def acquire(self, timeout: float) -> bool:
+            timeouts.append(timeout)
+            clock[0] += timeout
+            return False
+
+    conns = [abathur_db.connect(db_path) for _ in range(3)]
+    for conn in conns:
+        conn.guard = Stuck()
+    try:
+        pool_module._before_fork()
+    finally:
+        pool_module._after_fork_in_parent()
+        for conn in conns:
+            conn.guard = threading.RLock()
+            conn.close()
+    assert sorted(timeouts, reverse=True) == [pool_module.BUSY_TIMEOUT_SECONDS, 0.0, 0.0]
+
+
 def test_the_child_gives_back_the_guards_the_fork_took(db_path, monkeypatch):
     """In the child, the guards the fork held are given back before the copies are closed (idle ones are)."""
     abathur_db.open(db_path).close()
