@@ -495,8 +495,9 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if lock.busy_until < 0:  # the process's first BEGIN on the file
-        lock.busy_until = started + pool.FIRST_SECONDS
+    if started - lock.began > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or its first in a while
+        lock.busy_until = max(lock.busy_until, started + pool.FIRST_SECONDS)
+    lock.began = started
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -25,7 +26,7 @@ def schema_file(tmp_path_factory):
 
 
 @pytest.fixture
-def pool(db_path, schema_file):
+def pool(db_path, schema_file, monkeypatch):
     """Return a pool on a new database with the whole schema applied.
 
     The file is a copy of one the schema was applied to once: applying it costs about
@@ -33,9 +34,10 @@ def pool(db_path, schema_file):
     """
     shutil.copy(schema_file, db_path)  # its mode too: owner only, as open() makes a new file
     opened = abathur_db.open(db_path)
-    # As a process past its first moments on the file (pool.FIRST_SECONDS): its BEGINs wait in SQLite's
-    # handler, no PRAGMA sent, until another process is seen writing (test_transaction covers them).
-    pool_module._write_lock(str(db_path)).busy_until = 0.0
+    # As a process writing without pauses, past its first moments on its files (pool.PAUSE_SECONDS,
+    # pool.FIRST_SECONDS): its BEGINs wait in SQLite's handler, no PRAGMA sent, until another
+    # process is seen writing (test_transaction covers the steps).
+    monkeypatch.setattr(pool_module, "PAUSE_SECONDS", math.inf)
     return opened
 
 

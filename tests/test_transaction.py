@@ -291,23 +291,30 @@ def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool
         outsider.close()
 
 
-def test_a_process_waits_in_steps_through_its_first_moments_on_a_file(tmp_path, monkeypatch):
-    """A process's BEGINs on a file retry in steps for FIRST_SECONDS from its first; later ones send no PRAGMA.
+def test_a_process_waits_in_steps_through_its_first_moments_on_a_file_and_after_each_pause(tmp_path, monkeypatch):
+    """A process's BEGINs on a file retry in steps for FIRST_SECONDS from its first, and from any after PAUSE_SECONDS.
 
-    Other processes may be writing the file unseen, their lock free between commits too
-    briefly for SQLite's busy handler, whose sleeps grow to 100 ms, to catch.
+    Other processes may be writing the file unseen, or have started since this one last
+    wrote, their lock free between commits too briefly for SQLite's busy handler, whose
+    sleeps grow to 100 ms, to catch. The BEGINs of a process writing on send no PRAGMA.
     """
-    monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.2)
+    monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.1)
+    monkeypatch.setattr(abathur_db.pool, "PAUSE_SECONDS", 0.3)
     pool = abathur_db.open(tmp_path / "new.db")  # the schema's statements are the process's first on the file
     conn = pool.connection()
-    with tracing(conn) as sent:
-        metrics.record(conn, "within", 1)
-    assert sent[:3] == ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "BEGIN IMMEDIATE"], sent
-    until(lambda: time.monotonic() > conn.write_lock.busy_until)
-    with tracing(conn) as sent:
-        metrics.record(conn, "after", 1)
-    assert sent[0] == "BEGIN IMMEDIATE", sent
-    assert [m["metric_name"] for m in metrics.query(conn)] == ["within", "after"]
+
+    def sent_by_a_write() -> list[str]:
+        with tracing(conn) as sent:
+            metrics.record(conn, "written", 1)
+        return sent[:3]
+
+    in_steps = ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "BEGIN IMMEDIATE"]
+    assert sent_by_a_write() == in_steps
+    assert until(lambda: time.monotonic() > conn.write_lock.busy_until)
+    assert sent_by_a_write()[0] == "BEGIN IMMEDIATE"  # 0.1 s after the last BEGIN: no pause
+    time.sleep(0.35)
+    assert sent_by_a_write() == in_steps
+    assert len(metrics.query(conn)) == 3
 
 
 def test_a_begin_in_steps_gives_up_at_the_busy_timeout(pool, db_path):
