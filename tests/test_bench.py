@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = {
     "meta", "machine", "coverage", "dataset", "catalog", "catalog_samples", "single_insert", "bulk_insert",
     "claim", "mixed", "fk_cost", "index_cost", "plans", "integrity", "sizes", "bars", "success_metrics",
-    "write_rows", "queue", "typed_claim", "pickup", "prune",
+    "write_rows", "queue", "typed_claim", "pickup", "prune", "paused_write",
 }
 STATS = {"n", "median_us", "p95_us", "p99_us", "mean_us", "min_us", "max_us", "ops_per_s"}
 COMPARISON = {"package", "raw", "time_ratio", "p99_ratio", "throughput_ratio"}
@@ -43,7 +43,8 @@ PHASES = ("seeded tasks", "catalog queries", "single-row inserts", "bulk inserts
           "claim_next, 10 threads", "claim_next, 4 processes", "10 threads, 90 % reads", "foreign-key cost",
           "put: one task per commit", "bulk: N tasks in one call", "claim + complete, 1 thread",
           "claim + complete, 10 threads", "claim + complete, 3 processes × 4 threads", "seeding 2,000 claimable tasks",
-          "index cost", "query plans", "pickup latency", "pickups by a worker in another process", "an idle worker")
+          "index cost", "query plans", "pickup latency", "pickups by a worker in another process", "an idle worker",
+          "a write after a pause beside a process writing in a loop")
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -245,6 +246,20 @@ def test_writers_beside_a_prune_are_measured(run):
     assert "## Retention: a writer beside audit.prune" in report
     assert f"deleted {prune['deleted']:,} audit rows" in report
     assert "writers beside audit.prune" in stderr
+
+
+@pytest.mark.slow
+def test_paused_writes_beside_a_loop_are_measured_on_both_sides(run):
+    """Each side times every paused write, counts its lock errors and the looping writer's pace."""
+    figures, report, _ = run
+    paused = figures["paused_write"]
+    assert paused["writes"] == 3 and paused["gap_s"] > pool_module.BUSY_SECONDS
+    for side in ("package", "raw"):
+        assert paused[side]["latency"]["n"] == paused["writes"] and STATS <= set(paused[side]["latency"]), side
+        assert paused[side]["loop_writes_per_s"] > 0 and isinstance(paused[side]["lock_errors"], int), side
+    assert paused["package"]["lock_errors"] == 0  # raw's wait may outlast busy_timeout, rarely
+    assert "## A write after a pause, beside a process writing in a loop" in report
+    assert f"records one every {paused['gap_s']} s" in report
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ add a line to MEASURED and to SECTIONS (and to BARS if it judges a SPEC §6 bar:
 
 from __future__ import annotations
 
-from . import catalog, claims, inserts, mixed, pickup, prune, queue, queue_report, typed_claim, write_cost
+from . import (catalog, claims, inserts, mixed, paused_write, pickup, prune, queue, queue_report, typed_claim,
+               write_cost)
 
 # (key in the figures, progress line, function). The index cost copies the database, so it runs last.
 MEASURED = (
@@ -24,10 +25,12 @@ MEASURED = (
     ("fk_cost", "foreign-key cost", write_cost.measure_foreign_keys),
     ("index_cost", "index cost (copying the database without its non-unique indexes)", write_cost.measure_indexes),
     ("prune", "writers beside audit.prune (on a copy of the database)", prune.measure),
+    ("paused_write", "a write after a pause beside a process writing in a loop", paused_write.measure),
 )
 
 SECTIONS = (catalog.report, inserts.report, write_cost.report_indexes, write_cost.report_foreign_keys,
-            claims.report, mixed.report, queue_report.report, typed_claim.report, pickup.report, prune.report)
+            claims.report, mixed.report, queue_report.report, typed_claim.report, pickup.report, prune.report,
+            paused_write.report)
 
 # Bars judged by the workloads' own modules, after those of verdicts.evaluate, and their explanations
 # of a missed bar (verdicts.missed_reasons).
