@@ -98,17 +98,18 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     every release.
     """
 
-    __slots__ = ("_guard", "_queue", "began", "busy_until", "shared_until", "turns_from", "stray_until", "probe_at",
-                 "handed", "turn", "checkpointer")
+    __slots__ = ("_guard", "_queue", "last_begin", "paused_steps", "busy_until", "shared_until", "turns_from",
+                 "stray_until", "probe_at", "handed", "turn", "checkpointer")
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self._guard = threading.Lock()
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
-        self.began = -math.inf  # when transaction() last sent BEGIN on the file, in any thread
+        self.last_begin = -math.inf  # when transaction() last sent BEGIN on the file, in any thread
+        self.paused_steps = 0  # BEGINs still to wait in steps after a pause (see PAUSE_SECONDS)
         # Until this time.monotonic(), another process is taken to be writing the file:
-        # transaction() then waits for SQLite's write lock in short steps (a BEGIN after
-        # PAUSE_SECONDS without one sets it FIRST_SECONDS ahead) ...
+        # transaction() then waits for SQLite's write lock in short steps (the process's
+        # first BEGIN on the file sets it FIRST_SECONDS ahead) ...
         self.busy_until = 0.0
         # ... and, until this one, takes this process's turn to write the file first
         # (not before turns_from: until then the turn is taken to be stuck, see transaction).
@@ -205,11 +206,14 @@ BUSY_STEP_MS = 1
 # 0.1 s of steps, 33 ms at most in 8 runs, the first BEGIN alone 71 ms). A BEGIN in steps sends
 # 3 PRAGMAs: a lone writer's puts were 8 % slower meanwhile.
 FIRST_SECONDS = 0.1
-# Likewise a BEGIN this long or more after the process's previous one on the file: another
-# process may have started writing meanwhile. Beside a process writing in a loop, a process
-# pruning audit rows had a BEGIN of 0.3-4.9 s in SQLite's handler in 6 of 80 runs; with this,
-# its slowest prune took 0.07 s in 80.
+# Likewise PAUSE_STEPS BEGINs from one this long or more after the process's previous one on
+# the file: another process may have started writing meanwhile, unseen. Beside a process writing
+# in a loop, a process pruning audit rows had a BEGIN of 0.3-4.9 s in SQLite's handler in 6 of
+# 80 runs; with these steps its slowest prune took 0.06 s in 80, as each step that finds the lock
+# taken makes the file count as shared. Counted in BEGINs, not time: 0.1 s of steps after each
+# pause made a writer resuming 8 % slower for that long (1-thread claims 0.83x raw instead of 0.92x).
 PAUSE_SECONDS = 0.01
+PAUSE_STEPS = 8
 # Under the process's turn, BEGIN waits in SQLite's handler, which sleeps 1 ms, then 2 ms...:
 # one that took longer than this found the lock taken at least twice, by a writer without turns.
 # Shorter waits are a checkpoint's brief locks or a late interpreter lock (3 processes × 4

@@ -495,16 +495,18 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if started - lock.began > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or its first in a while
-        lock.busy_until = max(lock.busy_until, started + pool.FIRST_SECONDS)
-    lock.began = started
+    if started - lock.last_begin > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or its first in a while
+        lock.paused_steps = pool.PAUSE_STEPS
+        if lock.last_begin < 0:
+            lock.busy_until = started + pool.FIRST_SECONDS
+    lock.last_begin = started
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
             lock.shared_until = started + pool.BUSY_SECONDS
     turn_waited = lock.turns_from <= started < lock.shared_until and not lock.turn.take(0)
     held = lock.turn.since > 0 and started >= lock.stray_until
-    if not turn_waited and (held or started >= lock.busy_until):
+    if not turn_waited and (held or (started >= lock.busy_until and lock.paused_steps <= 0)):
         conn.execute("BEGIN IMMEDIATE")
         if time.monotonic() - started > (pool.STRAY_SEEN_SECONDS if held else pool.BUSY_SEEN_SECONDS):
             # Likely another process's lock, but perhaps only this thread descheduled:
@@ -513,6 +515,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
             if held:
                 lock.stray_until = lock.busy_until
         return
+    lock.paused_steps -= 1
     waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     deadline = started + waited_ms / 1000
     # Another process has the turn: wait for it, then BEGIN in steps within what is left.

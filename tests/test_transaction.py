@@ -292,7 +292,7 @@ def test_begin_waits_for_another_process_in_short_steps_once_it_has_met_one(pool
 
 
 def test_a_process_waits_in_steps_through_its_first_moments_on_a_file_and_after_each_pause(tmp_path, monkeypatch):
-    """A process's BEGINs on a file retry in steps for FIRST_SECONDS from its first, and from any after PAUSE_SECONDS.
+    """A process's BEGINs on a file retry in steps for FIRST_SECONDS from its first, and PAUSE_STEPS after a pause.
 
     Other processes may be writing the file unseen, or have started since this one last
     wrote, their lock free between commits too briefly for SQLite's busy handler, whose
@@ -300,21 +300,27 @@ def test_a_process_waits_in_steps_through_its_first_moments_on_a_file_and_after_
     """
     monkeypatch.setattr(abathur_db.pool, "FIRST_SECONDS", 0.1)
     monkeypatch.setattr(abathur_db.pool, "PAUSE_SECONDS", 0.3)
+    monkeypatch.setattr(abathur_db.pool, "PAUSE_STEPS", 2)
     pool = abathur_db.open(tmp_path / "new.db")  # the schema's statements are the process's first on the file
     conn = pool.connection()
 
-    def sent_by_a_write() -> list[str]:
-        with tracing(conn) as sent:
-            metrics.record(conn, "written", 1)
-        return sent[:3]
+    def first_sent(writes: int) -> list[str]:
+        """Return the first statement each of `writes` writes sends."""
+        firsts = []
+        for _ in range(writes):
+            with tracing(conn) as sent:
+                metrics.record(conn, "written", 1)
+            firsts.append(sent[0])
+        return firsts
 
-    in_steps = ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "BEGIN IMMEDIATE"]
-    assert sent_by_a_write() == in_steps
+    with tracing(conn) as sent:
+        metrics.record(conn, "first", 1)
+    assert sent[:3] == ["PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "BEGIN IMMEDIATE"], sent
     assert until(lambda: time.monotonic() > conn.write_lock.busy_until)
-    assert sent_by_a_write()[0] == "BEGIN IMMEDIATE"  # 0.1 s after the last BEGIN: no pause
+    assert first_sent(1) == ["BEGIN IMMEDIATE"]  # 0.1 s after the last BEGIN: no pause
     time.sleep(0.35)
-    assert sent_by_a_write() == in_steps
-    assert len(metrics.query(conn)) == 3
+    assert first_sent(3) == ["PRAGMA busy_timeout", "PRAGMA busy_timeout", "BEGIN IMMEDIATE"]
+    assert len(metrics.query(conn)) == 5
 
 
 def test_a_begin_in_steps_gives_up_at_the_busy_timeout(pool, db_path):

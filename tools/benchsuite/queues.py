@@ -279,16 +279,17 @@ class SQLiteWaitPackageQueue(FusedPackageQueue):
     """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler, without steps or turns."""
 
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
-        self._knobs = pool.BUSY_SECONDS, pool.FIRST_SECONDS
+        self._knobs = pool.BUSY_SECONDS, pool.FIRST_SECONDS, pool.PAUSE_STEPS
         # No steps and no turns, not even in the process's first moments on the file (set before
-        # it writes): this process's, until close(); spawned workers set their own.
+        # it writes) or after a pause: this process's, until close(); spawned workers set their own.
         pool.BUSY_SECONDS = pool.FIRST_SECONDS = 0.0
+        pool.PAUSE_STEPS = 0
         super().__init__(path, tuning)
 
     def close(self) -> None:
-        """Close the pool and give pool.BUSY_SECONDS and pool.FIRST_SECONDS their values back."""
+        """Close the pool and give pool.BUSY_SECONDS, pool.FIRST_SECONDS and pool.PAUSE_STEPS their values back."""
         super().close()
-        pool.BUSY_SECONDS, pool.FIRST_SECONDS = self._knobs
+        pool.BUSY_SECONDS, pool.FIRST_SECONDS, pool.PAUSE_STEPS = self._knobs
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
