@@ -125,6 +125,20 @@ class Turn:
             self._yielded = now
         return others
 
+    def arrive(self) -> bool:
+        """Mark this process as one that writes the file; return whether another process is marked.
+
+        The mark is a shared lock on byte 2 of the lock file, which this call creates if need
+        be; it lasts until close_idle() or the process's exit.
+        """
+        fd = self._open()
+        if fd < 0:
+            return False
+        with self._cond:
+            others = _locked_elsewhere(fd, 2, keep=True)
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # waits out another arriving process's instant of a look
+        return others
+
     def taken_elsewhere(self) -> bool:
         """Return whether another process holds the turn now (False where there are no turns).
 
@@ -137,6 +151,17 @@ class Turn:
             return False
         with self._cond:
             return _locked_elsewhere(fd, 0)
+
+    def close_idle(self) -> None:
+        """Close the lock file, and with it this process's mark, unless a turn is held or the helper uses it.
+
+        The next arrive() or take() opens it again. Call it holding the file's in-process
+        write lock, as the other callers do: nothing else of this process uses it meanwhile.
+        """
+        with self._cond:
+            if self._helper is None and self._fd is not None and self._fd >= 0 and not self.since:
+                os.close(self._fd)
+                self._fd = None
 
     def close(self) -> None:
         """Close the lock file (in a forked child: its locks are the parent's, which closing leaves alone)."""
@@ -197,11 +222,16 @@ class Turn:
                     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)  # the writer gave up meanwhile
 
 
-def _locked_elsewhere(fd: int, byte: int) -> bool:
-    """Return whether another process holds a lock on `byte` of the lock file: try to take it, and give it back."""
+def _locked_elsewhere(fd: int, byte: int, keep: bool = False) -> bool:
+    """Return whether another process holds a lock on `byte` of the lock file: try to take it, and give it back.
+
+    With `keep`, the lock taken is left for the caller to change (POSIX locks of one process never
+    conflict with each other: a process's own lock on `byte` is changed, not tested).
+    """
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
     except OSError:
         return True
-    fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+    if not keep:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
     return False

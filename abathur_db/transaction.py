@@ -499,6 +499,10 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         lock.paused_steps = pool.PAUSE_STEPS
         if lock.last_begin < 0:
             lock.busy_until = started + pool.FIRST_SECONDS
+            if pool.ARRIVAL_SECONDS > 0 and lock.turn.arrive():  # another process writes the file
+                if lock.turn.take(0):
+                    time.sleep(pool.ARRIVAL_SECONDS)  # see pool.ARRIVAL_SECONDS
+                lock.shared_until = time.monotonic() + pool.BUSY_SECONDS
     lock.last_begin = started
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS

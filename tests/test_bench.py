@@ -449,15 +449,16 @@ def test_a_side_waiting_in_sqlites_busy_handler_sets_the_knob_only_while_open(tm
     """package_sqlite_wait turns BEGIN's steps and turns off in its process while open, its first moments'
     included, and back on at close."""
     module = queues.pool
-    before = module.BUSY_SECONDS, module.FIRST_SECONDS, module.PAUSE_STEPS
+    knobs = queues.SQLiteWaitPackageQueue.KNOBS
+    before = [getattr(module, name) for name in knobs]
     path = str(tmp_path / "wait.db")
     with pytest.MonkeyPatch.context() as patch:  # as in a benchmark worker: the side is the process's first writer
-        patch.setattr(module, "FIRST_SECONDS", 0.0)
-        patch.setattr(module, "PAUSE_STEPS", 0)
+        for name in knobs:
+            patch.setattr(module, name, 0)
         queues.SQLiteWaitPackageQueue.create(path)
     side = queues.SQLiteWaitPackageQueue(path)
     try:
-        assert module.BUSY_SECONDS == module.FIRST_SECONDS == module.PAUSE_STEPS == 0
+        assert [getattr(module, name) for name in knobs] == [0, 0, 0, 0]
         conn = side.connection()
         with tracing(conn) as sent:
             side.bulk(conn, queues.items(2))
@@ -466,7 +467,7 @@ def test_a_side_waiting_in_sqlites_busy_handler_sets_the_knob_only_while_open(tm
     finally:
         side.close()
     side.close()  # the processes workload closes it twice: the value stays given back
-    assert (module.BUSY_SECONDS, module.FIRST_SECONDS, module.PAUSE_STEPS) == before and min(before) > 0
+    assert [getattr(module, name) for name in knobs] == before and min(before) > 0
 
 
 def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
@@ -479,7 +480,7 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
     reasons = _reasons(workloads)
     (reason,) = [r for r in reasons if "3 processes" in r]
     assert ("the package waiting in SQLite's busy handler too"
-            " (pool.BUSY_SECONDS = pool.FIRST_SECONDS = pool.PAUSE_STEPS = 0) reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms"
+            " (pool.BUSY_SECONDS, FIRST_SECONDS, PAUSE_STEPS and ARRIVAL_SECONDS at 0) reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms"
             " (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)") in reason
     assert "the package's processes take turns of _turn.TURN_SECONDS while others wait" in reason
     (threads,) = [r for r in reasons if "10 threads" in r]

@@ -195,8 +195,9 @@ def test_short_lived_threads_leave_no_file_descriptors(db_path):
     # SQLite keeps the descriptor of a connection closed while another connection of
     # the process holds a lock on the file (closing it would drop that lock), and
     # reuses it for the next open: the count stays within one per concurrent thread
-    # (10) beyond the surviving connection's database, WAL and shared-memory files.
-    assert max(after_wave) <= baseline + 3 + 10, after_wave
+    # (10) beyond the surviving connection's database, WAL and shared-memory files and
+    # the process's lock file (see _turn), open from its first write.
+    assert max(after_wave) <= baseline + 4 + 10, after_wave
     pool.close()
     assert _open_fds() == baseline
 

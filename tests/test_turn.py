@@ -81,14 +81,59 @@ def other(pool, db_path):
     process.close()
 
 
-def test_a_lone_process_takes_no_turn_and_makes_no_lock_file(pool, db_path):
-    """Writing alone never gets as far as turns: no lock file, no descriptor, nothing to wait for."""
-    conn = pool.connection()
-    for i in range(50):
-        tasks.create(conn, f"task {i}")
-    lock = pool_module._write_lock(str(db_path))
-    assert not os.path.exists(f"{db_path}-lock")
-    assert (lock.shared_until, lock.turn.since) == (0.0, 0.0)
+def test_a_lone_process_marks_itself_a_writer_until_its_last_connection_closes_and_takes_no_turn(tmp_path):
+    """A process's first BEGIN on a file marks it as a writer there (the lock file's byte 2); alone, it takes no turn.
+
+    Its last connection to the file closes the lock file, and the mark with it.
+    """
+    path = str(tmp_path / "alone.db")
+    other = Other(path)
+    try:
+        with abathur_db.open(path) as pool:
+            conn = pool.connection()
+            for i in range(50):
+                tasks.create(conn, f"task {i}")
+            lock = pool_module._write_lock(path)
+            assert (lock.shared_until, lock.turn.since) == (0.0, 0.0)
+            assert other("arrive") is True  # it sees this process's mark
+            assert other("taken_elsewhere") is False
+            other("close_idle")  # its own mark goes
+        assert lock.turn._fd is None and other("arrive") is False
+    finally:
+        other.close()
+
+
+def test_a_process_arriving_beside_a_writer_holds_the_turn_before_it_asks_sqlite_for_the_lock(tmp_path, monkeypatch):
+    """The newcomer's first BEGIN takes the turn and waits ARRIVAL_SECONDS before BEGIN IMMEDIATE.
+
+    A process writing in a loop, which has seen no other writer, looks for the turn
+    meanwhile and waits for it from then on, rather than sleeping in SQLite's busy
+    handler after the newcomer took SQLite's lock between two of its commits.
+    """
+    monkeypatch.setattr(pool_module, "ARRIVAL_SECONDS", 0.3)
+    path = str(tmp_path / "shared.db")
+    sqlite3.connect(path).close()  # the lock file takes the database's mode
+    other = Other(path)
+    opened = []
+    try:
+        assert other("arrive") is False  # the first writer of the file, alone
+        newcomer = threading.Thread(target=lambda: opened.append(abathur_db.open(path)))
+        newcomer.start()  # its first BEGIN applies the schema
+        assert until(lambda: other("taken_elsewhere"))
+        outsider = sqlite3.connect(path, timeout=0)
+        try:
+            outsider.execute("BEGIN IMMEDIATE")  # SQLite's lock is still free meanwhile
+            outsider.execute("ROLLBACK")
+        finally:
+            outsider.close()
+        newcomer.join(30)
+        lock = pool_module._write_lock(path)
+        assert opened and lock.shared_until > time.monotonic()  # it takes turns from now on
+        assert until(lambda: not other("taken_elsewhere"))  # given up after the BEGIN's commit
+    finally:
+        other.close()
+        for pool in opened:
+            pool.close()
 
 
 def test_a_waiting_process_gets_the_turn_the_moment_the_holder_gives_it_up(db_path, other):

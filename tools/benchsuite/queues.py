@@ -278,18 +278,22 @@ class FusedPackageQueue(PackageQueue):
 class SQLiteWaitPackageQueue(FusedPackageQueue):
     """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler, without steps or turns."""
 
+    # No steps and no turns, not even in the process's first moments on the file (set before it
+    # writes), after a pause, or beside another writer: this process's, until close(); spawned
+    # workers set their own.
+    KNOBS = ("BUSY_SECONDS", "FIRST_SECONDS", "PAUSE_STEPS", "ARRIVAL_SECONDS")
+
     def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
-        self._knobs = pool.BUSY_SECONDS, pool.FIRST_SECONDS, pool.PAUSE_STEPS
-        # No steps and no turns, not even in the process's first moments on the file (set before
-        # it writes) or after a pause: this process's, until close(); spawned workers set their own.
-        pool.BUSY_SECONDS = pool.FIRST_SECONDS = 0.0
-        pool.PAUSE_STEPS = 0
+        self._knobs = {name: getattr(pool, name) for name in self.KNOBS}
+        for name in self.KNOBS:
+            setattr(pool, name, 0)
         super().__init__(path, tuning)
 
     def close(self) -> None:
-        """Close the pool and give pool.BUSY_SECONDS, pool.FIRST_SECONDS and pool.PAUSE_STEPS their values back."""
+        """Close the pool and give the KNOBS of abathur_db.pool their values back."""
         super().close()
-        pool.BUSY_SECONDS, pool.FIRST_SECONDS, pool.PAUSE_STEPS = self._knobs
+        for name, value in self._knobs.items():
+            setattr(pool, name, value)
 
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}

@@ -156,7 +156,7 @@ def reasons(figures: dict) -> list[str]:
                     if "package_sqlite_wait" in f[key]:
                         waiting = f[key]["package_sqlite_wait"]
                         why.append(f"the package waiting in SQLite's busy handler too"
-                                   " (pool.BUSY_SECONDS = pool.FIRST_SECONDS = pool.PAUSE_STEPS = 0)"
+                                   " (pool.BUSY_SECONDS, FIRST_SECONDS, PAUSE_STEPS and ARRIVAL_SECONDS at 0)"
                                    f" reaches {x(waiting['ratio_to_minimal'])},"
                                    f" {x(f[key]['package_sqlite_wait_vs_raw_schema_fused'])} of the floor, at a"
                                    f" per-task p99 of {waiting['latency']['p99_us'] / 1000:.1f} ms"
