@@ -69,8 +69,7 @@ class Turn:
         """Take the turn, waiting up to `timeout_seconds` (0: not at all); return whether this process holds it."""
         if self.since:
             return True
-        fd = self._open()
-        if fd < 0:
+        if self._open() < 0:
             return False
         now = time.monotonic()
         if now >= self._yielded + YIELD_SECONDS:
@@ -79,7 +78,7 @@ class Turn:
                 # the lock was granted leaves no turn held unknown to this process.
                 self.since = now
                 try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                    fcntl.lockf(self._open(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # see close_idle()
                     return True
                 except OSError:
                     self.since = 0.0
@@ -131,10 +130,10 @@ class Turn:
         The mark is a shared lock on byte 2 of the lock file, which this call creates if need
         be; it lasts until close_idle() or the process's exit.
         """
-        fd = self._open()
-        if fd < 0:
-            return False
         with self._cond:
+            fd = self._open()
+            if fd < 0:
+                return False
             others = _locked_elsewhere(fd, 2, keep=True)
             fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # waits out another arriving process's instant of a look
         return others
@@ -146,17 +145,15 @@ class Turn:
         """
         if self.since or (self._fd is None and not os.path.exists(self.path + "-lock")):
             return False
-        fd = self._open()
-        if fd < 0:
-            return False
         with self._cond:
-            return _locked_elsewhere(fd, 0)
+            fd = self._open()
+            return fd >= 0 and _locked_elsewhere(fd, 0)
 
     def close_idle(self) -> None:
         """Close the lock file, and with it this process's mark, unless a turn is held or the helper uses it.
 
-        The next arrive() or take() opens it again. Call it holding the file's in-process
-        write lock, as the other callers do: nothing else of this process uses it meanwhile.
+        The next arrive() or take() opens it again. The other methods look up the descriptor
+        under the same condition, so none uses one closed meanwhile.
         """
         with self._cond:
             if self._helper is None and self._fd is not None and self._fd >= 0 and not self.since:

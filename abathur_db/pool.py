@@ -285,14 +285,8 @@ class _Connection(sqlite3.Connection):
             others = any(conn.write_lock is lock and not conn.closed for conn in _CONNECTIONS)
         if not others:
             lock.checkpointer.close()
-            if lock.setdefault(0, self) is self:  # no write under way: nothing else uses the lock file
-                try:
-                    lock.turn.close_idle()
-                    lock.last_begin = -math.inf
-                finally:
-                    lock.pop(0, None)
-                    if lock.waiting:
-                        lock.wake()
+            lock.turn.close_idle()
+            lock.last_begin = -math.inf
 
 
 def _write_lock(path: str) -> _WriteLock:

@@ -495,14 +495,15 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         conn.execute("BEGIN IMMEDIATE")
         return
     started = time.monotonic()
-    if started - lock.last_begin > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or its first in a while
+    if started - lock.last_begin > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or one after a pause
         lock.paused_steps = pool.PAUSE_STEPS
         if lock.last_begin < 0:
             lock.busy_until = started + pool.FIRST_SECONDS
             if pool.ARRIVAL_SECONDS > 0 and lock.turn.arrive():  # another process writes the file
                 if lock.turn.take(0):
                     time.sleep(pool.ARRIVAL_SECONDS)  # see pool.ARRIVAL_SECONDS
-                lock.shared_until = time.monotonic() + pool.BUSY_SECONDS
+                started = time.monotonic()
+                lock.shared_until = started + pool.BUSY_SECONDS
     lock.last_begin = started
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS

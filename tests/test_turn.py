@@ -129,6 +129,7 @@ def test_a_process_arriving_beside_a_writer_holds_the_turn_before_it_asks_sqlite
         newcomer.join(30)
         lock = pool_module._write_lock(path)
         assert opened and lock.shared_until > time.monotonic()  # it takes turns from now on
+        assert lock.stray_until == 0.0  # the wait before its BEGIN is no sign of a writer without turns
         assert until(lambda: not other("taken_elsewhere"))  # given up after the BEGIN's commit
     finally:
         other.close()
