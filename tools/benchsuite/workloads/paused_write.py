@@ -118,8 +118,9 @@ def report(figures: dict, md: Markdown) -> None:
                  "than `pool.BUSY_SECONDS`, so that it has seen no other writer for that long. Raw sqlite3 waits",
                  "for the lock in SQLite's busy handler, whose sleeps grow to 100 ms: each time it wakes, the",
                  "looping writer most likely holds the lock again. The package's `BEGIN` after a pause",
-                 "(`pool.PAUSE_SECONDS`) retries every millisecond instead. Each side runs on a new database of",
-                 "its own; no SPEC bar.")
+                 "(`pool.PAUSE_SECONDS`) retries every millisecond instead; the first write of each run, the",
+                 "process's first beside another writer, also holds the turn for `pool.ARRIVAL_SECONDS` first.",
+                 "Each side runs on a new database of its own; no SPEC bar.")
     rows = []
     for side in SIDES:
         s = pw[side]
