@@ -496,14 +496,7 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         return
     started = time.monotonic()
     if started - lock.last_begin > pool.PAUSE_SECONDS:  # the process's first BEGIN on the file, or one after a pause
-        lock.paused_steps = pool.PAUSE_STEPS
-        if lock.last_begin < 0:
-            lock.busy_until = started + pool.FIRST_SECONDS
-            if pool.ARRIVAL_SECONDS > 0 and lock.turn.arrive():  # another process writes the file
-                if lock.turn.take(0):
-                    time.sleep(pool.ARRIVAL_SECONDS)  # see pool.ARRIVAL_SECONDS
-                started = time.monotonic()
-                lock.shared_until = started + pool.BUSY_SECONDS
+        started = _resume(lock, started)
     lock.last_begin = started
     if lock.shared_until <= started and lock.probe_at <= started:
         lock.probe_at = started + pool.PROBE_SECONDS
@@ -520,7 +513,8 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
             if held:
                 lock.stray_until = lock.busy_until
         return
-    lock.paused_steps -= 1
+    if lock.paused_steps > 0:
+        lock.paused_steps -= 1
     waited_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     deadline = started + waited_ms / 1000
     # Another process has the turn: wait for it, then BEGIN in steps within what is left.
@@ -545,6 +539,26 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
                 turn_missed = False
     finally:
         _restore_busy_timeout(conn, state)
+
+
+def _resume(lock: _WriteLock, started: float) -> float:
+    """Prepare the first BEGIN on the file in a while (pool.PAUSE_STEPS) or ever; return the time it starts.
+
+    Another process may have started writing meanwhile, unseen: the next PAUSE_STEPS
+    BEGINs wait in steps. A process's very first BEGIN also waits in steps for
+    FIRST_SECONDS, and, should another process be marked as a writer of the file,
+    holds the turn for ARRIVAL_SECONDS first (see pool).
+    """
+    lock.paused_steps = pool.PAUSE_STEPS
+    if lock.last_begin >= 0:
+        return started
+    lock.busy_until = started + pool.FIRST_SECONDS
+    if pool.ARRIVAL_SECONDS > 0 and lock.turn.arrive():
+        if lock.turn.take(0):
+            time.sleep(pool.ARRIVAL_SECONDS)
+        started = time.monotonic()  # the wait is no sign of a writer without turns
+        lock.shared_until = started + pool.BUSY_SECONDS
+    return started
 
 
 def _restore_busy_timeout(conn: sqlite3.Connection, state: _State) -> None:
