@@ -176,9 +176,11 @@ def test_claim_workloads_also_run_the_fused_worker(run, workload):
         assert set(sides) <= set(figures[workload]) and ("package_sqlite_wait" in figures[workload]) is (
             workload == "processes")
         if workload == "processes":
-            waiting = figures[workload]["package_sqlite_wait"]
-            assert (waiting["duplicates"], waiting["lost"], waiting["other_errors"]) == (0, 0, 0)
+            for side in queue.PROCESSES_ONLY:
+                measured = figures[workload][side]
+                assert (measured["duplicates"], measured["lost"], measured["other_errors"]) == (0, 0, 0), side
             assert figures[workload]["package_sqlite_wait_vs_raw_schema_fused"] > 0
+            assert figures[workload]["package_fused_vs_raw_schema_turns"] > 0
         for side in sides:
             measured = figures[workload][side]
             assert 0 <= measured["per_worker_min"] <= measured["per_worker_median"] <= measured["per_worker_max"], side
@@ -189,6 +191,7 @@ def test_claim_workloads_also_run_the_fused_worker(run, workload):
     assert "floor (raw SQL on the schema, complete + claim in one transaction)" in bar["detail"]
     if workload != "claim_1":
         assert "raw SQL under the package's in-process lock" in bar["detail"]
+        assert ("raw SQL in the package's transaction blocks" in bar["detail"]) is (workload == "processes")
 
 
 @pytest.mark.slow
@@ -445,6 +448,29 @@ def test_a_raw_side_under_the_package_lock_takes_it_as_the_package_does(tmp_path
     assert lock.holder is None and not lock.waiting
 
 
+def test_a_raw_side_in_the_package_transaction_blocks_sends_the_floors_statements_in_them(tmp_path):
+    """raw_schema_turns sends the floor's statements on the package's connections, each call one transaction() block."""
+    path = str(tmp_path / "turns.db")
+    queues.TurnsFusedSchemaQueue.create(path)
+    side = queues.TurnsFusedSchemaQueue(path)
+    conn = side.connection()
+    side.bulk(conn, queues.items(3))
+    lock = pool_module._write_lock(path)
+    sent, held_at_begin = [], []
+    conn.set_trace_callback(lambda sql: sent.append(sql) or held_at_begin.append(lock.holder is conn)
+                            if sql == "BEGIN IMMEDIATE" else sent.append(sql))
+    done = [side.work_one(conn) for _ in range(4)]
+    conn.set_trace_callback(None)
+    side.close()
+    assert done[3] is None and len(set(done[:3])) == 3  # each task once, then an empty queue
+    assert len(held_at_begin) == 5 and all(held_at_begin)  # a first claim, then three complete + claim, one empty
+    statements = [sql.split()[0] for sql in sent]
+    assert statements.count("BEGIN") == statements.count("COMMIT") == 5
+    assert {sql.split(",")[0] for sql in sent if not sql.startswith(("BEGIN", "COMMIT", "PRAGMA"))} == {
+        "UPDATE tasks SET status = 'running'", "UPDATE tasks SET status = 'completed'"}  # the claim and the complete
+    assert lock.holder is None and not lock.waiting
+
+
 def test_a_side_waiting_in_sqlites_busy_handler_sets_the_knob_only_while_open(tmp_path):
     """package_sqlite_wait turns BEGIN's steps and turns off in its process while open, its first moments'
     included, and back on at close."""
@@ -483,8 +509,25 @@ def test_a_missed_processes_bar_quotes_the_package_waiting_as_raw_does():
             " (pool.BUSY_SECONDS, FIRST_SECONDS, PAUSE_STEPS and ARRIVAL_SECONDS at 0) reaches 0.27x, 0.90x of the floor, at a per-task p99 of 25.3 ms"
             " (1–9 tasks a worker, 0 idle, slowest call 1,037 ms)") in reason
     assert "the package's processes take turns of _turn.TURN_SECONDS while others wait" in reason
+    assert "in the package's transaction blocks" not in reason  # only where that side ran
     (threads,) = [r for r in reasons if "10 threads" in r]
     assert "busy handler too" not in threads and "take turns" not in threads
+
+
+def test_a_missed_processes_bar_quotes_the_floors_statements_scheduled_as_the_package():
+    """The processes reason and detail give raw SQL in the package's transaction blocks, and the package's share of it."""
+    workloads = {key: _sides(2_500, 3_000) for key, *_ in queue.WORKLOADS}
+    workloads["processes"]["raw_schema_turns"] = {**workloads["processes"]["raw_schema_fused"], "ops_per_s": 2_600,
+                                                  "ratio_to_minimal": 0.26, "latency": {"p99_us": 1, "max_us": 41_000}}
+    workloads["processes"]["package_fused_vs_raw_schema_turns"] = 0.96  # 2,500 against 2,600
+    reasons = _reasons(workloads)
+    (reason,) = [r for r in reasons if "3 processes" in r]
+    assert ("raw SQL in the package's transaction blocks, so scheduled as the package is (its in-process lock, its"
+            " turns), reaches 0.26x (1–9 tasks a worker, 0 idle, slowest call 41 ms), and the package 0.96x of that")\
+        in reason
+    bars = {bar["id"]: bar for bar in queue_report.bars({"queue": {"5000": workloads}})}
+    assert "raw SQL in the package's transaction blocks 0.26x, package 0.96x of it" in bars["queue_processes"]["detail"]
+    assert "transaction blocks" not in bars["queue_threads"]["detail"]
 
 
 def test_a_missed_concurrent_queue_bar_compares_the_floor_with_the_floor_on_one_thread():

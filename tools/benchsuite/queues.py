@@ -14,8 +14,9 @@ The claim workloads also run ``package_fused`` (WORKER_VARIANTS): the package's 
 going from one task to the next with ``tasks.complete_and_claim``, one transaction a task,
 beside the same through raw SQL (``raw_schema_fused``, the floor) and raw SQL taking the
 package's in-process write lock around each call (``raw_schema_locked``). Between processes
-they also run ``package_sqlite_wait``: the package's worker with its BEGIN waiting for other
-processes in SQLite's busy handler, as the raw sides do, instead of in short steps and turns.
+they also run the same raw SQL in the package's transaction() blocks, which take its turns too
+(``raw_schema_turns``), and ``package_sqlite_wait``: the package's worker with its BEGIN waiting
+for other processes in SQLite's busy handler, as the raw sides do, instead of in short steps and turns.
 """
 
 from __future__ import annotations
@@ -179,24 +180,32 @@ class FusedSchemaQueue(SchemaQueue):
         """Complete the task claimed by the previous call (claiming one first if none) and claim the next."""
         task = self._held.pop(id(conn), None)
         if task is None:
-            rows = raw_write(conn, SCHEMA_CLAIM, claim_params())
+            rows = self._claim(conn)
             if not rows:
                 return None
             task = _decode_task(rows[0])
         params = {"id": task["id"], "lease": task["lease"], "result_data": dumps(RESULT), "now": _values.now()}
+        following = self._complete_and_claim(conn, params)
+        if following is not None:
+            self._held[id(conn)] = following
+        return task["id"]
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection) -> list[tuple]:
+        """Claim the next task in a transaction of its own; return the claim's rows."""
+        return raw_write(conn, SCHEMA_CLAIM, claim_params())
+
+    @staticmethod
+    def _complete_and_claim(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
+        """Complete the task of `params` and claim the next in one transaction; return that one, or None."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if not conn.execute(tasks.COMPLETE_ID_SQL, params).fetchall():
-                raise AssertionError(f"task {task['id']} was not running under its lease")
-            rows = conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
-            following = _decode_task(rows[0]) if rows else None
+            following = _completed_then_claimed(conn, params)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        if following is not None:
-            self._held[id(conn)] = following
-        return task["id"]
+        return following
 
 
 class LockedFusedSchemaQueue(FusedSchemaQueue):
@@ -222,6 +231,45 @@ class LockedFusedSchemaQueue(FusedSchemaQueue):
             lock.pop(0, None)
             if lock.waiting:
                 lock.wake()
+
+
+class TurnsFusedSchemaQueue(FusedSchemaQueue):
+    """FusedSchemaQueue on the package's connections, each call one of the package's transaction() blocks.
+
+    The floor's statements scheduled as the package schedules its own: its in-process
+    write lock, and between processes its turns and short steps. Against the package, the
+    cost of its Python alone (argument checks, its one door for SQL, row shapes).
+    """
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        self._held = {}
+        self.pool, self.tuning = abathur_db.open(path), tuning
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection from the pool."""
+        return self.tuning.apply(self.pool.connection())
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection) -> list[tuple]:
+        with abathur_db.transaction(conn):
+            return conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
+
+    @staticmethod
+    def _complete_and_claim(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
+        with abathur_db.transaction(conn):
+            return _completed_then_claimed(conn, params)
+
+
+def _completed_then_claimed(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
+    """Inside the caller's transaction: complete the task of `params`, claim the next; return that one, or None."""
+    if not conn.execute(tasks.COMPLETE_ID_SQL, params).fetchall():
+        raise AssertionError(f"task {params['id']} was not running under its lease")
+    rows = conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
+    return _decode_task(rows[0]) if rows else None
 
 
 class PackageQueue:
@@ -298,10 +346,12 @@ class SQLiteWaitPackageQueue(FusedPackageQueue):
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
 WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "raw_schema_locked": LockedFusedSchemaQueue,  # claims only
-                   "package_fused": FusedPackageQueue, "package_sqlite_wait": SQLiteWaitPackageQueue}
-PROCESSES_ONLY = ("package_sqlite_wait",)  # the same as package_fused where no other process writes
+                   "raw_schema_turns": TurnsFusedSchemaQueue, "package_fused": FusedPackageQueue, "package_sqlite_wait": SQLiteWaitPackageQueue}
+# The same as raw_schema_locked and package_fused where no other process writes.
+PROCESSES_ONLY = ("raw_schema_turns", "package_sqlite_wait")
 TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
           "raw_schema_fused": "raw SQL, package schema, complete + claim in one transaction",
           "raw_schema_locked": "the same, under the package's in-process write lock",
+          "raw_schema_turns": "the same, in the package's transaction blocks (its lock and its turns)",
           "package_fused": "abathur_db, complete_and_claim",
           "package_sqlite_wait": "the same, waiting for other processes in SQLite's busy handler"}

@@ -71,9 +71,9 @@ def _with_ratios(sides: dict) -> dict:
     if "package_fused" in sides:
         sides["package_fused_vs_raw_schema_fused"] = ratio(sides["package_fused"]["ops_per_s"],
                                                            sides["raw_schema_fused"]["ops_per_s"])
-    if "raw_schema_locked" in sides:
-        sides["package_fused_vs_raw_schema_locked"] = ratio(sides["package_fused"]["ops_per_s"],
-                                                            sides["raw_schema_locked"]["ops_per_s"])
+    for raw in ("raw_schema_locked", "raw_schema_turns"):
+        if raw in sides:
+            sides[f"package_fused_vs_{raw}"] = ratio(sides["package_fused"]["ops_per_s"], sides[raw]["ops_per_s"])
     if "package_sqlite_wait" in sides:
         sides["package_sqlite_wait_vs_raw_schema_fused"] = ratio(sides["package_sqlite_wait"]["ops_per_s"],
                                                                  sides["raw_schema_fused"]["ops_per_s"])

@@ -71,9 +71,11 @@ def _judge(sides: dict, key: str, bar: float, p99_ms: float | None) -> dict:
         text += f", {_figure(sides['package'], p99_ms)} with claim_next + complete"
     detail = (f"floor (raw SQL on the schema{', complete + claim in one transaction' if 'fused' in floor else ''})"
               f" {x(sides[floor]['ratio_to_minimal'])}, package {x(of_floor)} of it")
-    if p99_ms is not None and "raw_schema_locked" in sides:
-        detail += (f"; raw SQL under the package's in-process lock {x(sides['raw_schema_locked']['ratio_to_minimal'])},"
-                   f" package {x(sides['package_fused_vs_raw_schema_locked'])} of it")
+    for raw, what in (("raw_schema_locked", "under the package's in-process lock"),
+                      ("raw_schema_turns", "in the package's transaction blocks")):
+        if p99_ms is not None and raw in sides:
+            detail += (f"; raw SQL {what} {x(sides[raw]['ratio_to_minimal'])},"
+                       f" package {x(sides[f'package_fused_vs_{raw}'])} of it")
     return {"met": ratio_met and checks_met, "ratio_met": ratio_met, "checks_met": checks_met,
             "floor_ratio": sides[floor]["ratio_to_minimal"], "of_floor": of_floor, "text": text, "detail": detail}
 
@@ -153,6 +155,13 @@ def reasons(figures: dict) -> list[str]:
                                " to 100 ms, so that one process keeps the file while the others sleep; the"
                                " package's processes take turns of _turn.TURN_SECONDS while others wait: the"
                                " lock changes process more often, each time to a cold cache")
+                    if "raw_schema_turns" in f[key]:
+                        turns = f[key]["raw_schema_turns"]
+                        why.append(f"raw SQL in the package's transaction blocks, so scheduled as the package"
+                                   f" is (its in-process lock, its turns), reaches {x(turns['ratio_to_minimal'])}"
+                                   f" ({_workers(turns)}, slowest call {_ms(turns)}), and the package"
+                                   f" {x(f[key]['package_fused_vs_raw_schema_turns'])} of that: what its Python"
+                                   " costs apart from how it shares the lock")
                     if "package_sqlite_wait" in f[key]:
                         waiting = f[key]["package_sqlite_wait"]
                         why.append(f"the package waiting in SQLite's busy handler too"
