@@ -233,37 +233,6 @@ class LockedFusedSchemaQueue(FusedSchemaQueue):
                 lock.wake()
 
 
-class TurnsFusedSchemaQueue(FusedSchemaQueue):
-    """FusedSchemaQueue on the package's connections, each call one of the package's transaction() blocks.
-
-    The floor's statements scheduled as the package schedules its own: its in-process
-    write lock, and between processes its turns and short steps. Against the package, the
-    cost of its Python alone (argument checks, its one door for SQL, row shapes).
-    """
-
-    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
-        self._held = {}
-        self.pool, self.tuning = abathur_db.open(path), tuning
-
-    def connection(self) -> sqlite3.Connection:
-        """Return this thread's connection from the pool."""
-        return self.tuning.apply(self.pool.connection())
-
-    def close(self) -> None:
-        """Close the pool."""
-        self.pool.close()
-
-    @staticmethod
-    def _claim(conn: sqlite3.Connection) -> list[tuple]:
-        with abathur_db.transaction(conn):
-            return conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
-
-    @staticmethod
-    def _complete_and_claim(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
-        with abathur_db.transaction(conn):
-            return _completed_then_claimed(conn, params)
-
-
 def _completed_then_claimed(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
     """Inside the caller's transaction: complete the task of `params`, claim the next; return that one, or None."""
     if not conn.execute(tasks.COMPLETE_ID_SQL, params).fetchall():
@@ -323,6 +292,31 @@ class FusedPackageQueue(PackageQueue):
         return task["id"]
 
 
+class TurnsFusedSchemaQueue(FusedSchemaQueue):
+    """FusedSchemaQueue on the package's connections, each call one of the package's transaction() blocks.
+
+    The floor's statements scheduled as the package schedules its own: its in-process
+    write lock, and between processes its turns and short steps. Against the package, the
+    cost of its Python alone (argument checks, its one door for SQL, row shapes).
+    """
+
+    connection, close = PackageQueue.connection, PackageQueue.close
+
+    def __init__(self, path: str, tuning: Tuning = Tuning()) -> None:
+        self.pool, self.tuning = abathur_db.open(path), tuning
+        self._held: dict[int, dict] = {}  # by connection: the task the previous call claimed
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection) -> list[tuple]:
+        with abathur_db.transaction(conn):
+            return conn.execute(SCHEMA_CLAIM, claim_params()).fetchall()
+
+    @staticmethod
+    def _complete_and_claim(conn: sqlite3.Connection, params: dict[str, Any]) -> dict | None:
+        with abathur_db.transaction(conn):
+            return _completed_then_claimed(conn, params)
+
+
 class SQLiteWaitPackageQueue(FusedPackageQueue):
     """FusedPackageQueue, its BEGIN waiting for other processes in SQLite's busy handler, without steps or turns."""
 
@@ -346,7 +340,8 @@ class SQLiteWaitPackageQueue(FusedPackageQueue):
 
 SIDES = {"minimal": MinimalQueue, "raw_schema": SchemaQueue, "package": PackageQueue}
 WORKER_VARIANTS = {"raw_schema_fused": FusedSchemaQueue, "raw_schema_locked": LockedFusedSchemaQueue,  # claims only
-                   "raw_schema_turns": TurnsFusedSchemaQueue, "package_fused": FusedPackageQueue, "package_sqlite_wait": SQLiteWaitPackageQueue}
+                   "raw_schema_turns": TurnsFusedSchemaQueue, "package_fused": FusedPackageQueue,
+                   "package_sqlite_wait": SQLiteWaitPackageQueue}
 # The same as raw_schema_locked and package_fused where no other process writes.
 PROCESSES_ONLY = ("raw_schema_turns", "package_sqlite_wait")
 TITLES = {"minimal": "minimal raw queue", "raw_schema": "raw SQL, package schema", "package": "abathur_db",
