@@ -55,11 +55,12 @@ class Turn:
     ``since`` is when this process took the turn, 0.0 while it does not hold it.
     """
 
-    __slots__ = ("path", "since", "_yielded", "_fd", "_cond", "_want", "_helper")
+    __slots__ = ("path", "since", "plain", "_yielded", "_fd", "_cond", "_want", "_helper")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.since = 0.0
+        self.plain = False  # whether this process holds its shared lock on byte 3 (see write_plain)
         self._yielded = 0.0  # when this process last gave its turn to a waiting one
         self._fd: int | None = None  # the open lock file, -1 where there is none
         self._cond = threading.Condition()
@@ -139,6 +140,27 @@ class Turn:
             fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # waits out another arriving process's instant of a look
         return others
 
+    def write_plain(self, plain: bool) -> None:
+        """Say whether this process writes the file without turns: a shared lock on byte 3 while it does.
+
+        A process arriving beside it waits for it to see the newcomer (see transaction._resume).
+        Only once this process has marked itself as a writer (arrive()): until then the lock
+        file may not be open, and the lock is left out.
+        """
+        with self._cond:
+            if self._fd is not None and self._fd >= 0 and fcntl is not None:
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_SH if plain else fcntl.LOCK_UN, 1, 3)
+                except OSError:  # pragma: no cover - ENOLCK: arriving processes do not wait for this one
+                    pass
+            self.plain = plain
+
+    def plain_elsewhere(self) -> bool:
+        """Return whether another process writes the file without turns (see write_plain)."""
+        with self._cond:
+            fd = self._open()
+            return fd >= 0 and _locked_elsewhere(fd, 3)
+
     def taken_elsewhere(self) -> bool:
         """Return whether another process holds the turn now (False where there are no turns).
 
@@ -153,13 +175,17 @@ class Turn:
     def close_idle(self) -> None:
         """Close the lock file, and with it this process's mark, unless a turn is held or the helper uses it.
 
-        The next arrive() or take() opens it again. The other methods look up the descriptor
+        Either way the process no longer writes without turns (see write_plain). The next
+        arrive() or take() opens the file again. The other methods look up the descriptor
         under the same condition, so none uses one closed meanwhile.
         """
         with self._cond:
             if self._helper is None and self._fd is not None and self._fd >= 0 and not self.since:
                 os.close(self._fd)
                 self._fd = None
+                self.plain = False
+        if self.plain:
+            self.write_plain(False)
 
     def close(self) -> None:
         """Close the lock file (in a forked child: its locks are the parent's, which closing leaves alone)."""

@@ -221,13 +221,14 @@ PAUSE_STEPS = 8
 STRAY_SEEN_SECONDS = 0.002
 # How often a BEGIN with no other process in sight looks whether one has the turn (see _turn).
 PROBE_SECONDS = 0.01
-# A process's first BEGIN on a file that another process of the package writes takes the turn
-# and holds it this long before it asks SQLite for the lock: a process writing in a loop, which
-# has seen no other writer, looks for the turn meanwhile and then waits for it. Otherwise the
-# newcomer could take the lock between two of its commits, and the other process's next BEGIN
-# would sleep in SQLite's handler while the newcomer wrote on (a write of 0.3-4.1 s in 6 of
-# 20 side-by-side runs).
+# A process's first BEGIN on a file that another process of the package writes without turns
+# (it has seen no other writer) takes the turn and holds it before it asks SQLite for the lock,
+# until no process writes without turns, this long at most: a process writing in a loop looks
+# for the turn meanwhile and then waits for it. Otherwise the newcomer could take the lock
+# between two of its commits, and the other process's next BEGIN would sleep in SQLite's
+# handler while the newcomer wrote on (a write of 0.3-4.1 s in 6 of 20 side-by-side runs).
 ARRIVAL_SECONDS = 2 * PROBE_SECONDS
+ARRIVAL_STEP_SECONDS = 0.001  # how often the newcomer looks meanwhile
 # The longest a BEGIN waits for the turn (3 processes × 4 threads: 20 ms at most) before
 # it tries SQLite's lock without it. Should that lock be free, the turn's holder is not
 # writing (a signal stopped it as it gave the turn up): the process then takes no turns,

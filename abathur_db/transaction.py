@@ -502,6 +502,8 @@ def _begin(conn: sqlite3.Connection, state: _State, lock: _WriteLock | None) -> 
         lock.probe_at = started + pool.PROBE_SECONDS
         if lock.turn.taken_elsewhere():  # another process writes the file and has the turn
             lock.shared_until = started + pool.BUSY_SECONDS
+    if (lock.shared_until <= started) is not lock.turn.plain:  # tell arriving processes (see _resume)
+        lock.turn.write_plain(not lock.turn.plain)
     turn_waited = lock.turns_from <= started < lock.shared_until and not lock.turn.take(0)
     held = lock.turn.since > 0 and started >= lock.stray_until
     if not turn_waited and (held or (started >= lock.busy_until and lock.paused_steps <= 0)):
@@ -547,7 +549,8 @@ def _resume(lock: _WriteLock, started: float) -> float:
     Another process may have started writing meanwhile, unseen: the next PAUSE_STEPS
     BEGINs wait in steps. A process's very first BEGIN also waits in steps for
     FIRST_SECONDS, and, should another process be marked as a writer of the file,
-    holds the turn for ARRIVAL_SECONDS first (see pool).
+    holds the turn first while a process writes without turns, up to ARRIVAL_SECONDS
+    (see pool).
     """
     lock.paused_steps = pool.PAUSE_STEPS
     if lock.last_begin >= 0:
@@ -555,7 +558,9 @@ def _resume(lock: _WriteLock, started: float) -> float:
     lock.busy_until = started + pool.FIRST_SECONDS
     if pool.ARRIVAL_SECONDS > 0 and lock.turn.arrive():
         if lock.turn.take(0):
-            time.sleep(pool.ARRIVAL_SECONDS)
+            until = started + pool.ARRIVAL_SECONDS
+            while lock.turn.plain_elsewhere() and (left := until - time.monotonic()) > 0:
+                time.sleep(min(left, pool.ARRIVAL_STEP_SECONDS))
         started = time.monotonic()  # the wait is no sign of a writer without turns
         lock.shared_until = started + pool.BUSY_SECONDS
     return started

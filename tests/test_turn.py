@@ -103,21 +103,25 @@ def test_a_lone_process_marks_itself_a_writer_until_its_last_connection_closes_a
         other.close()
 
 
-def test_a_process_arriving_beside_a_writer_holds_the_turn_before_it_asks_sqlite_for_the_lock(tmp_path, monkeypatch):
-    """The newcomer's first BEGIN takes the turn and waits ARRIVAL_SECONDS before BEGIN IMMEDIATE.
+def test_a_process_arriving_beside_a_writer_without_turns_holds_the_turn_until_that_one_takes_turns(
+        tmp_path, monkeypatch):
+    """The newcomer's first BEGIN takes the turn and holds it, SQLite's lock still free, while another process
+    writes without turns; once none does, it goes on at once, long before ARRIVAL_SECONDS.
 
     A process writing in a loop, which has seen no other writer, looks for the turn
     meanwhile and waits for it from then on, rather than sleeping in SQLite's busy
     handler after the newcomer took SQLite's lock between two of its commits.
     """
-    monkeypatch.setattr(pool_module, "ARRIVAL_SECONDS", 0.3)
+    monkeypatch.setattr(pool_module, "ARRIVAL_SECONDS", 60)
     path = str(tmp_path / "shared.db")
     sqlite3.connect(path).close()  # the lock file takes the database's mode
     other = Other(path)
     opened = []
     try:
         assert other("arrive") is False  # the first writer of the file, alone
+        other("write_plain", True)
         newcomer = threading.Thread(target=lambda: opened.append(abathur_db.open(path)))
+        started = time.monotonic()
         newcomer.start()  # its first BEGIN applies the schema
         assert until(lambda: other("taken_elsewhere"))
         outsider = sqlite3.connect(path, timeout=0)
@@ -126,15 +130,71 @@ def test_a_process_arriving_beside_a_writer_holds_the_turn_before_it_asks_sqlite
             outsider.execute("ROLLBACK")
         finally:
             outsider.close()
+        time.sleep(0.2)
+        assert not opened and other("taken_elsewhere")  # still held while the other writes without turns
+        other("write_plain", False)  # as the other's next BEGIN does once it has seen the turn taken
         newcomer.join(30)
+        assert opened and time.monotonic() - started < 30
         lock = pool_module._write_lock(path)
-        assert opened and lock.shared_until > time.monotonic()  # it takes turns from now on
+        assert lock.shared_until > time.monotonic()  # it takes turns from now on
         assert lock.stray_until == 0.0  # the wait before its BEGIN is no sign of a writer without turns
         assert until(lambda: not other("taken_elsewhere"))  # given up after the BEGIN's commit
     finally:
         other.close()
         for pool in opened:
             pool.close()
+
+
+@pytest.mark.parametrize("holding", [False, True])
+def test_a_process_arriving_beside_writers_that_take_turns_does_not_wait(tmp_path, monkeypatch, holding):
+    """Beside marked writers none of which writes without turns, the newcomer's first BEGIN holds no turn
+    (whether or not one of them holds it meanwhile), and takes turns from then on."""
+    monkeypatch.setattr(pool_module, "ARRIVAL_SECONDS", 60)
+    path = str(tmp_path / "shared.db")
+    sqlite3.connect(path).close()
+    other = Other(path)
+    try:
+        assert other("arrive") is False
+        if holding:
+            assert other("take", 0) is True
+            releaser = threading.Timer(0.2, lambda: other("release"))
+            releaser.start()
+        started = time.monotonic()
+        with abathur_db.open(path) as pool:
+            tasks.create(pool.connection(), "after the schema")
+            assert pool_module._write_lock(path).shared_until > time.monotonic()  # it takes turns from then on
+        assert time.monotonic() - started < 30
+        if holding:
+            releaser.join(10)
+        assert other("arrive") is False  # its mark went with its last connection
+    finally:
+        other.close()
+
+
+def test_a_process_writing_without_turns_says_so_until_it_sees_another_writer(tmp_path):
+    """A lone writer holds byte 3 of the lock file from its first BEGIN; it lets it go at the BEGIN that finds
+    another process holding the turn, and with its last connection."""
+    path = str(tmp_path / "plain.db")
+    other = Other(path)
+    try:
+        with abathur_db.open(path) as pool:
+            conn = pool.connection()
+            tasks.create(conn, "alone")
+            lock = pool_module._write_lock(path)
+            assert lock.turn.plain and other("plain_elsewhere") is True
+            assert other("take", 0) is True
+            lock.probe_at = 0.0  # look for the turn at the next BEGIN, as every PROBE_SECONDS
+            releaser = threading.Timer(0.1, lambda: other("release"))
+            releaser.start()
+            tasks.create(conn, "beside a writer")  # waits for the turn
+            releaser.join(10)  # its answer read before the next question
+            assert not lock.turn.plain and other("plain_elsewhere") is False
+            lock.shared_until = 0.0  # as BUSY_SECONDS later, with no writer seen meanwhile
+            tasks.create(conn, "alone again")
+            assert lock.turn.plain and other("plain_elsewhere") is True
+        assert not lock.turn.plain and other("plain_elsewhere") is False
+    finally:
+        other.close()
 
 
 def test_a_waiting_process_gets_the_turn_the_moment_the_holder_gives_it_up(db_path, other):

@@ -119,7 +119,8 @@ def report(figures: dict, md: Markdown) -> None:
                  "for the lock in SQLite's busy handler, whose sleeps grow to 100 ms: each time it wakes, the",
                  "looping writer most likely holds the lock again. The package's `BEGIN` after a pause",
                  "(`pool.PAUSE_SECONDS`) retries every millisecond instead; the first write of each run, the",
-                 "process's first beside another writer, also holds the turn for `pool.ARRIVAL_SECONDS` first.",
+                 "process's first beside another writer, also holds the turn first, until the looping writer",
+                 "takes turns too (`pool.ARRIVAL_SECONDS` at most).",
                  "Each side runs on a new database of its own; no SPEC bar.")
     rows = []
     for side in SIDES:
