@@ -330,14 +330,16 @@ def test_an_exception_while_giving_the_turn_up_still_gives_the_in_process_lock_b
 
 
 @contextlib.contextmanager
-def _outsider_holding(db_path, seconds: float):
-    """Let another program, which takes no turns, hold SQLite's write lock from the block's start for `seconds`."""
+def _outsider_holding(db_path, seconds: float, turn: Turn):
+    """Let another program, which takes no turns, hold SQLite's write lock from the block's start until `seconds`
+    after this process took `turn`, just before its BEGIN (however late a loaded machine lets it get there)."""
     outsider = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     held = threading.Event()
 
     def hold() -> None:
         outsider.execute("BEGIN IMMEDIATE")
         held.set()
+        until(lambda: turn.since > 0)
         time.sleep(seconds)
         outsider.execute("COMMIT")
 
@@ -362,7 +364,7 @@ def _under_the_turn(pool, db_path, rounds):
         for seconds in rounds:
             with contextlib.ExitStack() as stack:
                 if seconds is not None:
-                    stack.enter_context(_outsider_holding(db_path, seconds))
+                    stack.enter_context(_outsider_holding(db_path, seconds, lock.turn))
                 with tracing(conn) as traced:
                     tasks.create(conn, "a task")
             sent.append(traced)
