@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from ._checkpointer import Checkpointer
 from ._turn import Turn
@@ -99,7 +99,8 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     """
 
     __slots__ = ("_guard", "_queue", "last_begin", "paused_steps", "busy_until", "shared_until", "turns_from",
-                 "stray_until", "probe_at", "handed", "turn", "checkpointer")
+                 "stray_until", "probe_at", "handed", "turn", "checkpointer", "calls", "calls_guard", "leader",
+                 "serving")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -121,6 +122,12 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self.turn = Turn(path)
         self.checkpointer = Checkpointer(path)  # transaction() tells it of every commit
         self.handed = 0.0  # when a waiter last got the lock
+        # The task queue's calls waiting for a thread of this process to write them, that
+        # thread's call, and how many other threads' calls it is writing (see _combine).
+        self.calls: list[Any] = []
+        self.calls_guard = threading.Lock()
+        self.leader: Any = None
+        self.serving = 0
 
     @property
     def holder(self) -> sqlite3.Connection | None:
@@ -129,8 +136,8 @@ class _WriteLock(dict[int, sqlite3.Connection]):
 
     @property
     def waiting(self) -> int:
-        """Return how many connections wait for the lock."""
-        return len(self._queue)
+        """Return how many threads wait for the lock, or for a thread to write their calls (see _combine)."""
+        return len(self._queue) + len(self.calls) + self.serving
 
     def _due(self, waiter: _Waiter) -> float:
         """Return the time.monotonic() past which the lock is handed to `waiter`, the longest waiter."""

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from typing import Any, Callable, Iterable, cast
 
-from . import _paging, _values, sessions
+from . import _combine, _paging, _values, sessions
 from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, TransitionError,
                      ValidationError, short_repr)
 from .rows import TaskCounts, TaskRow, TaskWithSessionRow
@@ -228,12 +228,15 @@ def create(
     """
     params = _insert_params(_values.now(), locals())
     if params["dependencies"] == "[]":
-        write(conn, TABLE, INSERT_SQL, params)
+        _combine.write(conn, TABLE, INSERT_SQL, params)
         return _inserted(params)
-    with transaction(conn):
-        _insert_with_dependencies(conn, params)
+
+    def insert(c: sqlite3.Connection) -> TaskRow:
+        _insert_with_dependencies(c, params)
         # RETURNING would show the row before the AFTER INSERT trigger counted unmet_dependencies.
-        return cast(TaskRow, one(conn, TABLE, GET_SQL, params, decode_row))  # inserted just above
+        return cast(TaskRow, one(c, TABLE, GET_SQL, params, decode_row))  # inserted just above
+
+    return _combine.run(conn, insert)
 
 
 def create_many(conn: sqlite3.Connection, new_tasks: Iterable[dict[str, Any]]) -> builtins.list[str]:
@@ -483,10 +486,11 @@ def claim_next(
         write lock would be held all the while.
     """
     sql, peek, params = _claim_params(agent_type)
+    claimed: builtins.list[TaskRow]
     if not wait:
         if wait is not None:
             _values.require_number(wait, TABLE, "wait")
-        claimed = write(conn, TABLE, sql, params, decode_row)
+        claimed = _combine.write(conn, TABLE, sql, params, decode_row)
         return claimed[0] if claimed else None
     deadline = time.monotonic() + _values.require_number(wait, TABLE, "wait")
     if conn.in_transaction:
@@ -498,7 +502,7 @@ def claim_next(
         # Each look for a task is preceded by a reading of both counters, so that a
         # commit made while it looks is seen as a change, never lost.
         seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
-        claimed = write(conn, TABLE, sql, params, decode_row)
+        claimed = _combine.write(conn, TABLE, sql, params, decode_row)
         while not claimed:
             while signal.count == seen and one(conn, None, _DATA_VERSION)[0] == version:
                 remaining = deadline - time.monotonic()
@@ -508,7 +512,7 @@ def claim_next(
             seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
             if one(conn, TABLE, peek, params) is not None:
                 params["now"], params["lease"] = _values.now(), _new_lease()
-                claimed = write(conn, TABLE, sql, params, decode_row)
+                claimed = _combine.write(conn, TABLE, sql, params, decode_row)
     return claimed[0]
 
 
@@ -552,9 +556,12 @@ def complete_and_claim(
     params = _owner_params(task_id, lease, "result_data", result)
     sql, _, claim = _claim_params(agent_type)
     params["now"] = claim["now"]
-    with transaction(conn):
-        _change(conn, "complete", (COMPLETE_ID_SQL, _COMPLETE[1]), params, None)
-        claimed = write(conn, TABLE, sql, claim, decode_row)
+
+    def complete_then_claim(c: sqlite3.Connection) -> builtins.list[TaskRow]:
+        _change(c, "complete", (COMPLETE_ID_SQL, _COMPLETE[1]), params, None)
+        return write(c, TABLE, sql, claim, decode_row)
+
+    claimed = _combine.run(conn, complete_then_claim)
     return claimed[0] if claimed else None
 
 
@@ -569,11 +576,15 @@ def fail(conn: sqlite3.Connection, task_id: str, lease: str, error_message: str)
     """
     _values.require_text(error_message, TABLE, "error_message")
     params = _owner_params(task_id, lease, "error_message", error_message)
-    with transaction(conn):
-        failed = _transition(conn, "fail", _FAIL, params)
+    params["now"] = _values.now()
+
+    def fail_then_cancel(c: sqlite3.Connection) -> TaskRow:
+        failed: TaskRow = _change(c, "fail", _FAIL, params, decode_row)
         if failed["retry_count"] >= failed["max_retries"]:
-            _cancel_dependents(conn, failed["id"], _FAILED_HOW, params["now"])
-    return failed
+            _cancel_dependents(c, failed["id"], _FAILED_HOW, params["now"])
+        return failed
+
+    return _combine.run(conn, fail_then_cancel)
 
 
 def release(conn: sqlite3.Connection, task_id: str, lease: str) -> TaskRow:
@@ -663,8 +674,7 @@ def _transition(conn: sqlite3.Connection, operation: str, change: tuple[str, tup
                 params: dict[str, Any]) -> TaskRow:
     """Make the status change in a transaction of its own (or the caller's); `params` hold a checked id."""
     params["now"] = _values.now()
-    with transaction(conn):
-        changed: TaskRow = _change(conn, operation, change, params, decode_row)
+    changed: TaskRow = _combine.run(conn, lambda c: _change(c, operation, change, params, decode_row))
     return changed
 
 
