@@ -95,7 +95,8 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     waiter's arrival or the last time a waiter got the lock, whichever is later), the
     lock is handed to the longest waiter instead. A waiter that woke and found the
     lock taken again sleeps until its hand-off is due, rather than being woken by
-    every release.
+    every release. The task queue's calls queue on it instead while it is held, and one
+    of their threads writes them all (see _combine).
     """
 
     __slots__ = ("_guard", "_queue", "last_begin", "paused_steps", "busy_until", "shared_until", "turns_from",
