@@ -27,6 +27,7 @@ from .transaction import write as transaction_write
 __all__ = ["run", "write"]
 
 _T = TypeVar("_T")
+_RUNNING, _COMMITTING, _COMMITTED = 0, 1, 2  # how far a batch's transaction got
 
 
 class _Call:
@@ -142,48 +143,59 @@ def _serve(conn: _Connection, lock: _WriteLock, me: _Call) -> None:
     A call that fails with one of the package's errors ends with it and rolls the
     transaction back: the batch's other calls run again in the next one (savepoints
     would spare them that, at two statements a call). Should the write lock or COMMIT
-    be refused, every call ends with that error.
+    be refused, every call ends with that error. An exception that is not the
+    package's (a signal handler's, say) is the leader's own; _settle deals with the
+    batch's other calls.
     """
-    batch: list[_Call] = []
     current = None
-    ended = False  # once set, the transaction's COMMIT may have been sent
+    written = _RUNNING
     try:
         with transaction(conn):
             with lock.calls_guard:
-                batch, lock.calls = lock.calls, []  # no call in between: a signal cannot split the two
+                lock.batch, lock.calls = lock.calls, []  # no call in between: a signal cannot split the two
             # Their threads will be back with their next calls: the process keeps its turn meanwhile.
-            lock.serving = len(batch) - (me in batch)
-            for current in batch:
+            lock.serving = len(lock.batch) - (me in lock.batch)
+            for current in lock.batch:
                 current.result = current.body(conn)
-            ended = True
+            written = _COMMITTING
+        written = _COMMITTED
+        _end(lock.batch)
     except AbathurDBError as exc:  # the package's errors are the calls'; anything else is the leader's own
-        if current is None or ended:  # the write lock or BEGIN was refused, or COMMIT failed: nothing was kept
-            if not batch:
-                with lock.calls_guard:
-                    batch, lock.calls = lock.calls, []
-            for call in batch:
+        if current is None or written:  # the write lock or BEGIN was refused, or COMMIT failed: nothing was kept
+            with lock.calls_guard:
+                if not lock.batch:
+                    lock.batch, lock.calls = lock.calls, []
+            for call in lock.batch:
                 call.error = exc
+            _end(lock.batch)
         else:
             current.error = exc
-            _again(lock, [call for call in batch if call is not current])
-            batch = [current]
-    except BaseException:
-        # A signal handler's exception, say: the leader's call ends with it. Before COMMIT
-        # nothing was kept, and the others run again in the next batch.
-        others = [call for call in batch if call is not me]
-        if not ended:
-            _again(lock, others)
-        else:
-            for call in others:
+            _end([current])
+    finally:
+        _settle(lock, written)
+
+
+def _settle(lock: _WriteLock, written: int) -> None:
+    """End or queue again each call of the batch left open, as far as `written` got; the batch is then over.
+
+    Calls are left open by an exception in the leader's thread, wherever it struck. Before
+    COMMIT nothing was kept, and they run again in the next batch; once COMMIT was sent
+    they cannot, and end with their results, or, if it may not have finished, an error
+    saying so.
+    """
+    left = [call for call in lock.batch if not call.done]
+    if written == _RUNNING:
+        _again(lock, left)
+    else:
+        if written == _COMMITTING:
+            for call in left:
                 call.error = AbathurDBError(
                     "the thread writing this call's transaction for it was interrupted as it committed: the"
                     " call may or may not have been written; read the row to find out"
                 )
-            _end(others)
-        raise
-    finally:
-        lock.serving = 0
-    _end(batch)
+        _end(left)
+    lock.batch = []
+    lock.serving = 0
 
 
 def _again(lock: _WriteLock, calls: list[_Call]) -> None:

@@ -101,7 +101,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
 
     __slots__ = ("_guard", "_queue", "last_begin", "paused_steps", "busy_until", "shared_until", "turns_from",
                  "stray_until", "probe_at", "handed", "turn", "checkpointer", "calls", "calls_guard", "leader",
-                 "serving")
+                 "batch", "serving")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -124,10 +124,12 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self.checkpointer = Checkpointer(path)  # transaction() tells it of every commit
         self.handed = 0.0  # when a waiter last got the lock
         # The task queue's calls waiting for a thread of this process to write them, that
-        # thread's call, and how many other threads' calls it is writing (see _combine).
+        # thread's call, the calls it is writing, and how many of them are other threads'
+        # (see _combine).
         self.calls: list[Any] = []
         self.calls_guard = threading.Lock()
         self.leader: Any = None
+        self.batch: list[Any] = []
         self.serving = 0
 
     @property
