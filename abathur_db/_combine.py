@@ -161,7 +161,14 @@ def _serve(conn: _Connection, lock: _WriteLock, me: _Call) -> None:
         written = _COMMITTED
         _end(lock.batch)
     except AbathurDBError as exc:  # the package's errors are the calls'; anything else is the leader's own
-        if current is None or written:  # the write lock or BEGIN was refused, or COMMIT failed: nothing was kept
+        if current is None and not lock.batch and conn.owner is None:
+            # Its pool was closed: the leader's call ends, the others' wait for the next leader.
+            with lock.calls_guard:
+                if me in lock.calls:
+                    lock.calls.remove(me)
+            me.error = exc
+            _end([me])
+        elif current is None or written:  # the write lock or BEGIN was refused, or COMMIT failed: nothing was kept
             with lock.calls_guard:
                 if not lock.batch:
                     lock.batch, lock.calls = lock.calls, []

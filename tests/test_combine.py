@@ -288,6 +288,28 @@ def test_a_leader_interrupted_before_the_lock_hands_the_lead_on(pool, conn):
     assert lock.calls == [] and lock.leader is None
 
 
+def test_a_leader_whose_pool_closes_ends_its_own_call_and_another_pools_call_is_written(pool, conn, db_path):
+    """Two pools on one file share its write lock: closing one fails its leader's call, not the other pool's."""
+    lock = conn.write_lock
+    closing = abathur_db.open(db_path)
+    release, holder = holding(pool, conn)
+    callers = [Caller(closing, lambda c: tasks.create(c, "closed pool")),
+               Caller(pool, lambda c: tasks.create(c, "open"))]
+    for count, caller in enumerate(callers, 1):
+        caller.start()
+        wait_until(lambda: len(lock.calls) == count)
+    closing.close()
+    release.set()
+    holder.join(10)
+    for caller in callers:
+        caller.join(10)
+        assert not caller.is_alive()
+    assert isinstance(callers[0].error, ConfigurationError)
+    assert callers[1].error is None and callers[1].result["prompt"] == "open"
+    assert prompts(conn) == ["held", "open"]
+    assert lock.calls == [] and lock.leader is None
+
+
 def test_a_call_inside_a_block_or_beside_another_process_does_not_queue(pool, conn):
     """Inside a block a call nests as before; while other processes write the file it waits for the lock itself."""
     lock = conn.write_lock
