@@ -152,9 +152,10 @@ def _serve(conn: _Connection, lock: _WriteLock, me: _Call) -> None:
     try:
         with transaction(conn):
             with lock.calls_guard:
-                lock.batch, lock.calls = lock.calls, []  # no call in between: a signal cannot split the two
-            # Their threads will be back with their next calls: the process keeps its turn meanwhile.
-            lock.serving = len(lock.batch) - (me in lock.batch)
+                # No call in between: a signal cannot split the two. The batch counts among the
+                # lock's waiters (its threads will be back with their next calls), so the
+                # process keeps its turn meanwhile.
+                lock.batch, lock.calls = lock.calls, []
             for current in lock.batch:
                 current.result = current.body(conn)
             written = _COMMITTING
@@ -202,7 +203,6 @@ def _settle(lock: _WriteLock, written: int) -> None:
                 )
         _end(left)
     lock.batch = []
-    lock.serving = 0
 
 
 def _again(lock: _WriteLock, calls: list[_Call]) -> None:

@@ -101,7 +101,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
 
     __slots__ = ("_guard", "_queue", "last_begin", "paused_steps", "busy_until", "shared_until", "turns_from",
                  "stray_until", "probe_at", "handed", "turn", "checkpointer", "calls", "calls_guard", "leader",
-                 "batch", "serving")
+                 "batch")
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -124,13 +124,11 @@ class _WriteLock(dict[int, sqlite3.Connection]):
         self.checkpointer = Checkpointer(path)  # transaction() tells it of every commit
         self.handed = 0.0  # when a waiter last got the lock
         # The task queue's calls waiting for a thread of this process to write them, that
-        # thread's call, the calls it is writing, and how many of them are other threads'
-        # (see _combine).
+        # thread's call, and the calls it is writing (see _combine).
         self.calls: list[Any] = []
         self.calls_guard = threading.Lock()
         self.leader: Any = None
         self.batch: list[Any] = []
-        self.serving = 0
 
     @property
     def holder(self) -> sqlite3.Connection | None:
@@ -140,7 +138,7 @@ class _WriteLock(dict[int, sqlite3.Connection]):
     @property
     def waiting(self) -> int:
         """Return how many threads wait for the lock, or for a thread to write their calls (see _combine)."""
-        return len(self._queue) + len(self.calls) + self.serving
+        return len(self._queue) + len(self.calls) + len(self.batch) - (self.leader in self.batch)
 
     def _due(self, waiter: _Waiter) -> float:
         """Return the time.monotonic() past which the lock is handed to `waiter`, the longest waiter."""

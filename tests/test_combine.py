@@ -53,7 +53,7 @@ def queued(pool, conn, calls) -> list[Caller]:
     for caller in callers:
         caller.join(10)
         assert not caller.is_alive()
-    assert lock.calls == [] and lock.leader is None and lock.serving == 0
+    assert lock.calls == [] and lock.leader is None and lock.batch == []
     return callers
 
 
@@ -339,10 +339,10 @@ def test_a_thread_holding_the_lock_through_another_connection_is_told_so_not_que
 def test_queued_calls_and_those_being_written_count_as_waiters(pool, conn):
     """Calls waiting in the queue, and other threads' calls the leader is writing, count as the lock's waiters."""
     lock = conn.write_lock
-    serving = []
+    waiting = []
 
     def create(c, prompt):
-        serving.append(lock.serving)
+        waiting.append(lock.waiting)
         return tasks.create(c, prompt)
 
     with transaction(conn):
@@ -355,7 +355,8 @@ def test_queued_calls_and_those_being_written_count_as_waiters(pool, conn):
     for caller in callers:
         caller.join(10)
     assert [caller.error for caller in callers] == [None, None]
-    assert serving == [1, 1] and lock.serving == 0 and lock.waiting == 0
+    assert waiting == [1, 1]  # while the leader writes the batch: the other thread's call, not its own
+    assert lock.batch == [] and lock.waiting == 0
 
 
 def test_ten_threads_complete_and_claim_every_task_once(pool, conn):
@@ -453,4 +454,4 @@ def test_signals_striking_a_worker_thread_at_random_lose_no_call_and_leave_no_th
     assert errors == []
     assert len(completed) == len(set(completed)) > count // 2
     assert {tasks.get(conn, task_id)["status"] for task_id in completed} == {"completed"}
-    assert lock.calls == [] and lock.batch == [] and lock.leader is None and lock.serving == 0
+    assert lock.calls == [] and lock.batch == [] and lock.leader is None and lock.batch == []
