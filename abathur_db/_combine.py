@@ -69,24 +69,26 @@ def write(conn: sqlite3.Connection, table: str, sql: str, params: Params,
 
 
 def _lock_to_join(conn: sqlite3.Connection) -> _WriteLock | None:
-    """Return the write lock whose queue a call on `conn` joins, or None when it writes itself."""
+    """Return the write lock whose queue a call on `conn` joins, or None when it writes itself.
+
+    It joins while another thread of this process holds the lock or leads the queue, and
+    only from its own thread, outside a block (where transaction() refuses, nests or
+    repairs as for any block), and with no other process writing the file.
+    """
     lock = getattr(conn, "write_lock", None)  # the package's connections only
-    if lock is None or (lock.leader is None and 0 not in lock) or not _joins(cast(_Connection, conn), lock):
+    if lock is None or (lock.leader is None and 0 not in lock):
         return None
+    own = cast(_Connection, conn)
+    if own.owner != get_ident() or own.blocks or own.in_transaction:
+        return None
+    holder = lock.get(0)
+    if holder is not None and holder.thread == own.thread:
+        return None  # held by this thread through another connection: transaction() explains why it cannot wait
     if lock.shared_until > lock.last_begin:
         # Other processes write the file too, and it changes hands in turns (see _turn): 3
         # processes × 4 threads did 15 % fewer tasks a second with calls queued.
         return None
     return lock  # type: ignore[no-any-return]
-
-
-def _joins(conn: _Connection, lock: _WriteLock) -> bool:
-    """Return whether a call on `conn` queues: its thread's, outside a block, the lock not held by this thread."""
-    if conn.owner != get_ident() or conn.blocks or conn.in_transaction:
-        return False  # transaction() refuses, nests or repairs as it does for any block
-    holder = lock.get(0)
-    # Held by this thread through another connection: transaction() explains why it cannot wait.
-    return holder is None or holder.thread != conn.thread  # type: ignore[attr-defined]
 
 
 def _join(conn: _Connection, lock: _WriteLock, body: Callable[[sqlite3.Connection], Any]) -> Any:
