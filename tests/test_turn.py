@@ -273,6 +273,53 @@ def test_a_process_keeps_its_turn_for_its_threads_until_another_process_waits(db
     assert other.reply() is True
 
 
+def _taken_after_waiting(turn: Turn, other) -> None:
+    """Have `turn` wait for the turn `other` holds, so that its process has a helper, and take it."""
+    assert other("take", 0) is True
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(turn.take(10)))
+    waiter.start()
+    assert until(lambda: other("others_wait"))
+    assert other("release") is True
+    waiter.join(10)
+    assert got == [True] and turn._helper is not None
+
+
+def test_a_process_whose_writer_does_not_come_back_gives_its_lent_turn_up_after_linger_seconds(db_path, other,
+                                                                                                monkeypatch):
+    """With no thread of it waiting, within TURN_SECONDS, the turn stays LINGER_SECONDS with the helper, then goes."""
+    monkeypatch.setattr(_turn, "TURN_SECONDS", 60.0)
+    monkeypatch.setattr(_turn, "LINGER_SECONDS", 0.05)
+    turn = Turn(str(db_path))
+    _taken_after_waiting(turn, other)
+    other.send("take", 2)
+    assert until(turn._others_wait)
+    released = time.monotonic()
+    assert turn.release(local_waiters=False) is True  # another process waits ...
+    assert turn.since and turn._lent  # ... but the turn is kept a moment
+    assert other.reply() is True
+    assert 0.045 <= time.monotonic() - released < 5
+    assert turn.since == 0.0 and not turn._lent and turn._yielded >= released
+    assert turn.take(0) is False and other("taken_elsewhere") is False  # this process waits YIELD_SECONDS first
+
+
+def test_a_writer_coming_back_within_linger_seconds_keeps_the_turn_until_turn_seconds(db_path, other, monkeypatch):
+    """The helper gives up a lent turn only while no writer has taken it back; past TURN_SECONDS it is not lent."""
+    monkeypatch.setattr(_turn, "TURN_SECONDS", 60.0)
+    monkeypatch.setattr(_turn, "LINGER_SECONDS", 0.02)
+    turn = Turn(str(db_path))
+    _taken_after_waiting(turn, other)
+    other.send("take", 10)
+    assert until(turn._others_wait)
+    assert turn.release(local_waiters=False) is True and turn.since
+    assert turn.take(0) is True and turn._linger_until == 0.0  # taken back: the helper keeps off
+    time.sleep(5 * _turn.LINGER_SECONDS)
+    assert turn.since
+    monkeypatch.setattr(_turn, "TURN_SECONDS", 0.0)
+    assert turn.release(local_waiters=False) is True and turn.since == 0.0  # given up at once
+    assert other.reply() is True
+
+
 def test_a_process_that_gave_up_its_turn_lets_the_waiting_one_take_it_first(db_path, other):
     """Right after handing over, this process's next writer waits YIELD_SECONDS rather than take the turn back."""
     turn = Turn(str(db_path))
