@@ -42,7 +42,8 @@ CLAIMERS = {"workers", "claims", "duplicates", "lock_errors", "other_errors", "e
 PHASES = ("seeded tasks", "catalog queries", "single-row inserts", "bulk inserts", "claim_next, 1 thread",
           "claim_next, 10 threads", "claim_next, 4 processes", "10 threads, 90 % reads", "foreign-key cost",
           "put: one task per commit", "bulk: N tasks in one call", "claim + complete, 1 thread",
-          "claim + complete, 10 threads", "claim + complete, 3 processes × 4 threads", "seeding 2,000 claimable tasks",
+          "claim + complete, 10 threads", "claim + complete, 3 processes × 4 threads",
+          "claim + complete, 3 processes × 1 thread", "seeding 2,000 claimable tasks",
           "index cost", "query plans", "pickup latency", "pickups by a worker in another process", "an idle worker",
           "a write after a pause beside a process writing in a loop")
 
@@ -192,6 +193,21 @@ def test_claim_workloads_also_run_the_fused_worker(run, workload):
     if workload != "claim_1":
         assert "raw SQL under the package's in-process lock" in bar["detail"]
         assert ("raw SQL in the package's transaction blocks" in bar["detail"]) is (workload == "processes")
+
+
+@pytest.mark.slow
+def test_processes_of_one_thread_are_measured_on_four_sides_without_a_bar(run):
+    """3 processes × 1 thread: the minimal queue, the floor, its raw SQL taking turns and the package, in the report."""
+    figures, report, _ = run
+    for measured in (f[queue.ONE_THREAD[0]] for f in figures["queue"].values()):
+        assert set(queue.ONE_THREAD_SIDES) <= set(measured) and "package" not in measured
+        for side in queue.ONE_THREAD_SIDES:
+            assert measured[side]["workers"] == queue.PROCESSES and measured[side]["ops_per_s"] > 0, side
+            assert (measured[side]["duplicates"], measured[side]["lost"], measured[side]["other_errors"]) == (
+                0, 0, 0), (side, measured[side].get("error_examples"))
+        assert measured["package_fused_vs_raw_schema_fused"] > 0 and measured["package_fused_vs_raw_schema_turns"] > 0
+    assert f"| {queue.ONE_THREAD[1]} | minimal raw queue |" in report and "has no bar" in report
+    assert all(not bar["id"].endswith(queue.ONE_THREAD[0]) for bar in figures["bars"])
 
 
 @pytest.mark.slow

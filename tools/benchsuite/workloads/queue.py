@@ -1,7 +1,8 @@
 """The queue workloads of SPEC §6 against the physical anchor: put, bulk, claim + complete (1 thread,
 10 threads, 3 processes × 4 threads), each on the minimal raw queue, raw SQL on the package's schema
 and the package (see queues.py), N items per workload, every side on a fresh file of its own. The
-claim workloads also run the package's worker with complete_and_claim (one transaction a task)."""
+claim workloads also run the package's worker with complete_and_claim (one transaction a task).
+Beside them, with no bar, 3 processes of one worker thread each (ONE_THREAD)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ WORKLOADS = (
     ("threads", f"claim + complete, {THREADS} threads", 0.5, 15),
     ("processes", f"claim + complete, {PROCESSES} processes × {PROCESS_THREADS} threads", 0.5, 20),
 )
+# Measured beside them, with no bar: processes of one worker thread each, as workers often run.
+ONE_THREAD = ("processes_1", f"claim + complete, {PROCESSES} processes × 1 thread")
+ONE_THREAD_SIDES = ("minimal", "raw_schema_fused", "raw_schema_turns", "package_fused")
 FRAME_ITEMS = 200  # puts and claims per side whose WAL pages are counted
 
 
@@ -51,7 +55,7 @@ def measure(bench: Bench) -> dict:
         root = tempfile.mkdtemp(prefix="queue-", dir=bench.workdir)
         try:
             figures = {}
-            for key, title, _, _ in WORKLOADS:
+            for key, title, *_ in (*WORKLOADS, ONE_THREAD):
                 progress(f"  {title}, N = {n:,}")
                 figures[key] = _with_ratios(_WORKLOAD_FUNCTIONS[key](bench, n, root))
             progress(f"  WAL pages per put and per claim + complete, N = {n:,}")
@@ -67,7 +71,8 @@ def _with_ratios(sides: dict) -> dict:
     anchor = sides["minimal"]["ops_per_s"]
     for side in sides.values():
         side["ratio_to_minimal"] = ratio(side["ops_per_s"], anchor)
-    sides["package_vs_raw_schema"] = ratio(sides["package"]["ops_per_s"], sides["raw_schema"]["ops_per_s"])
+    if "package" in sides:
+        sides["package_vs_raw_schema"] = ratio(sides["package"]["ops_per_s"], sides["raw_schema"]["ops_per_s"])
     if "package_fused" in sides:
         sides["package_fused_vs_raw_schema_fused"] = ratio(sides["package_fused"]["ops_per_s"],
                                                            sides["raw_schema_fused"]["ops_per_s"])
@@ -260,10 +265,11 @@ def _failed(exc: BaseException) -> dict:
     return {"ids": [], "times": [], "locked": 0, "errors": [repr(exc)], "ended": CLOCK()}
 
 
-def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str) -> dict:
+def _claims(bench: Bench, n: int, root: str, processes: int, threads: int, label: str,
+            sides: tuple[str, ...] | None = None) -> dict:
     """Fill each side's fresh file with N items, then claim + complete them all with the given workers."""
     figures = {}
-    for side in _order(n + processes + threads, CLAIM_SIDES if processes > 1 else IN_PROCESS_SIDES):
+    for side in _order(n + processes + threads, sides or (CLAIM_SIDES if processes > 1 else IN_PROCESS_SIDES)):
         queue, path = _open(bench, root, side, label, fill=n)
         results: list[dict] = []
         gc.collect()
@@ -327,4 +333,5 @@ _WORKLOAD_FUNCTIONS = {
     "claim_1": _claim_1,
     "threads": lambda bench, n, root: _claims(bench, n, root, 1, THREADS, "threads"),
     "processes": lambda bench, n, root: _claims(bench, n, root, PROCESSES, PROCESS_THREADS, "processes"),
+    "processes_1": lambda bench, n, root: _claims(bench, n, root, PROCESSES, 1, "processes_1", ONE_THREAD_SIDES),
 }
