@@ -31,14 +31,17 @@ def size(count: int) -> str:
 
 
 def age(seconds: float) -> str:
-    """Return a duration in its two largest units: ``2d 3h``, ``5m 12s``, ``40s``."""
+    """Return a duration in its largest unit, and the next one unless zero: ``2d 3h``, ``2d``, ``5m 12s``, ``40s``.
+
+    A zero in between is not skipped: 2 days and 47 minutes are ``2d``, not ``2d 47m``.
+    """
     sign, left = ("-" if seconds < 0 else ""), int(abs(seconds))
-    parts: list[str] = []
-    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= scale or (unit == "s" and not parts):
-            parts.append(f"{left // scale}{unit}")
-            left %= scale
-    return sign + " ".join(parts[:2])
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    i = next(i for i, (_, scale) in enumerate(units) if left >= scale or scale == 1)
+    (unit, scale), rest = units[i], ""
+    if i + 1 < len(units) and left % scale >= units[i + 1][1]:
+        rest = f" {left % scale // units[i + 1][1]}{units[i + 1][0]}"
+    return f"{sign}{left // scale}{unit}{rest}"
 
 
 def _one_line(value: Any, limit: int) -> str:

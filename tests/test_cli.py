@@ -155,7 +155,7 @@ def test_status_text_is_an_aligned_table(db, capsys):
     assert f"  schema          version {LATEST} (current)" in lines
     assert f"  file            {_cli_text.size(db.stat().st_size)}" in lines
     assert "  WAL             0 bytes" in lines
-    assert any(re.fullmatch(r"  oldest pending  \d+d \d+h \(task task-0, submitted 2020-01-01T00:00:00.000Z\)",
+    assert any(re.fullmatch(r"  oldest pending  \d+d( \d+h)? \(task task-0, submitted 2020-01-01T00:00:00.000Z\)",
                             line) for line in lines), out
     assert "  stale running   1 (take them back: python -m abathur_db requeue-stale)" in lines
     counts = lines[lines.index("STATUS     TASKS"):][:7]
@@ -760,9 +760,10 @@ def test_a_reader_that_goes_away_ends_the_command_without_a_traceback(tmp_path):
 
 @pytest.mark.parametrize("seconds, shown", [
     (0, "0s"), (59.9, "59s"), (60, "1m"), (3725, "1h 2m"), (90061, "1d 1h"), (86400 * 400, "400d"), (-90, "-1m 30s"),
+    (2 * 86400 + 47 * 60, "2d"), (3600 + 59, "1h"),
 ])
 def test_age_shows_the_two_largest_units(seconds, shown):
-    """age() shows a duration in its two largest units."""
+    """age() shows a duration in its largest unit and the next one unless zero, never a unit further down."""
     assert _cli_text.age(seconds) == shown
 
 
