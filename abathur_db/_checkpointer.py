@@ -60,12 +60,19 @@ class Checkpointer:
         with self._cond:
             self._pending = True
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name=f"abathur_db checkpoint {self.path}", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"abathur_db checkpoint {self.path}",
+                                                daemon=True)
                 try:
-                    thread.start()
-                except RuntimeError:  # no thread to be had: SQLite's own checkpoints do it all
-                    return
-                self._thread = thread
+                    self._thread.start()
+                except BaseException as exc:
+                    # No thread to be had (SQLite's own checkpoints do it all meanwhile), or a signal
+                    # handler's exception raised in start(), which may leave the thread to die unrun,
+                    # or to run: no longer this checkpointer's, it then ends at once (see _run), and
+                    # no second thread shares the connection with it. The next checkpoint starts one.
+                    self._thread = None
+                    if isinstance(exc, RuntimeError):
+                        return
+                    raise
             self._cond.notify()
 
     def close(self) -> None:
@@ -87,6 +94,9 @@ class Checkpointer:
         self._cond.release()
 
     def _run(self) -> None:
+        with self._cond:  # committed() holds it until start() has returned or raised
+            if self._thread is not threading.current_thread():
+                return
         while True:
             with self._cond:
                 while not self._pending:

@@ -105,12 +105,11 @@ class Turn:
         if now < self._yielded + YIELD_SECONDS:
             time.sleep(min(self._yielded + YIELD_SECONDS, deadline) - now)
         with self._cond:
-            self._want = True
-            if self._helper is None:
-                self._helper = threading.Thread(target=self._run, name=f"abathur_db turn {self.path}", daemon=True)
-                self._helper.start()
-            self._cond.notify()
             try:
+                self._want = True
+                if self._helper is None:
+                    self._start_helper()
+                self._cond.notify()
                 while not self.since and self._fd != -1 and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
             finally:
@@ -122,7 +121,7 @@ class Turn:
 
         After TURN_SECONDS it keeps the turn only while no other process waits for it.
         With no thread of it waiting, within TURN_SECONDS, it lends the turn to its helper
-        (once it has one, that is once it has waited for the turn): the helper gives it up
+        (once it has one: once it has waited for the turn): the helper gives it up
         LINGER_SECONDS later unless a writer of this process takes it back meanwhile.
         Return whether another process was seen waiting.
         """
@@ -239,12 +238,27 @@ class Turn:
         """Return whether another process holds its shared lock on byte 1, as waiting processes do."""
         return _locked_elsewhere(self._open(), 1)
 
+    def _start_helper(self) -> None:
+        """Under _cond: start the helper thread."""
+        self._helper = threading.Thread(target=self._run, name=f"abathur_db turn {self.path}", daemon=True)
+        try:
+            self._helper.start()
+        except BaseException:
+            # No thread to be had, or a signal handler's exception raised in start(), which
+            # may leave the thread to die unrun, or to run: no longer this Turn's helper, it
+            # then ends at once (see _run). The next wait starts another.
+            self._helper = None
+            raise
+
     def _run(self) -> None:
         """The helper: whenever a writer waits, block in the kernel for the turn, then hand it over.
 
         While the turn is lent to it (see release()), it also gives the turn up when its time is due.
         """
-        fd = self._fd
+        with self._cond:  # take() holds it until start() has returned or raised
+            if self._helper is not threading.current_thread():
+                return
+            fd = self._fd
         assert fd is not None
         while True:
             with self._cond:

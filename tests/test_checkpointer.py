@@ -112,6 +112,32 @@ def test_a_thread_that_cannot_start_leaves_the_checkpoints_to_sqlite_until_one_c
         checkpointer.close()
 
 
+def test_a_signal_as_the_thread_starts_leaves_no_thread_behind_and_the_next_checkpoint_starts_one(tmp_path,
+                                                                                                  monkeypatch):
+    """A signal handler's exception raised in Thread.start(): the thread, which runs here, ends at once, so that no
+    second one shares the checkpoints' connection with it; the next CHECKPOINT_EVERY commits start one."""
+    start, started = threading.Thread.start, []
+
+    def interrupted(thread: threading.Thread) -> None:
+        start(thread)
+        started.append(thread)
+        raise KeyboardInterrupt
+
+    with abathur_db.open(str(tmp_path / "t.db")) as pool:
+        metrics.record(pool.connection(), "m", 1)
+        checkpointer = Checkpointer(str(tmp_path / "t.db"))
+        monkeypatch.setattr(threading.Thread, "start", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _commits(checkpointer)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        (orphan,) = started
+        orphan.join(5)
+        assert not orphan.is_alive() and checkpointer._thread is None and checkpointer.runs == 0
+        _commits(checkpointer)
+        assert until(lambda: checkpointer.runs == 1) and checkpointer._thread not in (None, orphan)
+        checkpointer.close()
+
+
 class _Blocked:
     """A checkpoint that opens its connection, then waits for `go`."""
 

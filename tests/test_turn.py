@@ -320,6 +320,30 @@ def test_a_writer_coming_back_within_linger_seconds_keeps_the_turn_until_turn_se
     assert other.reply() is True
 
 
+def test_a_signal_as_the_helper_starts_leaves_no_helper_behind_and_the_next_wait_starts_one(db_path, other,
+                                                                                           monkeypatch):
+    """A signal handler's exception raised in Thread.start(): the thread, which runs here, ends at once, unknown to
+    the Turn (a dead or second helper would hold a lent turn, or take it twice); the next wait starts a helper."""
+    start, started = threading.Thread.start, []
+
+    def interrupted(thread: threading.Thread) -> None:
+        start(thread)
+        started.append(thread)
+        raise KeyboardInterrupt
+
+    assert other("take", 0) is True
+    turn = Turn(str(db_path))
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        turn.take(10)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    (orphan,) = started
+    orphan.join(5)
+    assert not orphan.is_alive() and turn._helper is None and not turn._want
+    _taken_after_waiting(turn, other)
+    assert turn._helper is not orphan
+
+
 def test_a_process_that_gave_up_its_turn_lets_the_waiting_one_take_it_first(db_path, other):
     """Right after handing over, this process's next writer waits YIELD_SECONDS rather than take the turn back."""
     turn = Turn(str(db_path))
