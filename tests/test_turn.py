@@ -285,15 +285,21 @@ def _taken_after_waiting(turn: Turn, other) -> None:
     assert got == [True] and turn._helper is not None
 
 
+def _held_while_the_other_waits(db_path, other, monkeypatch, linger: float, wait: float) -> Turn:
+    """Return a Turn holding the turn, its helper running, while `other` waits up to `wait` s for it (long turns)."""
+    monkeypatch.setattr(_turn, "TURN_SECONDS", 60.0)
+    monkeypatch.setattr(_turn, "LINGER_SECONDS", linger)
+    turn = Turn(str(db_path))
+    _taken_after_waiting(turn, other)
+    other.send("take", wait)
+    assert until(turn._others_wait)
+    return turn
+
+
 def test_a_process_whose_writer_does_not_come_back_gives_its_lent_turn_up_after_linger_seconds(db_path, other,
                                                                                                 monkeypatch):
     """With no thread of it waiting, within TURN_SECONDS, the turn stays LINGER_SECONDS with the helper, then goes."""
-    monkeypatch.setattr(_turn, "TURN_SECONDS", 60.0)
-    monkeypatch.setattr(_turn, "LINGER_SECONDS", 0.05)
-    turn = Turn(str(db_path))
-    _taken_after_waiting(turn, other)
-    other.send("take", 2)
-    assert until(turn._others_wait)
+    turn = _held_while_the_other_waits(db_path, other, monkeypatch, linger=0.05, wait=2)
     released = time.monotonic()
     assert turn.release(local_waiters=False) is True  # another process waits ...
     assert turn.since and turn._lent  # ... but the turn is kept a moment
@@ -305,12 +311,7 @@ def test_a_process_whose_writer_does_not_come_back_gives_its_lent_turn_up_after_
 
 def test_a_writer_coming_back_within_linger_seconds_keeps_the_turn_until_turn_seconds(db_path, other, monkeypatch):
     """The helper gives up a lent turn only while no writer has taken it back; past TURN_SECONDS it is not lent."""
-    monkeypatch.setattr(_turn, "TURN_SECONDS", 60.0)
-    monkeypatch.setattr(_turn, "LINGER_SECONDS", 0.02)
-    turn = Turn(str(db_path))
-    _taken_after_waiting(turn, other)
-    other.send("take", 10)
-    assert until(turn._others_wait)
+    turn = _held_while_the_other_waits(db_path, other, monkeypatch, linger=0.02, wait=10)
     assert turn.release(local_waiters=False) is True and turn.since
     assert turn.take(0) is True and turn._linger_until == 0.0  # taken back: the helper keeps off
     time.sleep(5 * _turn.LINGER_SECONDS)
