@@ -71,7 +71,10 @@ class Turn:
         self._yielded = 0.0  # when this process last gave its turn to a waiting one
         self._fd: int | None = None  # the open lock file, -1 where there is none
         self._cond = threading.Condition()
-        self._want = False  # a writer waits for the helper to take the turn
+        # The gate a writer sleeps on while the helper takes the turn for it, None while none waits.
+        # A Condition.wait() would not do: a signal handler's exception raised as it returns can
+        # leave its lock released, and the block's end then raises RuntimeError instead.
+        self._want: threading.Lock | None = None
         self._helper: threading.Thread | None = None
         # The helper gives the turn up at _linger_until unless a writer takes it first (0.0: a
         # writer has it); _lent says whether it watches the turn meanwhile (see release()).
@@ -104,16 +107,19 @@ class Turn:
         deadline = now + timeout_seconds
         if now < self._yielded + YIELD_SECONDS:
             time.sleep(min(self._yielded + YIELD_SECONDS, deadline) - now)
-        with self._cond:
-            try:
-                self._want = True
+        gate = threading.Lock()
+        gate.acquire()
+        try:
+            with self._cond:
+                self._want = gate
                 if self._helper is None:
                     self._start_helper()
                 self._cond.notify()
-                while not self.since and self._fd != -1 and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
-            finally:
-                self._want = False
+            while not self.since and self._fd != -1 and (left := deadline - time.monotonic()) > 0:
+                gate.acquire(timeout=left)
+        finally:
+            with self._cond:
+                self._want = None
         return bool(self.since)
 
     def release(self, local_waiters: bool) -> bool:
@@ -262,7 +268,7 @@ class Turn:
         assert fd is not None
         while True:
             with self._cond:
-                while not self._want or self.since:  # a writer waits, and the turn is not this process's
+                while self._want is None or self.since:  # a writer waits, and the turn is not this process's
                     if self._lent and self.since:
                         self._watch_lent(fd)
                     else:
@@ -283,11 +289,12 @@ class Turn:
                 if failed:
                     self._fd = -1
                     os.close(fd)
-                    self._cond.notify_all()
+                    if self._want is not None:
+                        self._want.release()
                     return
-                if self._want and not self.since:
+                if self._want is not None and not self.since:
                     self.since = time.monotonic()
-                    self._cond.notify_all()
+                    self._want.release()
                 elif not self.since:
                     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)  # the writer gave up meanwhile
 

@@ -214,12 +214,12 @@ def test_a_waiting_process_gets_the_turn_the_moment_the_holder_gives_it_up(db_pa
     assert got == [True] and 0 < turn.since - released < 0.5
     assert other("taken_elsewhere") is True
     with turn._cond:  # as if the writer it woke had not run yet: the helper must not take the turn again
-        turn._want = True
+        turn._want = threading.Lock()
         turn._cond.notify()
     cpu = time.process_time()
     time.sleep(0.1)
     assert time.process_time() - cpu < 0.03  # holding the turn, the helper waits for the next writer
-    turn._want = False
+    turn._want = None
     assert turn.release(local_waiters=False) is False  # nobody waits
     assert turn.since == 0.0 and other("taken_elsewhere") is False
 
@@ -253,11 +253,29 @@ def test_an_exception_while_waiting_for_the_turn_leaves_no_turn_behind(db_path, 
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert turn.since == 0.0 and not turn._want
+    assert turn.since == 0.0 and turn._want is None
     assert other("release") is True
     assert until(lambda: not other("taken_elsewhere"))
     assert turn.take(1) is True  # and taking it again works
     assert turn.release(local_waiters=False) is False
+
+
+def test_the_wait_for_the_turn_is_no_condition_wait_a_signal_could_leave_unlocked(db_path, other):
+    """A signal handler's exception raised as Condition.wait() returns can leave the condition's lock released (as
+    this one does in the main thread), and the block around the wait then raises RuntimeError instead. The writer
+    sleeps on a lock of its own: its wait ends on time, or with the handler's exception."""
+
+    class Interrupted(threading.Condition):
+        def wait(self, timeout=None):
+            if threading.current_thread() is threading.main_thread():
+                self._release_save()
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    assert other("take", 0) is True
+    turn = Turn(str(db_path))
+    turn._cond = Interrupted()
+    assert turn.take(0.2) is False and turn._want is None
 
 
 def test_a_process_keeps_its_turn_for_its_threads_until_another_process_waits(db_path, other, monkeypatch):
@@ -340,7 +358,7 @@ def test_a_signal_as_the_helper_starts_leaves_no_helper_behind_and_the_next_wait
     monkeypatch.setattr(threading.Thread, "start", start)
     (orphan,) = started
     orphan.join(5)
-    assert not orphan.is_alive() and turn._helper is None and not turn._want
+    assert not orphan.is_alive() and turn._helper is None and turn._want is None
     _taken_after_waiting(turn, other)
     assert turn._helper is not orphan
 
