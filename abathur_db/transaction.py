@@ -91,25 +91,44 @@ def _admit(conn: sqlite3.Connection) -> _State:
 
 
 class CommitSignal:
-    """Counts the package's commits to one database file in this process, and wakes the threads waiting for one."""
+    """Counts the package's commits to one database file in this process, and wakes the threads waiting for one.
 
-    __slots__ = ("count", "_changed", "waiting")
+    Each waiter sleeps on a lock of its own. A Condition.wait() would not do: a signal
+    handler's exception raised as it returns can leave the condition's lock released,
+    and the block around it then raises RuntimeError, or releases it under another thread.
+    """
+
+    __slots__ = ("count", "_guard", "_gates", "waiting")
 
     def __init__(self) -> None:
         self.count = 0
-        self._changed = threading.Condition(threading.Lock())
+        self._guard = threading.Lock()
+        self._gates: list[threading.Lock] = []  # one per waiting thread, held until a commit
         self.waiting = 0
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a commit beyond the first `seen`; return whether one came."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self.count != seen, timeout)
+        gate = threading.Lock()
+        gate.acquire()
+        with self._guard:
+            if self.count != seen:
+                return True
+            self._gates.append(gate)
+        try:
+            gate.acquire(timeout=timeout)
+        finally:
+            with self._guard:
+                if gate in self._gates:
+                    self._gates.remove(gate)
+        return self.count != seen
 
     def announce(self) -> None:
         """Count a commit and wake every waiting thread."""
-        with self._changed:
+        with self._guard:
             self.count += 1
-            self._changed.notify_all()
+            gates, self._gates = self._gates, []
+        for gate in gates:
+            gate.release()
 
 
 class _NoSignal:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -76,3 +77,14 @@ def until(check: Callable[[], object], seconds: float = 10) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class SignalledCondition(threading.Condition):
+    """A Condition whose wait(), in the main thread, ends as a signal handler's exception can leave one: raised as
+    the wait returns, with the lock released and not taken back. The block around it then raises RuntimeError."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            self._release_save()  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        return super().wait(timeout)

@@ -30,7 +30,7 @@ from abathur_db.errors import (
     UniqueError,
     ValidationError,
 )
-from helpers import on_data_version, tracing, unchecked
+from helpers import SignalledCondition, on_data_version, tracing, unchecked, until
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE = "2100-01-01T00:00:00.000Z"  # every running task is stale by then
@@ -1112,6 +1112,23 @@ def test_a_forked_child_forgets_the_waits_of_its_parent(pool, monkeypatch):
         assert len(_SIGNALS) == 1
         tasks.create(pool.connection(), "ends the wait")
         assert future.result(timeout=10) is not None
+
+
+def test_a_wait_for_a_commit_is_no_condition_wait_a_signal_could_leave_unlocked(monkeypatch):
+    """The commit signal a waiting claim sleeps on uses no Condition, whose wait a signal can end with its lock
+    released (see SignalledCondition): a commit wakes it, and none lets its time pass."""
+    with monkeypatch.context() as patched:  # for the signal's own parts only, not Thread's
+        patched.setattr(threading, "Condition", SignalledCondition)
+        signal = CommitSignal()
+    started = time.monotonic()
+    assert signal.wait(0, 0.1) is False and time.monotonic() - started >= 0.1 and not signal._gates
+    woken = []
+    waiter = threading.Thread(target=lambda: woken.append(signal.wait(0, 10)))
+    waiter.start()
+    assert until(lambda: signal._gates)
+    signal.announce()
+    waiter.join(10)
+    assert woken == [True] and signal.wait(0, 10) is True and not signal._gates
 
 
 def test_a_wait_ends_with_none_and_does_not_poll_busily(conn):

@@ -18,7 +18,7 @@ import abathur_db
 from abathur_db import _turn, tasks
 from abathur_db import pool as pool_module
 from abathur_db._turn import Turn
-from helpers import fork_and_wait, tracing, until
+from helpers import SignalledCondition, fork_and_wait, tracing, until
 
 pytestmark = pytest.mark.skipif(_turn.fcntl is None, reason="turns need POSIX locks")
 FORK = multiprocessing.get_context("fork")
@@ -261,20 +261,11 @@ def test_an_exception_while_waiting_for_the_turn_leaves_no_turn_behind(db_path, 
 
 
 def test_the_wait_for_the_turn_is_no_condition_wait_a_signal_could_leave_unlocked(db_path, other):
-    """A signal handler's exception raised as Condition.wait() returns can leave the condition's lock released (as
-    this one does in the main thread), and the block around the wait then raises RuntimeError instead. The writer
-    sleeps on a lock of its own: its wait ends on time, or with the handler's exception."""
-
-    class Interrupted(threading.Condition):
-        def wait(self, timeout=None):
-            if threading.current_thread() is threading.main_thread():
-                self._release_save()
-                raise KeyboardInterrupt
-            return super().wait(timeout)
-
+    """A signal handler's exception raised as Condition.wait() returns can leave the condition's lock released, and
+    the block around the wait then raises RuntimeError instead. The writer sleeps on a lock of its own."""
     assert other("take", 0) is True
     turn = Turn(str(db_path))
-    turn._cond = Interrupted()
+    turn._cond = SignalledCondition()
     assert turn.take(0.2) is False and turn._want is None
 
 
