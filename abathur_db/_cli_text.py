@@ -33,7 +33,7 @@ def size(count: int) -> str:
 def age(seconds: float) -> str:
     """Return a duration in its largest unit, and the next one unless zero: ``2d 3h``, ``2d``, ``5m 12s``, ``40s``.
 
-    A zero in between is not skipped: 2 days and 47 minutes are ``2d``, not ``2d 47m``.
+    A zero next unit ends it: 2 days and 47 minutes are ``2d``, never ``2d 47m``.
     """
     sign, left = ("-" if seconds < 0 else ""), int(abs(seconds))
     units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
