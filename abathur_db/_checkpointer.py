@@ -39,7 +39,7 @@ class Checkpointer:
     frames, frames copied), None if it failed.
     """
 
-    __slots__ = ("path", "commits", "conn", "last", "runs", "running", "_cond", "_pending", "_thread")
+    __slots__ = ("path", "commits", "conn", "last", "runs", "running", "_cond", "_pending", "_thread", "_using")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -49,6 +49,10 @@ class Checkpointer:
         self.runs = 0  # checkpoints tried
         self.running = self._pending = False
         self._cond = threading.Condition()
+        # Held while a thread uses `conn`, and from pause() to resume(). Other threads wait on
+        # it, not on _cond: a signal handler's exception raised as Condition.wait() returns can
+        # leave the condition's lock released, and the block around it raises RuntimeError.
+        self._using = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def committed(self) -> None:
@@ -79,19 +83,16 @@ class Checkpointer:
         """Drop a checkpoint asked for and not begun, wait for one under way, and close the thread's connection."""
         with self._cond:
             self._pending = False
-            while self.running:
-                self._cond.wait()
+        with self._using:
             self._close()
 
     def pause(self) -> None:
         """Wait for a checkpoint under way, and keep another from starting, until resume()."""
-        self._cond.acquire()
-        while self.running:
-            self._cond.wait()
+        self._using.acquire()
 
     def resume(self) -> None:
         """Let checkpoints run again after pause()."""
-        self._cond.release()
+        self._using.release()
 
     def _run(self) -> None:
         with self._cond:  # committed() holds it until start() has returned or raised
@@ -99,17 +100,20 @@ class Checkpointer:
                 return
         while True:
             with self._cond:
-                while not self._pending:
-                    if not self._cond.wait(IDLE_SECONDS if self.conn is not None else None):
-                        self._close()
-                self._pending, self.running = False, True
-            try:
-                self.last = self._checkpoint()
-            finally:
-                with self._cond:
+                while not self._pending and self._cond.wait(IDLE_SECONDS if self.conn is not None else None):
+                    pass
+            with self._using:
+                with self._cond:  # asked for, and not dropped by close() meanwhile
+                    self._pending, wanted = False, self._pending
+                if not wanted:  # idle for IDLE_SECONDS, or closed
+                    self._close()
+                    continue
+                self.running = True
+                try:
+                    self.last = self._checkpoint()
+                finally:
                     self.runs += 1
                     self.running = False
-                    self._cond.notify_all()
 
     def _checkpoint(self) -> tuple[int, int, int] | None:
         """Run one PASSIVE checkpoint; return what SQLite reports, None on failure (the connection then closed)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -88,3 +89,17 @@ class SignalledCondition(threading.Condition):
             self._release_save()  # type: ignore[attr-defined]
             raise KeyboardInterrupt
         return super().wait(timeout)
+
+
+def interrupting(seconds: float):
+    """Have SIGALRM raise TimeoutError in the main thread after `seconds`; return the function that undoes it."""
+    def on_alarm(signum, frame):
+        raise TimeoutError("alarm")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def undo():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return undo

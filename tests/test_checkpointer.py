@@ -13,7 +13,7 @@ import abathur_db
 from abathur_db import _checkpointer, metrics, transaction
 from abathur_db import pool as pool_module
 from abathur_db._checkpointer import Checkpointer
-from helpers import fork_and_wait, until
+from helpers import SignalledCondition, fork_and_wait, interrupting, until
 
 
 @pytest.fixture
@@ -170,6 +170,34 @@ def test_pool_close_waits_for_a_background_checkpoint_and_drops_one_asked_for(po
     closer.join(30)
     assert not closer.is_alive() and checkpointer.conn is None
     assert (blocked.calls, checkpointer.runs, checkpointer._pending) == (1, 1, False)
+
+
+@pytest.mark.parametrize("wait", ["close", "pause"])
+def test_a_signal_while_waiting_for_a_checkpoint_under_way_raises_the_handlers_exception(db_path, pool, monkeypatch,
+                                                                                         wait):
+    """close() and pause() wait on a lock, not on a Condition a signal could leave unlocked (see SignalledCondition):
+    the handler's exception surfaces, nothing is left held, and the next call waits for the checkpoint as before."""
+    blocked = _Blocked()
+    monkeypatch.setattr(Checkpointer, "_checkpoint", lambda checkpointer: blocked(checkpointer))
+    with monkeypatch.context() as patched:
+        patched.setattr(threading, "Condition", SignalledCondition)
+        checkpointer = Checkpointer(str(db_path))
+    _commits(checkpointer)
+    assert blocked.began.wait(30)
+    undo = interrupting(0.1)
+    try:
+        with pytest.raises(TimeoutError):
+            getattr(checkpointer, wait)()
+    finally:
+        undo()
+    assert checkpointer.running and checkpointer.conn is not None
+    blocked.go.set()
+    getattr(checkpointer, wait)()
+    assert (checkpointer.running, checkpointer.runs) == (False, 1)
+    if wait == "pause":
+        checkpointer.resume()
+        checkpointer.close()
+    assert checkpointer.conn is None
 
 
 def test_a_fork_waits_for_a_background_checkpoint_under_way_and_the_child_closes_the_idle_copy(pool, db_path, every_5,

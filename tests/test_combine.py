@@ -14,6 +14,7 @@ import abathur_db
 from abathur_db import _combine, tasks
 from abathur_db.errors import AbathurDBError, BusyError, ConfigurationError, LeaseLostError, StorageFullError
 from abathur_db.transaction import transaction
+from helpers import interrupting
 
 
 class Caller(threading.Thread):
@@ -213,20 +214,6 @@ def test_a_signal_as_the_leader_wakes_the_callers_still_wakes_each_with_its_resu
     assert [caller.error for caller in callers[1:]] == [None, None]
     assert [caller.result["prompt"] for caller in callers[1:]] == ["call 1", "call 2"]
     assert prompts(conn) == ["call 0", "call 1", "call 2"]
-
-
-def interrupting(seconds: float):
-    """Have SIGALRM raise TimeoutError in the main thread after `seconds`; return the function that undoes it."""
-    def on_alarm(signum, frame):
-        raise TimeoutError("alarm")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-
-    def undo():
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    return undo
 
 
 def holding(pool, conn):
