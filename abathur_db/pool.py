@@ -583,35 +583,54 @@ class Pool:
 
 
 class _Opening:
-    """The process's connect() calls under way: a fork waits for them to end, and holds new ones back meanwhile."""
+    """The process's connect() calls under way: a fork waits for them to end, and holds new ones back meanwhile.
+
+    Each waits on a lock, not on a Condition: a signal handler's exception raised as
+    Condition.wait() returns can leave the condition's lock released, and the block
+    around it then raises RuntimeError in place of the handler's exception.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._guard = threading.Lock()
         self._count = 0
-        self._forking = False
+        self._fork: threading.Lock | None = None  # held by a fork from hold() to release()
+        self._drained: threading.Lock | None = None  # held by the fork until no call is under way
 
     def __enter__(self) -> None:
-        with self._cond:
-            while self._forking:
-                self._cond.wait()
-            self._count += 1
+        while True:
+            with self._guard:
+                fork = self._fork
+                if fork is None:
+                    self._count += 1
+                    return
+            with fork:  # until release()
+                pass
 
     def __exit__(self, *exc_info: object) -> None:
-        with self._cond:
+        with self._guard:
             self._count -= 1
-            self._cond.notify_all()
+            if not self._count and self._drained is not None:
+                self._drained.release()
+                self._drained = None
 
     def hold(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the calls under way, and keep new ones from starting until release()."""
-        with self._cond:
-            self._forking = True
-            self._cond.wait_for(lambda: not self._count, timeout)
+        fork, drained = threading.Lock(), threading.Lock()
+        fork.acquire()
+        drained.acquire()
+        with self._guard:
+            self._fork = fork
+            if not self._count:
+                return
+            self._drained = drained
+        drained.acquire(timeout=timeout)
 
     def release(self) -> None:
         """Let connect() calls start again."""
-        with self._cond:
-            self._forking = False
-            self._cond.notify_all()
+        with self._guard:
+            fork, self._fork, self._drained = self._fork, None, None
+        if fork is not None:
+            fork.release()
 
 
 _OPENING = _Opening()

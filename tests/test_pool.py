@@ -25,7 +25,7 @@ from abathur_db import (_checkpointer, agents, audit, checkpoints, metrics, sche
                         validation)
 from abathur_db import pool as pool_module
 from abathur_db.errors import ConfigurationError
-from helpers import fork_and_wait, until
+from helpers import SignalledCondition, fork_and_wait, interrupting, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(abathur_db.__file__)))
 
@@ -440,6 +440,35 @@ def test_a_fork_waits_for_a_connection_or_a_pool_another_thread_is_opening(db_pa
     forked.set()
     thread.join(30)
     assert codes == [0] and len(opened) == 1
+
+
+def test_a_connect_held_back_by_a_fork_raises_a_signal_handlers_exception_and_counts_for_nothing(monkeypatch):
+    """A connect() held back by a fork waits on a lock, not on a Condition a signal could leave unlocked (see
+    SignalledCondition): the handler's exception surfaces; once the fork is over, calls go through again."""
+    with monkeypatch.context() as patched:
+        patched.setattr(threading, "Condition", SignalledCondition)
+        opening = pool_module._Opening()
+    opening.hold(0)
+    undo = interrupting(0.1)
+    try:
+        with pytest.raises(TimeoutError), opening:
+            pass
+    finally:
+        undo()
+    assert opening._count == 0
+    entered = threading.Event()
+
+    def enter() -> None:
+        with opening:
+            entered.set()
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    assert not entered.wait(0.1)  # held back until the fork is over
+    opening.release()
+    assert entered.wait(30)
+    thread.join(30)
+    assert opening._count == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
