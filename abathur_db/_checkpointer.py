@@ -49,9 +49,8 @@ class Checkpointer:
         self.runs = 0  # checkpoints tried
         self.running = self._pending = False
         self._cond = threading.Condition()
-        # Held while a thread uses `conn`, and from pause() to resume(). Other threads wait on
-        # it, not on _cond: a signal handler's exception raised as Condition.wait() returns can
-        # leave the condition's lock released, and the block around it raises RuntimeError.
+        # Held while a thread uses `conn`, and from pause() to resume(): close() and pause() wait on
+        # it, not on a Condition a signal could leave unlocked (see transaction.CommitSignal).
         self._using = threading.Lock()
         self._thread: threading.Thread | None = None
 

@@ -585,9 +585,7 @@ class Pool:
 class _Opening:
     """The process's connect() calls under way: a fork waits for them to end, and holds new ones back meanwhile.
 
-    Each waits on a lock, not on a Condition: a signal handler's exception raised as
-    Condition.wait() returns can leave the condition's lock released, and the block
-    around it then raises RuntimeError in place of the handler's exception.
+    Each waits on a lock, not on a Condition a signal could leave unlocked (see transaction.CommitSignal).
     """
 
     def __init__(self) -> None:
