@@ -356,6 +356,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             # An exception from here on leaves an unused savepoint inside the outer
             # transaction, which that transaction's end disposes of.
             self._epoch, self._depth = state.epoch, depth + 1
+            self.__class__ = _Entered
             return conn
         if depth:
             raise _lost()
@@ -374,17 +375,8 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                 raise translate(exc) from exc
             raise
         self._epoch, self._depth = state.epoch, 1
+        self.__class__ = _Entered
         return conn
-
-    def __del__(self) -> None:
-        # The with statement entered the block but never ran __exit__: a signal struck
-        # as the block ended, at __exit__'s first instruction, where Python checks for
-        # pending signals. Once that exception lets go of the block (its traceback holds
-        # it), undo what the block began, as __exit__ would have; unless the transaction
-        # it belonged to has ended meanwhile (an outer block's exit rolled it all back).
-        epoch = getattr(self, "_epoch", 0)
-        if epoch and self._state.epoch == epoch and self._state.blocks == self._depth and _owned_here(self._conn):
-            self.__exit__(BaseException, None, None)
 
     def _abort(self) -> None:
         """Undo what an outermost __enter__ reached: its transaction, its flags, its lock."""
@@ -411,6 +403,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
+        self.__class__ = transaction
         conn, state = self._conn, self._state
         self._epoch = 0
         if state.owner is None and _inherited(conn):
@@ -468,6 +461,27 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             if signal is not None:  # a thread waits for commits
                 signal.announce()
         return False
+
+
+class _Entered(transaction):
+    """A transaction block entered and not yet exited: only such a block has a finalizer.
+
+    A signal handler's exception raised as a __del__ runs is dropped there (Python
+    reports it as unraisable): a block that every write creates and drops must not
+    have one, or a KeyboardInterrupt would now and then be lost.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        # The with statement entered the block but never ran __exit__: a signal struck
+        # as the block ended, at __exit__'s first instruction, where Python checks for
+        # pending signals. Once that exception lets go of the block (its traceback holds
+        # it), undo what the block began, as __exit__ would have; unless the transaction
+        # it belonged to has ended meanwhile (an outer block's exit rolled it all back).
+        epoch = self._epoch
+        if epoch and self._state.epoch == epoch and self._state.blocks == self._depth and _owned_here(self._conn):
+            self.__exit__(BaseException, None, None)
 
 
 def _inherited(conn: sqlite3.Connection) -> TypeGuard[_Connection]:

@@ -161,14 +161,15 @@ def test_a_signal_as_the_leader_commits_tells_the_others_their_calls_may_be_writ
     """Past COMMIT the others cannot run again: each raises AbathurDBError saying so, and the rows are there."""
     leader: list[threading.Thread] = []
 
-    class InterruptedAtCommit(transaction):
-        def __exit__(self, *exc_info):
-            transaction.__exit__(self, *exc_info)
-            if threading.current_thread() in leader:
-                raise KeyboardInterrupt
-            return False
+    exit_ = transaction.__exit__
 
-    monkeypatch.setattr(_combine, "transaction", InterruptedAtCommit)
+    def interrupted_at_commit(block, *exc_info):
+        exit_(block, *exc_info)
+        if threading.current_thread() in leader:
+            raise KeyboardInterrupt
+        return False
+
+    monkeypatch.setattr(transaction, "__exit__", interrupted_at_commit)
 
     def lead(c):
         leader.append(threading.current_thread())
@@ -182,14 +183,15 @@ def test_a_signal_as_the_leader_commits_tells_the_others_their_calls_may_be_writ
 
 def test_a_failed_commit_ends_every_call_of_the_batch_with_its_error(pool, conn, monkeypatch):
     """Should COMMIT fail (rolled back instead here), each call of the batch raises that error, and none is written."""
-    class FailingCommit(transaction):
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                return transaction.__exit__(self, exc_type, exc, tb)
-            transaction.__exit__(self, StorageFullError, StorageFullError(), None)
-            raise StorageFullError("database or disk is full, at COMMIT")
+    exit_ = transaction.__exit__
 
-    monkeypatch.setattr(_combine, "transaction", FailingCommit)
+    def failing_commit(block, exc_type, exc, tb):
+        if exc_type is not None or threading.current_thread() is threading.main_thread():
+            return exit_(block, exc_type, exc, tb)
+        exit_(block, StorageFullError, StorageFullError(), None)
+        raise StorageFullError("database or disk is full, at COMMIT")
+
+    monkeypatch.setattr(transaction, "__exit__", failing_commit)
     callers = queued(pool, conn, [lambda c, n=n: tasks.create(c, f"call {n}") for n in range(3)])
     assert [type(caller.error) for caller in callers] == [StorageFullError] * 3
     assert len({id(caller.error) for caller in callers}) == 1

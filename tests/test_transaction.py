@@ -690,6 +690,21 @@ def test_a_refused_begin_leaves_nothing_that_could_roll_back_the_callers_own_tra
     assert _count(conn) == 2
 
 
+def test_a_block_that_ended_runs_no_code_as_it_is_dropped(conn):
+    """Only a block left without its exit has a finalizer: Python drops a signal handler's exception raised in one,
+    and each write makes and drops a block, so that a KeyboardInterrupt would now and then be lost."""
+    block = transaction(conn)
+    with block:
+        metrics.record(conn, "m", 1)
+    called: list[str] = []
+    sys.setprofile(lambda frame, event, arg: called.append(frame.f_code.co_name) if event == "call" else None)
+    try:
+        del block
+    finally:
+        sys.setprofile(None)
+    assert "__del__" not in called and metrics.query(conn)[0]["metric_name"] == "m"
+
+
 def test_a_block_dropped_on_another_thread_is_left_to_its_owner(pool):
     """A block object deallocated on a thread that does not own its connection leaves the block open for its owner."""
     entered, dropped = threading.Event(), threading.Event()
