@@ -42,7 +42,8 @@ __all__ = ["Turn"]
 # hand the in-process lock on meanwhile, see pool.HANDOFF_SECONDS). 3 processes × 4
 # threads completing and claiming 5,000 tasks, medians of 6 runs: 3 ms gave a per-task
 # p99 of 11 ms; 5 ms, 15 ms for 4 % more tasks a second; 6 ms, 17 ms for 6 %; 8 ms,
-# 20 ms for 15 %. Each millisecond adds about two to every waiting process's wait.
+# 20 ms for 15 %. Each millisecond adds about two to every waiting process's wait. 100 ms
+# turns lower the p99 again but let it jump to 200 ms with 12 threads a process (see README).
 TURN_SECONDS = 0.003
 # After giving up its turn to a waiting process, a process lets this pass before it asks
 # again: the process woken needs a moment to run, and would otherwise find it taken back.
