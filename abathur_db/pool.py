@@ -591,8 +591,8 @@ class _Opening:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._count = 0
-        self._fork: threading.Lock | None = None  # held by a fork from hold() to release()
-        self._drained: threading.Lock | None = None  # held by the fork until no call is under way
+        self._fork: threading.Lock | None = None  # held from a fork's hold() to its release()
+        self._drained: list[threading.Lock] = []  # one per fork waiting for the calls under way, held until none is
 
     def __enter__(self) -> None:
         while True:
@@ -607,26 +607,33 @@ class _Opening:
     def __exit__(self, *exc_info: object) -> None:
         with self._guard:
             self._count -= 1
-            if not self._count and self._drained is not None:
-                self._drained.release()
-                self._drained = None
+            if not self._count:
+                for gate in self._drained:
+                    gate.release()
+                self._drained.clear()
 
     def hold(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the calls under way, and keep new ones from starting until release()."""
-        fork, drained = threading.Lock(), threading.Lock()
-        fork.acquire()
+        drained = threading.Lock()
         drained.acquire()
         with self._guard:
-            self._fork = fork
+            if self._fork is None:  # else another thread's fork holds them back already
+                self._fork = threading.Lock()
+                self._fork.acquire()
             if not self._count:
                 return
-            self._drained = drained
-        drained.acquire(timeout=timeout)
+            self._drained.append(drained)
+        try:
+            drained.acquire(timeout=timeout)
+        finally:
+            with self._guard:
+                if drained in self._drained:
+                    self._drained.remove(drained)
 
     def release(self) -> None:
         """Let connect() calls start again."""
         with self._guard:
-            fork, self._fork, self._drained = self._fork, None, None
+            fork, self._fork = self._fork, None
         if fork is not None:
             fork.release()
 

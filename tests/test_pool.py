@@ -471,6 +471,34 @@ def test_a_connect_held_back_by_a_fork_raises_a_signal_handlers_exception_and_co
     assert opening._count == 0
 
 
+def test_forks_of_two_threads_at_once_hold_connect_back_until_one_is_over_and_wait_for_the_same_calls():
+    """Two forks holding connect() back at once: a call held back goes on at the first release(), never waits for
+    ever; each fork waits for the calls under way, and both wake as the last one ends."""
+    opening = pool_module._Opening()
+    with opening:
+        waits = [threading.Thread(target=opening.hold, args=(30,)) for _ in range(2)]
+        for wait in waits:
+            wait.start()
+        assert until(lambda: len(opening._drained) == 2)
+    for wait in waits:
+        wait.join(30)
+        assert not wait.is_alive()
+    entered = threading.Event()
+
+    def enter() -> None:
+        with opening:
+            entered.set()
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    assert not entered.wait(0.1)  # held back by both forks
+    opening.release()
+    assert entered.wait(30)
+    opening.release()  # the other fork's: nothing left to release
+    thread.join(30)
+    assert opening._count == 0 and opening._fork is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_fork_goes_ahead_after_busy_timeout_and_the_child_keeps_the_copy_still_in_a_statement(pool, monkeypatch):
     """A statement that outlasts the fork's wait does not hold the fork back for longer; the child keeps that copy."""
