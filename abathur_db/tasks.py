@@ -645,8 +645,8 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[Ta
         for task in failed:
             _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
     if requeued:
-        logging.getLogger("abathur_db").info("requeue_stale: %d stale task(s) back to pending, %d failed with "
-                                             "no retries left", len(requeued) - len(failed), len(failed))
+        logging.getLogger("abathur_db").info("%s: requeue_stale sent %d stale task(s) back to pending, %d failed"
+                                             " with no retries left", TABLE, len(requeued) - len(failed), len(failed))
     return requeued
 
 
@@ -753,5 +753,6 @@ def force_release(conn: sqlite3.Connection, task_id: str) -> TaskRow:
     """
     _values.require_text(task_id, TABLE, "id")
     released = _transition(conn, "release", _FORCE_RELEASE, {"id": task_id})
-    logging.getLogger("abathur_db").info("force_release: task %r back to pending, its lease ended", task_id)
+    logging.getLogger("abathur_db").info("%s: force_release sent task %r back to pending, its lease ended", TABLE,
+                                         task_id)
     return released

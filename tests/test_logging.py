@@ -60,4 +60,5 @@ def test_requeue_stale_logs_what_it_changed(conn, caplog):
         tasks.requeue_stale(conn)  # nothing is stale yet
         assert _info_lines(caplog) == []
         assert len(tasks.requeue_stale(conn, now=FUTURE)) == 2
-    assert _info_lines(caplog) == ["requeue_stale: 1 stale task(s) back to pending, 1 failed with no retries left"]
+    assert _info_lines(caplog) == [
+        "tasks: requeue_stale sent 1 stale task(s) back to pending, 1 failed with no retries left"]

@@ -136,6 +136,30 @@ def test_a_page_after_a_row_that_is_gone_is_refused(conn, function, kwargs, row)
         function(conn, **kwargs, after=row)
 
 
+# Lists that start a page from the `after` row's own values, not from its place in the table.
+BY_VALUES = {
+    "checkpoints by task": (lambda conn, n: checkpoints.save(conn, "t", n, {"n": n}),
+                            lambda conn, **kw: checkpoints.list(conn, task_id="t", **kw),
+                            "DELETE FROM checkpoints WHERE task_id = 't' AND iteration = :iteration"),
+    "audit": (lambda conn, n: audit.record(conn, f"action {n}"), audit.list, "DELETE FROM audit WHERE id = :id"),
+    "metrics": (lambda conn, n: metrics.record(conn, "m", n, timestamp=MOMENTS[n]), metrics.query,
+                "DELETE FROM metrics WHERE id = :id"),
+}
+
+
+@pytest.mark.parametrize("add, listed, delete", BY_VALUES.values(), ids=BY_VALUES.keys())
+def test_a_page_after_a_row_that_is_gone_goes_on_after_its_values(conn, add, listed, delete):
+    """Where a page starts from the `after` row's values (iteration; time and id), a row deleted since still places
+    the page: it holds the rows that came after that one."""
+    tasks.create(conn, "p", task_id="t")
+    for n in range(3):
+        add(conn, n)
+    whole = listed(conn)
+    conn.execute(delete, whole[1])
+    assert len(listed(conn)) == 2
+    assert listed(conn, after=whole[1]) == whole[2:]
+
+
 LIST_CALLS = [
     (tasks.list, {"status": "pending"}), (tasks.stale, {}), (agents.list, {"task_id": "t"}),
     (checkpoints.list, {"task_id": "t"}), (audit.list, {}), (metrics.query, {}),

@@ -1430,7 +1430,7 @@ def test_force_release_ends_any_run_without_a_retry(conn, caplog):
     with caplog.at_level(logging.INFO, logger="abathur_db"):
         released = tasks.force_release(conn, task["id"])
     assert [record.getMessage() for record in caplog.records] == [
-        f"force_release: task {task['id']!r} back to pending, its lease ended"]
+        f"tasks: force_release sent task {task['id']!r} back to pending, its lease ended"]
     assert released == tasks.get(conn, task["id"])
     assert (released["status"], released["retry_count"], released["lease"], released["started_at"]) == (
         "pending", 0, None, None)
