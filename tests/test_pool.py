@@ -499,6 +499,16 @@ def test_forks_of_two_threads_at_once_hold_connect_back_until_one_is_over_and_wa
     assert opening._count == 0 and opening._fork is None
 
 
+def test_a_fork_whose_wait_for_a_connect_runs_out_leaves_no_gate_behind():
+    """A fork that stops waiting for a connect() under way (its time ran out) is no longer woken as the call ends."""
+    opening = pool_module._Opening()
+    with opening:
+        opening.hold(0.01)
+        assert opening._drained == []
+    opening.release()
+    assert opening._count == 0 and opening._fork is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_fork_goes_ahead_after_busy_timeout_and_the_child_keeps_the_copy_still_in_a_statement(pool, monkeypatch):
     """A statement that outlasts the fork's wait does not hold the fork back for longer; the child keeps that copy."""
