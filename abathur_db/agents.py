@@ -139,8 +139,8 @@ def list(  # noqa: A001 - the module's API reads agents.list(conn, ...)
 def set_state(conn: sqlite3.Connection, agent_id: str, state: str) -> AgentRow:
     """Move the agent to `state` and return it.
 
-    Allowed: spawning to idle, busy or terminating; idle and busy to each other;
-    any state but terminated to terminating or terminated (which sets
+    Allowed: spawning to idle or busy; idle and busy to each other; spawning, idle
+    and busy to terminating; any state but terminated to terminated (which sets
     ``terminated_at``). Terminated is final.
 
     :raises TransitionError: when `state` cannot follow the current one.

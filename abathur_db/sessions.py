@@ -34,8 +34,9 @@ _STATUS_SQL = "SELECT status FROM sessions WHERE id = :id"
 
 _INSERT = (
     "INSERT INTO sessions (id, app_name, user_id, project_id, status, events, state, metadata,"
-    " created_at, last_update_time)"
-    " VALUES (:id, :app_name, :user_id, :project_id, :status, :events, :state, :metadata, :now, :now)"
+    " created_at, last_update_time, terminated_at, archived_at)"
+    " VALUES (:id, :app_name, :user_id, :project_id, :status, :events, :state, :metadata, :now, :now,"
+    " CASE WHEN :status = 'terminated' THEN :now END, CASE WHEN :status = 'archived' THEN :now END)"
     + _RETURNING
 )
 _SET_STATUS = (
@@ -59,7 +60,10 @@ def create(
     state: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> SessionRow:
-    """Insert a session (its id generated unless given) and return it."""
+    """Insert a session (its id generated unless given) and return it.
+
+    Created ``terminated`` or ``archived``, its ``terminated_at`` or ``archived_at`` is its ``created_at``.
+    """
     _values.require_text(app_name, TABLE, "app_name")
     _values.require_text(user_id, TABLE, "user_id")
     _values.require_text(session_id, TABLE, "id", optional=True)

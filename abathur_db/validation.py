@@ -134,9 +134,9 @@ def _plan_problems(plan: list[str], query: CatalogQuery, missing: list[str]) -> 
 def rule_violations(conn: sqlite3.Connection) -> list[RuleViolation]:
     """Return one dict per value that breaks a CHECK or NOT NULL rule of its table.
 
-    Each names the ``table``, the row (``row_key`` is its one-column primary key,
-    else ``rowid``; ``row`` is that key's value), the ``column``, its ``value`` and
-    the ``rule``. Legacy rows that an upgrade kept as they were show up here;
+    Each names the ``table``, the row (``row_key``: its one-column primary key, a
+    WITHOUT ROWID table's key columns comma-separated, else ``rowid``; ``row``: that
+    key's value, a JSON array of several), the ``column``, its ``value`` and the ``rule``. Legacy rows that an upgrade kept as they were show up here;
     ``integrity_check`` only counts them per table.
     """
     with hold(conn), translated():

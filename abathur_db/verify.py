@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import abathur_db
 from abathur_db import _ddl, schema
@@ -150,7 +150,7 @@ def gather(path: str, *, create: bool = False, upgrade: bool = False, repair: bo
                 done["created"] = {"applied": pool.applied}
     conn = connect(path, readonly=True)
     try:
-        checks = {"schema": _schema(conn, files)}
+        checks = {"schema": _checked(path, "schema", _schema, conn, files)}
         if checks["schema"]["ok"] and repair:
             done["repaired"] = _repair(path, files, conn)
         if checks["schema"]["ok"]:
@@ -218,16 +218,19 @@ def _repair(path: str, files: list[schema.SchemaFile], reader: sqlite3.Connectio
 
 
 def _run_checks(conn: sqlite3.Connection, path: str, files: list[schema.SchemaFile]) -> dict[str, Any]:
-    checks = {}
-    for name, check in (("pragmas", _pragmas), ("tables", _tables), ("core_indexes", _indexes),
-                        ("integrity_check", _integrity), ("foreign_key_check", _foreign_keys),
-                        ("query_plans", _query_plans)):
-        try:
-            checks[name] = check(conn, files)
-        except (AbathurDBError, sqlite3.Error) as exc:
-            # A corrupt page usually makes the check itself fail: say which one.
-            raise DatabaseFileError(f"{path}: {name} could not run: {exc}") from exc
-    return checks
+    return {name: _checked(path, name, check, conn, files)
+            for name, check in (("pragmas", _pragmas), ("tables", _tables), ("core_indexes", _indexes),
+                                ("integrity_check", _integrity), ("foreign_key_check", _foreign_keys),
+                                ("query_plans", _query_plans))}
+
+
+def _checked(path: str, name: str, check: Callable[[sqlite3.Connection, list[schema.SchemaFile]], dict[str, Any]],
+             conn: sqlite3.Connection, files: list[schema.SchemaFile]) -> dict[str, Any]:
+    try:
+        return check(conn, files)
+    except (AbathurDBError, sqlite3.Error) as exc:
+        # A corrupt page usually makes the check itself fail: say which one.
+        raise DatabaseFileError(f"{path}: {name} could not run: {exc}") from exc
 
 
 def _result(ok: bool, summary: str, next_step: str | None, **data: Any) -> dict[str, Any]:

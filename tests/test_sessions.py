@@ -80,6 +80,16 @@ def test_status_changes_keep_their_timestamps(conn):
     assert archived["archived_at"] == archived["last_update_time"] >= terminated["terminated_at"]
 
 
+@pytest.mark.parametrize("status, stamped", [("created", None), ("active", None), ("paused", None),
+                                             ("terminated", "terminated_at"), ("archived", "archived_at")])
+def test_a_session_created_terminated_or_archived_records_that_moment(conn, status, stamped):
+    """Created in a final state, a session's terminated_at or archived_at is its created_at; the other stays NULL."""
+    session = sessions.create(conn, "app", "user", status=status)
+    for column in ("terminated_at", "archived_at"):
+        assert session[column] == (session["created_at"] if column == stamped else None), column
+    assert sessions.get(conn, session["id"]) == session
+
+
 @pytest.mark.parametrize(
     ("path", "refused"),
     [

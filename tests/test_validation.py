@@ -339,3 +339,17 @@ def test_explaining_an_unknown_table_is_a_package_error_naming_it(conn):
         abathur_db.explain_query_plan(conn, "SELECT * FROM no_such_table")
     assert not isinstance(caught.value, ValidationError)
     assert "no_such_table" in str(caught.value) and isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+@pytest.mark.parametrize("without_rowid, row_key, row", [(True, "a, b", '["x","y"]'), (False, "rowid", 1)])
+def test_a_rule_broken_in_a_table_of_yours_names_its_row_by_its_key(conn, without_rowid, row_key, row):
+    """A table with a key of several columns names its row by them (a JSON array of their values) if it has no
+    rowid, by its rowid otherwise."""
+    conn.execute(f"CREATE TABLE pairs (a TEXT, b TEXT, n INTEGER CHECK (n >= 0), PRIMARY KEY (a, b))"
+                 f"{' WITHOUT ROWID' if without_rowid else ''}")
+    conn.execute("PRAGMA ignore_check_constraints = 1")
+    conn.execute("INSERT INTO pairs VALUES ('x', 'y', -1)")
+    conn.execute("PRAGMA ignore_check_constraints = 0")
+    found = [v for v in validation.rule_violations(conn) if v["table"] == "pairs"]
+    assert found == [{"table": "pairs", "row_key": row_key, "row": row, "column": "n", "value": -1,
+                      "rule": "CHECK"}]

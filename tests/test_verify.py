@@ -592,6 +592,21 @@ def test_corrupted_database_is_a_one_line_error(db_path, capsys, damage, mode):
     _assert_one_line_error(err, str(db_path), "malformed", "restore its newest backup")
 
 
+def test_a_corrupt_schema_ledger_is_the_package_s_error_naming_the_check(db_path):
+    """A ledger (schema_migrations) page overwritten: gather() raises DatabaseFileError saying the schema check could
+    not run, as for every other check, not sqlite3's own error."""
+    abathur_db.open(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'schema_migrations'").fetchone()
+    conn.close()
+    with open(db_path, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+    with pytest.raises(DatabaseFileError, match=f"^{re.escape(str(db_path))}: schema could not run: "):
+        verify.gather(str(db_path))
+
+
 @pytest.mark.parametrize("mode", [[], ["--create", "--upgrade"]])
 def test_file_that_is_not_sqlite_is_a_one_line_error_and_is_left_alone(tmp_path, capsys, mode):
     """A text file gives 'file is not a database' on one stderr line, exit 1, and is not modified."""
