@@ -52,7 +52,8 @@ def anchor(after: Any, table: str, kinds: dict[str, type | tuple[type, ...]]) ->
     values = []
     for column, kind in kinds.items():
         value = after[column]
-        if isinstance(value, bool) or not isinstance(value, kind) or value == "":
+        if (isinstance(value, bool) or not isinstance(value, kind) or value == ""
+                or isinstance(value, int) and not ROWID_MIN <= value <= ROWID_MAX):
             raise ValidationError(f"{table}.after: {column} {short_repr(value)} is not one a row of {table} holds")
         values.append(value)
     return tuple(values)

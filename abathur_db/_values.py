@@ -197,7 +197,7 @@ def require_number(value: Any, table: str, field: str) -> float:
     except OverflowError:  # an int too large for a float
         finite = False
     if not finite or value < 0:
-        raise ValidationError(f"{table}.{field}: {value!r} is not allowed (must be finite and >= 0)")
+        raise ValidationError(f"{table}.{field}: {short_repr(value)} is not allowed (must be finite and >= 0)")
     return float(value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from types import TracebackType
@@ -179,6 +180,10 @@ def short_repr(value: object, limit: int = 80) -> str:
         text = repr(value)
     except RecursionError:
         return f"<a {type(value).__name__} nested too deeply to show>"
+    except ValueError:  # an int past sys.get_int_max_str_digits(), or holding one
+        if isinstance(value, int):
+            return f"<an int of about {int(value.bit_length() * math.log10(2)) + 1} digits>"
+        return f"<a {type(value).__name__} holding an int too long to show>"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

@@ -104,6 +104,7 @@ NOT_TEXT = {
     "empty": "",
     "int": 5,
     "huge-int": 2**64,
+    "unprintable-int": 10**5000,  # past sys.get_int_max_str_digits(): repr() raises ValueError
     "float": 1.5,
     "bool": True,
     "bytes": b"bytes",
@@ -145,6 +146,7 @@ NOT_JSON = {
     "tuple-key": {("a", "b"): 1},
     "lone-surrogate": {"k": "\ud800"},
     "surrogate-key": {"\udfff": 1},
+    "unprintable-int": {"n": 10**5000},
 }
 GOOD_TIMES = {
     "aware-datetime": (dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
@@ -179,6 +181,7 @@ def bad_ints(low: int, high: int) -> dict[str, Any]:
         "below": low - 1,
         "int64-overflow": 2**63,
         "huge": 2**64,
+        "unprintable": 10**5000,
         "very-negative": -(2**63) - 1,
         "bool": True,
         "float": float(low),
@@ -295,6 +298,7 @@ class Number:
             yield name, value, Stored(self.field, float(value))
         for name, value in {"negative": -1, "tiny-negative": -1e-300, "nan": float("nan"),
                             "inf": float("inf"), "-inf": float("-inf"), "too-big-for-float": 10**400,
+                            "unprintable-int": 10**5000,
                             "bool": True, "text": "1", "bytes": b"1", "none": None, "list": [1],
                             "decimal": decimal.Decimal("1")}.items():
             yield name, value, ValidationError
@@ -376,6 +380,9 @@ class After:
             yield f"{key}-list", {**self.good, key: [1]}, Refused(ValidationError, value=[1])
         for name, value in {"none": None, "bool": True, "empty": "", "bytes": b"1"}.items():
             yield f"every-value-{name}", dict.fromkeys(self.good, value), Refused(ValidationError, value=value)
+        for key, value in self.good.items():
+            if isinstance(value, int):  # past what SQLite stores: sqlite3 would raise OverflowError
+                yield f"{key}-int64-overflow", {**self.good, key: 2**63}, Refused(ValidationError, value=2**63)
 
 
 @dataclasses.dataclass(frozen=True)
