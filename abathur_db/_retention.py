@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _values
 from .errors import ConfigurationError, ValidationError, short_repr
-from .transaction import transaction, write
+from .transaction import in_block, transaction, write
 
 log = logging.getLogger("abathur_db")
 
@@ -52,7 +52,7 @@ def prune(conn: sqlite3.Connection, table: str, sql: str, before: Any, older_tha
     """
     cutoff = _cutoff(table, before, older_than)
     _values.require_int(batch_size, table, "batch_size", 1)
-    if conn.in_transaction:
+    if in_block(conn):
         raise ConfigurationError(
             f"{table}: prune() runs each batch in a transaction of its own; call it outside a transaction")
     started = time.monotonic()

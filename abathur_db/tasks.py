@@ -23,7 +23,7 @@ from . import _combine, _paging, _values, sessions
 from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, TransitionError,
                      ValidationError, short_repr)
 from .rows import TaskCounts, TaskRow, TaskWithSessionRow
-from .transaction import Row, commit_signal, one, rows, transaction, write, write_many
+from .transaction import Row, commit_signal, in_block, one, rows, transaction, write, write_many
 
 TABLE = "tasks"
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -493,7 +493,7 @@ def claim_next(
         claimed = _combine.write(conn, TABLE, sql, params, decode_row)
         return claimed[0] if claimed else None
     deadline = time.monotonic() + _values.require_number(wait, TABLE, "wait")
-    if conn.in_transaction:
+    if in_block(conn):
         raise ConfigurationError(
             f"{TABLE}: claim_next(wait={wait!r}) inside a transaction block would hold the write lock while"
             " it waits; wait outside the block"

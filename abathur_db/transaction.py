@@ -194,6 +194,12 @@ def hold(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[object, 
     return state.guard
 
 
+def in_block(conn: sqlite3.Connection) -> bool:
+    """Return whether `conn` has a transaction open, refusing, as hold() does, a connection the thread may not use."""
+    with hold(conn), translated():
+        return conn.in_transaction
+
+
 @overload
 def one(conn: sqlite3.Connection, table: str | None, sql: str, params: Params = (), decode: None = None) -> Any: ...
 @overload

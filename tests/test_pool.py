@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
 import gc
 import inspect
 import os
@@ -733,6 +734,9 @@ def test_fork_handler_passes_over_a_connection_its_user_closed(db_path, monkeypa
 OTHER_THREAD_CALLS = {
     "tasks.create": lambda conn: tasks.create(conn, "intruder"),
     "tasks.claim_next": lambda conn: tasks.claim_next(conn),
+    "tasks.claim_next-wait": lambda conn: tasks.claim_next(conn, wait=0.01),
+    "audit.prune": lambda conn: audit.prune(conn, older_than=dt.timedelta(0)),
+    "metrics.prune": lambda conn: metrics.prune(conn, older_than=dt.timedelta(0)),
     "tasks.get": lambda conn: tasks.get(conn, "mine"),
     "tasks.list": lambda conn: tasks.list(conn, status="pending"),
     "transaction": lambda conn: transaction(conn).__enter__(),
@@ -814,6 +818,9 @@ AFTER_CLOSE = {
     "tasks.list": lambda conn: tasks.list(conn, status="pending"),
     "tasks.create": lambda conn: tasks.create(conn, "p"),
     "tasks.claim_next": lambda conn: tasks.claim_next(conn),
+    "tasks.claim_next-wait": lambda conn: tasks.claim_next(conn, wait=0.01),
+    "audit.prune": lambda conn: audit.prune(conn, older_than=dt.timedelta(0)),
+    "metrics.prune": lambda conn: metrics.prune(conn, older_than=dt.timedelta(0)),
     "agents.get": lambda conn: agents.get(conn, "a"),
     "agents.list": lambda conn: agents.list(conn, task_id="t"),
     "audit.list": lambda conn: audit.list(conn),
