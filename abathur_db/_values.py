@@ -11,7 +11,7 @@ import time
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from .errors import StoredValueError, TransitionError, ValidationError, short_repr
+from .errors import ConfigurationError, StoredValueError, TransitionError, ValidationError, short_repr
 
 if TYPE_CHECKING:
     from .transaction import Row
@@ -290,3 +290,14 @@ def decode_json(text: Any, table: str, column: str, row: Mapping[str, Any], key:
         reason = "nested too deeply to decode" if isinstance(exc, RecursionError) else f"not valid JSON: {exc}"
         where = ", ".join(f"{name} {short_repr(row[name])}" for name in key)
         raise StoredValueError(f"{table}: row {where}: {column} holds {short_repr(text)}, {reason}") from exc
+
+
+def file_path(path: Any, what: str) -> str:
+    """Return `path` as text (bytes decoded as the file system does); refuse other types and NUL characters."""
+    try:
+        text = os.fsdecode(path)
+    except TypeError:
+        raise ConfigurationError(f"{short_repr(path)}: {what} must be a str, bytes or os.PathLike") from None
+    if "\x00" in text:
+        raise ConfigurationError(f"{short_repr(text)}: {what} cannot hold a NUL character")
+    return text

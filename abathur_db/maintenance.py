@@ -12,6 +12,7 @@ import tempfile
 import time
 from typing import NamedTuple
 
+from . import _values
 from .errors import (
     AbathurDBError,
     ConfigurationError,
@@ -105,7 +106,7 @@ def backup(conn: sqlite3.Connection, dest_path: str | os.PathLike[str]) -> str:
     :raises ConfigurationError: `dest_path` exists, or `conn` is inside a transaction.
     :raises StorageFullError: the disk is full; nothing is left behind.
     """
-    dest = os.fspath(dest_path)
+    dest = _values.file_path(dest_path, "a backup's path")
     # hold: another thread's connection is refused, and pool.close() waits for the copy.
     # translated: even reading conn.in_transaction raises sqlite3's error once conn is closed.
     with hold(conn), translated():

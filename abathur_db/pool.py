@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any, cast
 
+from . import _values
 from ._checkpointer import Checkpointer
 from ._turn import Turn
 from .errors import ConfigurationError, DatabaseFileError, translate
@@ -322,10 +323,7 @@ def _refuse_memory(path: str) -> None:
 
 def _path(path: StrOrBytesPath) -> str:
     """Return `path` as text (a bytes path decoded as the file system does), refusing in-memory names."""
-    try:
-        text = os.fsdecode(path)
-    except TypeError:
-        raise ConfigurationError(f"{path!r}: a database path must be a str, bytes or os.PathLike") from None
+    text = _values.file_path(path, "a database path")
     _refuse_memory(text)
     return text
 

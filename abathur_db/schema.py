@@ -124,7 +124,7 @@ def _sha256(text: str) -> str:
 
 def load_files(directory: str | os.PathLike[str] | None = None) -> list[SchemaFile]:
     """Return the schema files of `directory` (default: `schema_dir()`) in version order."""
-    directory = Path(directory) if directory is not None else schema_dir()
+    directory = Path(_values.file_path(directory, "schema_dir")) if directory is not None else schema_dir()
     if not directory.is_dir():
         raise SchemaError(f"{directory}: no such schema folder")
     files = []

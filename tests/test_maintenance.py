@@ -181,6 +181,23 @@ def test_each_upgrade_backup_is_named_after_the_old_version_and_the_utc_time(tmp
             copy.close()
 
 
+@pytest.mark.parametrize("dest, problem", [(None, "must be a str, bytes or os.PathLike"), (3, "must be a str"),
+                                           ("copy\x00.db", "cannot hold a NUL character")])
+def test_backup_refuses_a_path_of_another_type_or_holding_nul(conn, tmp_path, monkeypatch, dest, problem):
+    """A backup's path must be text, bytes or os.PathLike without a NUL character; nothing is written otherwise."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ConfigurationError, match=f"a backup's path {problem}"):
+        backup(conn, dest)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_backup_to_a_bytes_path_returns_it_as_text(conn, tmp_path):
+    """A bytes path is decoded as the file system does, like a database path; the copy's path comes back as text."""
+    dest = tmp_path / "copy.db"
+    assert backup(conn, os.fsencode(dest)) == str(dest) and dest.exists()
+
+
 def test_backup_refuses_an_existing_destination(conn, tmp_path):
     """An existing file at the destination raises ConfigurationError and is left untouched."""
     dest = tmp_path / "copy.db"

@@ -203,6 +203,19 @@ def test_short_lived_threads_leave_no_file_descriptors(db_path):
     assert _open_fds() == baseline
 
 
+@pytest.mark.parametrize("opener", [abathur_db.open, abathur_db.connect], ids=["open", "connect"])
+@pytest.mark.parametrize("path, problem", [(None, "must be a str, bytes or os.PathLike"), (5, "must be a str"),
+                                           ("a\x00b.db", "cannot hold a NUL character"),
+                                           (b"a\x00b.db", "cannot hold a NUL character")])
+def test_a_path_of_another_type_or_holding_nul_is_refused(tmp_path, monkeypatch, opener, path, problem):
+    """A database path must be text, bytes or os.PathLike without a NUL character: anything else is refused with
+    ConfigurationError naming it, and no file is created."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=f"a database path {problem}"):
+        opener(path)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("path", [":memory:", "", "file::memory:?cache=shared"])
 def test_in_memory_database_is_refused(path):
     """An in-memory database cannot be shared per thread, so it is refused by name."""

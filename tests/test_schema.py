@@ -19,7 +19,7 @@ import pytest
 import abathur_db
 from abathur_db import pool as pool_module
 from abathur_db import schema
-from abathur_db.errors import SchemaError
+from abathur_db.errors import ConfigurationError, SchemaError
 
 SCHEMA_DIR = schema.schema_dir()
 FILES = schema.load_files()
@@ -603,3 +603,13 @@ def test_an_opener_gives_up_after_the_upgrade_wait(db_path, monkeypatch):
     finally:
         release.set()
         holder.join(timeout=60)
+
+
+@pytest.mark.parametrize("schema_dir, problem", [(5, "must be a str, bytes or os.PathLike"),
+                                                 ("schema\x00", "cannot hold a NUL character")])
+def test_a_schema_dir_of_another_type_or_holding_nul_is_refused_before_any_file_is_created(db_path, schema_dir,
+                                                                                          problem):
+    """schema_dir must be a path: anything else raises ConfigurationError naming it, and no database is created."""
+    with pytest.raises(ConfigurationError, match=f"schema_dir {problem}"):
+        abathur_db.open(db_path, schema_dir=schema_dir)
+    assert not db_path.exists()
