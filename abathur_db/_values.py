@@ -70,7 +70,11 @@ def timestamp(value: Any, table: str, field: str) -> str:
         value = parsed
     if not isinstance(value, _dt.datetime):
         raise ValidationError(f"{table}.{field}: expected a datetime or ISO 8601 string, got {short_repr(value)}")
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        offset = value.utcoffset()  # a tzinfo of the caller's may raise anything, or answer nonsense
+    except Exception as exc:
+        raise ValidationError(f"{table}.{field}: the time zone of {short_repr(given)} fails: {exc!r}") from exc
+    if offset is None:
         raise ValidationError(f"{table}.{field}: {short_repr(given)} has no time zone; pass an aware datetime")
     try:
         return format_datetime(value)

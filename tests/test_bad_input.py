@@ -156,8 +156,23 @@ GOOD_TIMES = {
     "year-999": ("0999-06-01T10:00:00+00:00", "0999-06-01T10:00:00.000Z"),
     "z-suffix": ("2024-06-01T10:00:00Z", "2024-06-01T10:00:00.000Z"),
 }
+class OddZone(dt.tzinfo):
+    """A time zone of the caller's whose utcoffset() gives `answer`, or raises it if it is an exception."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def utcoffset(self, moment):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
 BAD_TIMES = {
     "naive-datetime": dt.datetime(2024, 6, 1),
+    "zone-of-30-hours": dt.datetime(2024, 6, 1, tzinfo=OddZone(dt.timedelta(hours=30))),
+    "zone-answering-text": dt.datetime(2024, 6, 1, tzinfo=OddZone("x")),
+    "zone-raising": dt.datetime(2024, 6, 1, tzinfo=OddZone(KeyError("zone"))),
     "naive-text": "2024-06-01T10:00:00",
     "date": dt.date(2024, 6, 1),
     "garbage": "yesterday",
