@@ -85,7 +85,12 @@ def parse_time(value: str) -> _dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an ISO 8601 time, e.g. 2026-01-31 or 2026-01-31T12:00:00Z") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=_dt.timezone.utc)
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=_dt.timezone.utc)
+    try:
+        moment.astimezone(_dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+        raise argparse.ArgumentTypeError(f"{value!r} is out of range once moved to UTC") from None
+    return moment
 
 
 def _count(value: str) -> int:
@@ -215,13 +220,14 @@ def _tasks_list(path: str, args: argparse.Namespace) -> dict[str, Any]:
     if len(given) != 1:
         raise _UsageError("give exactly one of --status, --session, --parent, --since/--until or --stale; got "
                           + (" and ".join(given) or "none"))
+    fetched = min(args.limit + 1, _values.INT64_MAX)  # one more than a page tells whether another follows
     with _opened(path) as conn:
         after = None if args.after is None else tasks.get(conn, args.after)
         if args.stale:
-            found = tasks.stale(conn, limit=args.limit + 1, after=after)
+            found = tasks.stale(conn, limit=fetched, after=after)
         else:
             found = tasks.list(conn, status=args.status, session_id=args.session, parent_task_id=args.parent,
-                               submitted_since=args.since, submitted_until=args.until, limit=args.limit + 1,
+                               submitted_since=args.since, submitted_until=args.until, limit=fetched,
                                after=after)
     page = found[:args.limit]
     return {"tasks": page, "next_after": page[-1]["id"] if len(found) > args.limit else None}

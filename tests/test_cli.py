@@ -303,11 +303,21 @@ def test_tasks_list_stale_pages_too(db, capsys):
     pytest.param(["--status", "waiting"], "invalid choice: 'waiting'", id="unknown-status"),
     pytest.param(["--status", "failed", "--limit", "0"], "'0' is not a whole number >= 1", id="zero-limit"),
     pytest.param(["--since", "yesterday"], "'yesterday' is not an ISO 8601 time", id="bad-time"),
+    pytest.param(["--since", "0001-01-01T00:00:00+14:00"], "'0001-01-01T00:00:00+14:00' is out of range once moved"
+                 " to UTC", id="time-before-year-1-in-utc"),
 ])
 def test_tasks_list_usage_errors_exit_2(db, capsys, options, fragment):
     """A list without exactly one good filter is a usage error (exit 2) naming what is wrong."""
     err = _fails(capsys, "--db", db, "tasks", "list", *options, code=2)
     assert err.startswith("usage: python -m abathur_db tasks list") and fragment in err
+
+
+def test_tasks_list_takes_the_largest_limit_sqlite_stores(db, capsys):
+    """--limit 9223372036854775807 lists every task: the one more asked for, to see a next page, stays in range."""
+    report = _json(capsys, "--db", db, "tasks", "list", "--status", "pending", "--limit", str(2**63 - 1))
+    with abathur_db.open(db) as pool:
+        expected = [task["id"] for task in tasks.list(pool.connection(), status="pending")]
+    assert [task["id"] for task in report["tasks"]] == expected and report["next_after"] is None
 
 
 def test_tasks_list_after_an_unknown_task_fails(db, capsys):
