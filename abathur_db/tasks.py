@@ -17,13 +17,15 @@ import os
 import re
 import sqlite3
 import time
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 from . import _combine, _paging, _values, sessions
-from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, TransitionError,
-                     ValidationError, short_repr)
+from .errors import (ConfigurationError, ForeignKeyError, LeaseLostError, NotFoundError, StoredValueError,
+                     TransitionError, ValidationError, short_repr)
 from .rows import TaskCounts, TaskRow, TaskWithSessionRow
-from .transaction import Row, commit_signal, in_block, one, rows, transaction, write, write_many
+from .transaction import Row, block_depth, commit_signal, in_block, one, rows, transaction, write, write_many
+
+_T = TypeVar("_T")
 
 TABLE = "tasks"
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -170,6 +172,12 @@ _RETRY = (
     " WHERE id = :id AND status = 'failed' AND retry_count < max_retries" + _RETURNING,
     ("failed",),
 )
+# A claimed task one of whose stored values cannot be decoded (see StoredValueError) is failed
+# instead, naming the value: rolled back, it would stay first in the queue for every claim.
+_FAIL_UNREADABLE_SQL = (
+    "UPDATE tasks SET status = 'failed', error_message = :error_message, completed_at = :now,"
+    " last_updated_at = :now, lease = NULL WHERE id = :id AND status = 'pending' RETURNING id"
+)
 # complete() returns the completed task; complete_and_claim() only needs to know it changed.
 COMPLETE_SQL = _COMPLETE[0] + _RETURNING
 COMPLETE_ID_SQL = _COMPLETE[0] + " RETURNING id"
@@ -199,6 +207,7 @@ UPDATE tasks
 """.strip()
 _CANCELLED_HOW = " was cancelled"
 _FAILED_HOW = " failed with no retries left"
+_UNREADABLE_HOW = " failed: one of its stored values breaks today's rules"
 
 
 def create(
@@ -490,7 +499,7 @@ def claim_next(
     if not wait:
         if wait is not None:
             _values.require_number(wait, TABLE, "wait")
-        claimed = _combine.write(conn, TABLE, sql, params, decode_row)
+        claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
         return claimed[0] if claimed else None
     deadline = time.monotonic() + _values.require_number(wait, TABLE, "wait")
     if in_block(conn):
@@ -502,7 +511,7 @@ def claim_next(
         # Each look for a task is preceded by a reading of both counters, so that a
         # commit made while it looks is seen as a change, never lost.
         seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
-        claimed = _combine.write(conn, TABLE, sql, params, decode_row)
+        claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
         while not claimed:
             while signal.count == seen and one(conn, None, _DATA_VERSION)[0] == version:
                 remaining = deadline - time.monotonic()
@@ -512,8 +521,37 @@ def claim_next(
             seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
             if one(conn, TABLE, peek, params) is not None:
                 params["now"], params["lease"] = _values.now(), _new_lease()
-                claimed = _combine.write(conn, TABLE, sql, params, decode_row)
+                claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
     return claimed[0]
+
+
+def _claiming(conn: sqlite3.Connection, claim: Callable[[Callable[[Row], TaskRow]], _T]) -> _T:
+    """Return claim(decode); fail each claimed task that cannot be decoded (see _FAIL_UNREADABLE_SQL) and claim again.
+
+    Inside the caller's block the error stands: the block's transaction is gone with the claim.
+    """
+    while True:
+        unreadable: builtins.list[str] = []
+
+        def decode(row: Row) -> TaskRow:
+            try:
+                return decode_row(row)
+            except StoredValueError:
+                unreadable.append(row[0])  # the id, first of the claim's columns
+                raise
+
+        try:
+            return claim(decode)
+        except StoredValueError as exc:
+            if not unreadable or block_depth(conn):
+                raise
+            now = _values.now()
+            with transaction(conn):
+                if write(conn, TABLE, _FAIL_UNREADABLE_SQL,
+                         {"id": unreadable[0], "now": now, "error_message": f"not claimed: {exc}"}):
+                    _cancel_dependents(conn, unreadable[0], _UNREADABLE_HOW, now)
+            logging.getLogger("abathur_db").warning("%s: a claim failed task %r instead: %s", TABLE, unreadable[0],
+                                                    exc)
 
 
 def _claim_params(agent_type: str | None) -> tuple[str, str, dict[str, Any]]:
@@ -557,11 +595,11 @@ def complete_and_claim(
     sql, _, claim = _claim_params(agent_type)
     params["now"] = claim["now"]
 
-    def complete_then_claim(c: sqlite3.Connection) -> builtins.list[TaskRow]:
+    def complete_then_claim(c: sqlite3.Connection, decode: Callable[[Row], TaskRow]) -> builtins.list[TaskRow]:
         _change(c, "complete", (COMPLETE_ID_SQL, _COMPLETE[1]), params, None)
-        return write(c, TABLE, sql, claim, decode_row)
+        return write(c, TABLE, sql, claim, decode)
 
-    claimed = _combine.run(conn, complete_then_claim)
+    claimed = _claiming(conn, lambda decode: _combine.run(conn, lambda c: complete_then_claim(c, decode)))
     return claimed[0] if claimed else None
 
 

@@ -194,6 +194,12 @@ def hold(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[object, 
     return state.guard
 
 
+def block_depth(conn: sqlite3.Connection) -> int:
+    """Return how many transaction() blocks are open on `conn`, refusing a connection the thread may not use."""
+    state: _State = conn if getattr(conn, "owner", None) == get_ident() else _admit(conn)  # type: ignore[assignment]
+    return state.blocks
+
+
 def in_block(conn: sqlite3.Connection) -> bool:
     """Return whether `conn` has a transaction open, refusing, as hold() does, a connection the thread may not use."""
     with hold(conn), translated():

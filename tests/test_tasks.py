@@ -1247,13 +1247,33 @@ def _legacy(conn, sql: str) -> None:
 
 
 @pytest.mark.parametrize("input_data", ["not json", "[" * 990 + "]" * 990], ids=["not-json", "nested-990-deep"])
-def test_a_claim_whose_row_cannot_be_decoded_is_rolled_back(conn, input_data):
-    """A claimed row that cannot be decoded raises StoredValueError naming it, and the task stays pending."""
+@pytest.mark.parametrize("claim", ["claim_next", "claim_next-wait", "complete_and_claim"])
+def test_a_claim_fails_a_task_it_cannot_decode_and_claims_the_next(conn, caplog, input_data, claim):
+    """A claimed row that cannot be decoded is failed, naming the value, its dependents cancelled, and logged; the
+    claim goes on to the next task, so that the row does not stay first in the queue for every claim."""
+    tasks.create(conn, "running", priority=10, task_id="running")
+    running = tasks.claim_next(conn)
     _legacy(conn, f"INSERT INTO tasks (id, prompt, priority, input_data) VALUES ('bad', 'p', 9, '{input_data}')")
+    tasks.create(conn, "waits on bad", task_id="after-bad", dependencies=["bad"])
     tasks.create(conn, "good", task_id="good")
-    with pytest.raises(StoredValueError, match="tasks: row id 'bad': input_data holds "):
-        tasks.claim_next(conn)
-    assert not conn.in_transaction
+    calls = {"claim_next": lambda: tasks.claim_next(conn), "claim_next-wait": lambda: tasks.claim_next(conn, wait=5),
+             "complete_and_claim": lambda: tasks.complete_and_claim(conn, running["id"], running["lease"], "done")}
+    with caplog.at_level(logging.WARNING, logger="abathur_db"):
+        assert calls[claim]()["id"] == "good"
+    status, error = conn.execute("SELECT status, error_message FROM tasks WHERE id = 'bad'").fetchone()
+    assert status == "failed" and error.startswith("not claimed: tasks: row id 'bad': input_data holds "), error
+    dependent = tasks.get(conn, "after-bad")
+    assert dependent["status"] == "cancelled" and "'bad' failed: one of its stored values" in dependent["error_message"]
+    assert [r.getMessage()[:40] for r in caplog.records] == ["tasks: a claim failed task 'bad' instead"]
+    assert tasks.get(conn, "running")["status"] == ("completed" if claim == "complete_and_claim" else "running")
+
+
+def test_a_claim_inside_a_callers_block_leaves_a_task_it_cannot_decode_pending(conn):
+    """Inside the caller's block the claim raises StoredValueError: the block's transaction is gone with it."""
+    _legacy(conn, "INSERT INTO tasks (id, prompt, priority, input_data) VALUES ('bad', 'p', 9, 'not json')")
+    with pytest.raises(AbathurDBError), transaction(conn):
+        with pytest.raises(StoredValueError, match="tasks: row id 'bad': input_data holds "):
+            tasks.claim_next(conn)
     assert conn.execute("SELECT status, started_at FROM tasks WHERE id = 'bad'").fetchone() == ("pending", None)
 
 
