@@ -531,27 +531,27 @@ def _claiming(conn: sqlite3.Connection, claim: Callable[[Callable[[Row], TaskRow
     Inside the caller's block the error stands: the block's transaction is gone with the claim.
     """
     while True:
-        unreadable: builtins.list[str] = []
-
-        def decode(row: Row) -> TaskRow:
-            try:
-                return decode_row(row)
-            except StoredValueError:
-                unreadable.append(row[0])  # the id, first of the claim's columns
-                raise
-
         try:
-            return claim(decode)
+            return claim(_decode_claimed)
         except StoredValueError as exc:
-            if not unreadable or block_depth(conn):
+            task_id = getattr(exc, "task_id", None)
+            if task_id is None or block_depth(conn):
                 raise
             now = _values.now()
             with transaction(conn):
-                if write(conn, TABLE, _FAIL_UNREADABLE_SQL,
-                         {"id": unreadable[0], "now": now, "error_message": f"not claimed: {exc}"}):
-                    _cancel_dependents(conn, unreadable[0], _UNREADABLE_HOW, now)
-            logging.getLogger("abathur_db").warning("%s: a claim failed task %r instead: %s", TABLE, unreadable[0],
-                                                    exc)
+                if write(conn, TABLE, _FAIL_UNREADABLE_SQL, {"id": task_id, "now": now,
+                                                             "error_message": f"not claimed: {exc}"}):
+                    _cancel_dependents(conn, task_id, _UNREADABLE_HOW, now)
+            logging.getLogger("abathur_db").warning("%s: a claim failed task %r instead: %s", TABLE, task_id, exc)
+
+
+def _decode_claimed(row: Row) -> TaskRow:
+    """Decode a claimed row; a StoredValueError carries the task's id (the claim's first column) for _claiming."""
+    try:
+        return decode_row(row)
+    except StoredValueError as exc:
+        exc.task_id = row[0]  # type: ignore[attr-defined]
+        raise
 
 
 def _claim_params(agent_type: str | None) -> tuple[str, str, dict[str, Any]]:
