@@ -136,8 +136,9 @@ def rule_violations(conn: sqlite3.Connection) -> list[RuleViolation]:
 
     Each names the ``table``, the row (``row_key``: its one-column primary key, a
     WITHOUT ROWID table's key columns comma-separated, else ``rowid``; ``row``: that
-    key's value, a JSON array of several), the ``column``, its ``value`` and the ``rule``. Legacy rows that an upgrade kept as they were show up here;
-    ``integrity_check`` only counts them per table.
+    key's value, a JSON array of several), the ``column``, its ``value`` and the ``rule``.
+    Legacy rows that an upgrade kept as they were show up here; ``integrity_check`` only
+    counts them per table.
     """
     with hold(conn), translated():
         tables = conn.execute(
