@@ -172,11 +172,11 @@ _RETRY = (
     " WHERE id = :id AND status = 'failed' AND retry_count < max_retries" + _RETURNING,
     ("failed",),
 )
-# A claimed task one of whose stored values cannot be decoded (see StoredValueError) is failed
-# instead, naming the value: rolled back, it would stay first in the queue for every claim.
+# A task one of whose stored values cannot be decoded (see StoredValueError) is failed instead of
+# claimed or requeued, naming the value: rolled back, it would stop every claim or requeue.
 _FAIL_UNREADABLE_SQL = (
     "UPDATE tasks SET status = 'failed', error_message = :error_message, completed_at = :now,"
-    " last_updated_at = :now, lease = NULL WHERE id = :id AND status = 'pending' RETURNING id"
+    " last_updated_at = :now, lease = NULL WHERE id = :id AND status IN ('pending', 'running') RETURNING id"
 )
 # complete() returns the completed task; complete_and_claim() only needs to know it changed.
 COMPLETE_SQL = _COMPLETE[0] + _RETURNING
@@ -496,10 +496,14 @@ def claim_next(
     """
     sql, peek, params = _claim_params(agent_type)
     claimed: builtins.list[TaskRow]
+
+    def claim(decode: Callable[[Row], TaskRow]) -> builtins.list[TaskRow]:
+        return _combine.write(conn, TABLE, sql, params, decode)
+
     if not wait:
         if wait is not None:
             _values.require_number(wait, TABLE, "wait")
-        claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
+        claimed = _past_unreadable(conn, claim, "claimed")
         return claimed[0] if claimed else None
     deadline = time.monotonic() + _values.require_number(wait, TABLE, "wait")
     if in_block(conn):
@@ -511,7 +515,7 @@ def claim_next(
         # Each look for a task is preceded by a reading of both counters, so that a
         # commit made while it looks is seen as a change, never lost.
         seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
-        claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
+        claimed = _past_unreadable(conn, claim, "claimed")
         while not claimed:
             while signal.count == seen and one(conn, None, _DATA_VERSION)[0] == version:
                 remaining = deadline - time.monotonic()
@@ -521,18 +525,19 @@ def claim_next(
             seen, version = signal.count, one(conn, None, _DATA_VERSION)[0]
             if one(conn, TABLE, peek, params) is not None:
                 params["now"], params["lease"] = _values.now(), _new_lease()
-                claimed = _claiming(conn, lambda decode: _combine.write(conn, TABLE, sql, params, decode))
+                claimed = _past_unreadable(conn, claim, "claimed")
     return claimed[0]
 
 
-def _claiming(conn: sqlite3.Connection, claim: Callable[[Callable[[Row], TaskRow]], _T]) -> _T:
-    """Return claim(decode); fail each claimed task that cannot be decoded (see _FAIL_UNREADABLE_SQL) and claim again.
+def _past_unreadable(conn: sqlite3.Connection, call: Callable[[Callable[[Row], TaskRow]], _T], what: str) -> _T:
+    """Return call(decode); fail each task it returns that cannot be decoded (see _FAIL_UNREADABLE_SQL) and call again.
 
-    Inside the caller's block the error stands: the block's transaction is gone with the claim.
+    `what` names the call in the failed task's message. Inside the caller's block the
+    error stands: the block's transaction is gone with the call.
     """
     while True:
         try:
-            return claim(_decode_claimed)
+            return call(_decode_tagged)
         except StoredValueError as exc:
             task_id = getattr(exc, "task_id", None)
             if task_id is None or block_depth(conn):
@@ -540,13 +545,13 @@ def _claiming(conn: sqlite3.Connection, claim: Callable[[Callable[[Row], TaskRow
             now = _values.now()
             with transaction(conn):
                 if write(conn, TABLE, _FAIL_UNREADABLE_SQL, {"id": task_id, "now": now,
-                                                             "error_message": f"not claimed: {exc}"}):
+                                                             "error_message": f"not {what}: {exc}"}):
                     _cancel_dependents(conn, task_id, _UNREADABLE_HOW, now)
-            logging.getLogger("abathur_db").warning("%s: a claim failed task %r instead: %s", TABLE, task_id, exc)
+            logging.getLogger("abathur_db").warning("%s: failed task %r, not %s: %s", TABLE, task_id, what, exc)
 
 
-def _decode_claimed(row: Row) -> TaskRow:
-    """Decode a claimed row; a StoredValueError carries the task's id (the claim's first column) for _claiming."""
+def _decode_tagged(row: Row) -> TaskRow:
+    """Decode a row; a StoredValueError carries the task's id (the first column) for _past_unreadable."""
     try:
         return decode_row(row)
     except StoredValueError as exc:
@@ -599,7 +604,8 @@ def complete_and_claim(
         _change(c, "complete", (COMPLETE_ID_SQL, _COMPLETE[1]), params, None)
         return write(c, TABLE, sql, claim, decode)
 
-    claimed = _claiming(conn, lambda decode: _combine.run(conn, lambda c: complete_then_claim(c, decode)))
+    claimed = _past_unreadable(conn, lambda decode: _combine.run(conn, lambda c: complete_then_claim(c, decode)),
+                               "claimed")
     return claimed[0] if claimed else None
 
 
@@ -677,11 +683,17 @@ def requeue_stale(conn: sqlite3.Connection, now: Any = None) -> builtins.list[Ta
     moment to measure from.
     """
     moment = _values.now() if now is None else _values.timestamp(now, TABLE, "now")
-    with transaction(conn):
-        requeued = write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode_row)
-        failed = [task for task in requeued if task["status"] == "failed"]
-        for task in failed:
-            _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
+
+    def requeue(decode: Callable[[Row], TaskRow]) -> builtins.list[TaskRow]:
+        with transaction(conn):
+            requeued = write(conn, TABLE, REQUEUE_STALE_SQL, {"now": moment}, decode)
+            for task in requeued:
+                if task["status"] == "failed":
+                    _cancel_dependents(conn, task["id"], _FAILED_HOW, moment)
+        return requeued
+
+    requeued = _past_unreadable(conn, requeue, "requeued")
+    failed = [task for task in requeued if task["status"] == "failed"]
     if requeued:
         logging.getLogger("abathur_db").info("%s: requeue_stale sent %d stale task(s) back to pending, %d failed"
                                              " with no retries left", TABLE, len(requeued) - len(failed), len(failed))

@@ -1264,8 +1264,20 @@ def test_a_claim_fails_a_task_it_cannot_decode_and_claims_the_next(conn, caplog,
     assert status == "failed" and error.startswith("not claimed: tasks: row id 'bad': input_data holds "), error
     dependent = tasks.get(conn, "after-bad")
     assert dependent["status"] == "cancelled" and "'bad' failed: one of its stored values" in dependent["error_message"]
-    assert [r.getMessage()[:40] for r in caplog.records] == ["tasks: a claim failed task 'bad' instead"]
+    assert [r.getMessage()[:39] for r in caplog.records] == ["tasks: failed task 'bad', not claimed: "]
     assert tasks.get(conn, "running")["status"] == ("completed" if claim == "complete_and_claim" else "running")
+
+
+def test_requeue_stale_fails_a_task_it_cannot_decode_and_takes_back_the_others(conn):
+    """A stale task that cannot be decoded is failed, naming the value; the other stale tasks are still taken back."""
+    for task_id in ("bad", "good"):
+        tasks.create(conn, task_id, task_id=task_id)
+        tasks.claim_next(conn)
+    _legacy(conn, "UPDATE tasks SET input_data = 'not json' WHERE id = 'bad'")
+    assert [task["id"] for task in tasks.requeue_stale(conn, now=FUTURE)] == ["good"]
+    status, error = conn.execute("SELECT status, error_message FROM tasks WHERE id = 'bad'").fetchone()
+    assert status == "failed" and error.startswith("not requeued: tasks: row id 'bad': input_data holds "), error
+    assert tasks.get(conn, "good")["status"] == "pending"
 
 
 def test_a_claim_inside_a_callers_block_leaves_a_task_it_cannot_decode_pending(conn):
