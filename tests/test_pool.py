@@ -470,6 +470,12 @@ def test_a_connect_held_back_by_a_fork_raises_a_signal_handlers_exception_and_co
     finally:
         undo()
     assert opening._count == 0
+    _held_back_until_released(opening)
+    assert opening._count == 0
+
+
+def _held_back_until_released(opening) -> None:
+    """Check that a connect() starting now waits until opening.release(), then goes on."""
     entered = threading.Event()
 
     def enter() -> None:
@@ -482,7 +488,6 @@ def test_a_connect_held_back_by_a_fork_raises_a_signal_handlers_exception_and_co
     opening.release()
     assert entered.wait(30)
     thread.join(30)
-    assert opening._count == 0
 
 
 def test_forks_of_two_threads_at_once_hold_connect_back_until_one_is_over_and_wait_for_the_same_calls():
@@ -497,19 +502,8 @@ def test_forks_of_two_threads_at_once_hold_connect_back_until_one_is_over_and_wa
     for wait in waits:
         wait.join(30)
         assert not wait.is_alive()
-    entered = threading.Event()
-
-    def enter() -> None:
-        with opening:
-            entered.set()
-
-    thread = threading.Thread(target=enter)
-    thread.start()
-    assert not entered.wait(0.1)  # held back by both forks
-    opening.release()
-    assert entered.wait(30)
+    _held_back_until_released(opening)  # the first fork's release() lets it go on
     opening.release()  # the other fork's: nothing left to release
-    thread.join(30)
     assert opening._count == 0 and opening._fork is None
 
 
