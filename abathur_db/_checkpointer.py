@@ -50,7 +50,7 @@ class Checkpointer:
         self.running = self._pending = False
         self._cond = threading.Condition()
         # Held while a thread uses `conn`, and from pause() to resume(): close() and pause() wait on
-        # it, not on a Condition a signal could leave unlocked (see transaction.CommitSignal).
+        # it, not on a Condition a signal could leave unlocked (see pool.sleep_on).
         self._using = threading.Lock()
         self._thread: threading.Thread | None = None
 

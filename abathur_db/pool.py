@@ -580,10 +580,24 @@ class Pool:
         self._reset()
 
 
+def sleep_on(gate: threading.Lock, timeout: float, guard: threading.Lock, gates: list[threading.Lock]) -> None:
+    """Sleep until another thread releases `gate` (held) or `timeout` passes; then take it out of `gates` under `guard`.
+
+    A waiter sleeps on a lock of its own rather than on a Condition, whose wait a signal
+    handler's exception can end with the condition's lock released.
+    """
+    try:
+        gate.acquire(timeout=timeout)
+    finally:
+        with guard:
+            if gate in gates:
+                gates.remove(gate)
+
+
 class _Opening:
     """The process's connect() calls under way: a fork waits for them to end, and holds new ones back meanwhile.
 
-    Each waits on a lock, not on a Condition a signal could leave unlocked (see transaction.CommitSignal).
+    Each waits on a lock, not on a Condition a signal could leave unlocked (see sleep_on).
     """
 
     def __init__(self) -> None:
@@ -621,12 +635,7 @@ class _Opening:
             if not self._count:
                 return
             self._drained.append(drained)
-        try:
-            drained.acquire(timeout=timeout)
-        finally:
-            with self._guard:
-                if drained in self._drained:
-                    self._drained.remove(drained)
+        sleep_on(drained, timeout, self._guard, self._drained)
 
     def release(self) -> None:
         """Let connect() calls start again."""

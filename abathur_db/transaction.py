@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Literal, TypeGuard, TypeVar, cast, o
 
 from . import pool
 from .errors import AbathurDBError, BusyError, ConfigurationError, translate, translated
-from .pool import _SQLITE_BUSY, _Connection, _in_transaction, _WriteLock, close_connection
+from .pool import _SQLITE_BUSY, _Connection, _in_transaction, _WriteLock, close_connection, sleep_on
 
 __all__ = ["CommitSignal", "commit_signal", "hold", "one", "rows", "transaction", "write", "write_many"]
 
@@ -93,9 +93,7 @@ def _admit(conn: sqlite3.Connection) -> _State:
 class CommitSignal:
     """Counts the package's commits to one database file in this process, and wakes the threads waiting for one.
 
-    Each waiter sleeps on a lock of its own. A Condition.wait() would not do: a signal
-    handler's exception raised as it returns can leave the condition's lock released,
-    and the block around it then raises RuntimeError, or releases it under another thread.
+    Each waiter sleeps on a lock of its own (see pool.sleep_on).
     """
 
     __slots__ = ("count", "_guard", "_gates", "waiting")
@@ -114,12 +112,7 @@ class CommitSignal:
             if self.count != seen:
                 return True
             self._gates.append(gate)
-        try:
-            gate.acquire(timeout=timeout)
-        finally:
-            with self._guard:
-                if gate in self._gates:
-                    self._gates.remove(gate)
+        sleep_on(gate, timeout, self._guard, self._gates)
         return self.count != seen
 
     def announce(self) -> None:
