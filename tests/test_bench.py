@@ -582,6 +582,33 @@ def test_a_query_over_its_p99_bar_is_explained_against_raw(raw_p99_us, p99_ratio
     assert f"and {raw_p99_us / 1000:.1f} ms raw" in reason and whose in reason
 
 
+def test_share_at_least_counts_the_samples_at_or_over_a_duration():
+    """share_at_least() gives the percentage of samples at or over a duration, from the histogram, to 1 %."""
+    figures = timing.latency([100_000] * 97 + [1_000_000, 3_000_000, 5_000_000])
+    assert timing.share_at_least(figures, 1000) == 3.0
+    assert timing.share_at_least(figures, 4000) == 1.0
+    assert timing.share_at_least(figures, 50) == 100.0
+    assert timing.share_at_least({"p99_us": 1}, 1000) is None
+
+
+@pytest.mark.parametrize("package_slow, raw_slow, whose", [
+    (12, 9, "1.2 % of the package's calls took 1 ms or more and 0.9 % of raw's: both sides have the tail"),
+    (30, 2, "the tail is the package's (3.0 % of its calls took 1 ms or more, 0.2 % of raw's)"),
+])
+def test_a_p99_over_the_bar_says_how_many_calls_of_each_side_reached_it(package_slow, raw_slow, whose):
+    """With both sides' histograms, a query's p99 over 1 ms is explained by the share of each side's calls over it."""
+    def side(slow):
+        return timing.latency([200_000] * (1000 - slow) + [3_000_000] * slow)
+
+    package, raw = side(package_slow), side(raw_slow)
+    package["p99_us"], raw["p99_us"] = 3000, 600
+    figures = {"bars": [{"id": "catalog_p99", "met": False}], "queue": {},
+               "catalog": {"T7": {"measured": True, "kind": "write", "package": package, "raw": raw,
+                                  "p99_ratio": 5.0}}}
+    (reason,) = [r for r in verdicts.missed_reasons(figures) if r.startswith("T7")]
+    assert whose in reason
+
+
 def test_every_call_of_a_queue_worker_is_timed(tmp_path):
     """A worker's final, empty claim is timed with the others, and each worker's count is reported."""
     class Queue:

@@ -58,6 +58,16 @@ def latency(samples_ns: list[int]) -> dict[str, Any]:
     return {**stats(samples_ns), "histogram": {str(k): n for k, n in sorted(buckets.items())}}
 
 
+def share_at_least(figures: dict[str, Any], us: float) -> float | None:
+    """Return the percentage of a latency() dict's samples that took `us` or longer (to 1 %), None without samples."""
+    histogram = figures.get("histogram")
+    if not histogram:
+        return None
+    first = round(math.log(us * 1000) / _LOG_BASE)  # the bucket a sample of `us` falls in
+    over = sum(n for k, n in histogram.items() if int(k) >= first)
+    return 100 * over / sum(histogram.values())
+
+
 def _pooled(runs: list[dict]) -> dict[str, Any]:
     """Return one latency() dict for several runs' latency() dicts: percentiles of every sample pooled."""
     total: collections.Counter = collections.Counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .markdown import per_s
+from .timing import share_at_least
 from .workloads import BARS, REASONS
 
 
@@ -125,13 +126,19 @@ def missed_reasons(figures: dict) -> list[str]:
         for k, v in slow.items():
             package, raw = v["package"]["p99_us"] / 1000, v["raw"]["p99_us"] / 1000
             what = "a write, committed at each call" if v["kind"] == "write" else "a read"
+            shares = [share_at_least(v[side], 1000) for side in ("package", "raw")]
             if raw >= 1:
                 whose = "raw sqlite3 running the same SQL misses it too: the tail is the statement's and its commit's"
+            elif None not in shares and shares[1] >= shares[0] / 2:
+                whose = (f"{shares[0]:.1f} % of the package's calls took 1 ms or more and {shares[1]:.1f} % of raw's:"
+                         " both sides have the tail, and a p99 lands in it once more than 1 % of calls do")
             elif v["p99_ratio"] <= 1.2:
                 whose = (f"run by run, though, the package's p99 was {v['p99_ratio']:.2f}x raw's (the median of the"
                          " runs' ratios): the tail comes and goes with the run, on both sides")
             else:
                 whose = "raw sqlite3 running the same SQL stays under it: the tail is the package's"
+                if None not in shares:
+                    whose += f" ({shares[0]:.1f} % of its calls took 1 ms or more, {shares[1]:.1f} % of raw's)"
             reasons.append(f"{k} ({what}): median {v['package']['median_us']:.0f} µs, p99 {package:.1f} ms through"
                            f" the package and {raw:.1f} ms raw; {whose}.")
     if "index_cost" in missed:
