@@ -134,18 +134,17 @@ def reasons(figures: dict) -> list[str]:
             floor = f[key][FLOOR_SIDES[key]]
             if p99_ms is not None and not j["ratio_met"]:
                 judged = f[key][_judged(f[key])]
-                shares = ("the package hands it to the longest waiter once its holder has had it for"
-                          " pool.HANDOFF_SECONDS, so that every worker gets its share, at the cost of a thread"
-                          " switch per hand-off" if key == "processes" else
-                          "the package queues the calls of the threads that would wait, and one of them writes"
-                          " the queue on its connection, a transaction per batch, handing that on to the"
-                          " longest waiter after pool.HANDOFF_SECONDS (see _combine), so that every worker gets"
-                          " its share, at the cost of a thread switch per call: each caller wakes as its batch"
-                          " commits")
+                shares, cost = (("the package hands it to the longest waiter once its holder has had it for"
+                                 " pool.HANDOFF_SECONDS", "a thread switch per hand-off") if key == "processes" else
+                                ("the package queues the calls of the threads that would wait, and one of them"
+                                 " writes the queue on its connection, a transaction per batch, handing that on to"
+                                 " the longest waiter after pool.HANDOFF_SECONDS (see _combine)",
+                                 "a thread switch per call: each caller wakes as its batch commits"))
                 why.append(f"the floor's workers: {_workers(floor)}, slowest call {_ms(floor)}; the package's:"
                            f" {_workers(judged)}, slowest call {_ms(judged)}."
                            " Raw sqlite3 leaves the write lock to whichever connection asks first, so one worker"
-                           f" can keep it while the others sleep; {shares}")
+                           f" can keep it while the others sleep; {shares}, so that every worker gets its share,"
+                           f" at the cost of {cost}")
                 lone = f["claim_1"].get(FLOOR_SIDES["claim_1"])
                 if lone:  # what the floor's statements do with no other worker at all
                     why.append(f"the floor's workers together do {floor['ops_per_s']:,.0f} tasks a second,"
